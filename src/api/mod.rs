@@ -1,0 +1,587 @@
+//! The `FallbackConfigPolicy` custom resource (`fallback.kong-dp.io/v1alpha1`): its types,
+//! defaults, schema-level validation (patterns, enums, CEL rules the apiserver enforces),
+//! the pure [`validate`] for what a schema cannot express, and condition helpers.
+//! Pure: nothing here talks to a cluster.
+//!
+//! The doc comments on the types are the user documentation: they become the CRD's
+//! descriptions and `kubectl explain` output.
+
+mod conditions;
+mod validate;
+
+pub use conditions::{ConditionType, set_condition};
+pub use validate::{Problem, validate};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::core::Duration;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "fallback.kong-dp.io";
+pub const VERSION: &str = "v1alpha1";
+/// The field manager for everything the operator writes with server-side apply.
+pub const FIELD_MANAGER: &str = "kong-fallback-operator";
+
+/// One policy makes a set of Kong data planes resilient to a control plane outage: it says
+/// which pods import the fallback configuration, where it is stored, and who exports it.
+// NB: clippy reads the repeated `type_ = "string"` of the printcolumns as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "fallback.kong-dp.io",
+    version = "v1alpha1",
+    kind = "FallbackConfigPolicy",
+    plural = "fallbackconfigpolicies",
+    shortname = "fcp",
+    category = "kong",
+    namespaced,
+    status = "FallbackConfigPolicyStatus",
+    derive = "PartialEq",
+    doc = "FallbackConfigPolicy makes Kong data planes start with the last good configuration during a control plane outage: it selects importer and backup pods, injects Kong's cluster_fallback_config settings and storage credentials, elects one exporter per Kong version, and can export the configuration itself. See `kubectl explain fcp.spec`.",
+    printcolumn(name = "Storage", type_ = "string", json_path = ".spec.storage.url"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.exporter.mode"),
+    printcolumn(
+        name = "Leader",
+        type_ = "string",
+        json_path = ".status.leader.identity"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#,
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackConfigPolicySpec {
+    /// The Kong data planes that import the fallback configuration when they start during
+    /// a control plane outage. They receive read-only storage credentials.
+    pub data_planes: DataPlanes,
+
+    /// Optional: native Kong backup pods that export the configuration themselves
+    /// (`exporter.mode: BackupPods`). They receive write credentials. A pod must not
+    /// match both this selector and `dataPlanes.selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupPods>,
+
+    /// Where the fallback configuration is stored.
+    pub storage: Storage,
+
+    /// Who exports the configuration to storage. Required: choose `mode: Operator` (with
+    /// `controlPlane`), `BackupPods` or `None`.
+    pub exporter: Exporter,
+
+    /// How the single exporter per Kong version is elected.
+    #[serde(default)]
+    pub election: Election,
+}
+
+/// The importing data planes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DataPlanes {
+    /// Labels of the Kong data plane pods in this namespace. An empty selector is refused:
+    /// it would claim every pod in the namespace.
+    pub selector: LabelSelector,
+
+    /// The container that runs Kong. Default: the container named `proxy` (the name Kong's
+    /// Helm chart uses), else the pod's only container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub container: Option<String>,
+
+    /// Restart the owners (Deployment, StatefulSet, DaemonSet) of pods that were created
+    /// without the injection, at a bounded rate, the way `kubectl rollout restart` does.
+    /// Default false: such pods are only reported in status.
+    #[serde(default)]
+    pub rollout: bool,
+}
+
+/// Native Kong backup pods (exporters).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPods {
+    /// Labels of the Kong backup pods in this namespace.
+    pub selector: LabelSelector,
+
+    /// The container that runs Kong; same default as `dataPlanes.container`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub container: Option<String>,
+}
+
+/// The object store holding `<prefix>/<kong version>/config.json`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || self.url.startsWith('s3://')").message("storage.endpoint is only for S3-compatible stores: use it with an s3:// url"))]
+#[x_kube(validation = Rule::new("!has(self.putOptions) || self.url.startsWith('s3://')").message("storage.putOptions are S3 PutObject options: use them with an s3:// url"))]
+pub struct Storage {
+    /// `s3://<bucket>/<prefix>` or `gcs://<bucket>/<prefix>`, exactly as Kong's
+    /// `cluster_fallback_config_storage`. The prefix may be empty.
+    #[schemars(regex(pattern = r"^(s3|gcs)://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[^?#\s]*)?$"))]
+    pub url: String,
+
+    /// Endpoint of an S3-compatible store (MinIO, Ceph RGW...), e.g. `http://minio.minio:9000`.
+    /// The scheme decides TLS. Kong and the operator use path-style addressing with it.
+    /// Injected as `AWS_CONFIG_STORAGE_ENDPOINT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/?#]+/?$"))]
+    pub endpoint: Option<String>,
+
+    /// The S3 region (`AWS_REGION`). Kong refuses to use S3 without one; S3-compatible
+    /// stores usually accept any value, e.g. `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+
+    /// Credentials given to the importing data planes (and used by the operator for its
+    /// reachability check). Grant them read access only.
+    pub read_credentials: Credentials,
+
+    /// Credentials used to write: by the operator (`exporter.mode: Operator`) or given to the
+    /// backup pods (`BackupPods`). Never given to importing data planes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_credentials: Option<Credentials>,
+
+    /// A CA bundle the operator trusts for the storage endpoint (a private CA in front of
+    /// an S3-compatible store). Kong pods need the same CA in `lua_ssl_trusted_certificate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<SecretKeyRef>,
+
+    /// Extra S3 PutObject options for the stored configuration (server-side encryption,
+    /// storage class). Kong 3.5+ backup pods receive them as `cluster_fallback_export_s3_config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub put_options: Option<PutOptions>,
+
+    /// How often the operator checks that the storage is reachable with the read
+    /// credentials (the `StorageReachable` condition). `0s` disables the check.
+    #[serde(default = "default_validation_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub validation_interval: Duration,
+}
+
+/// Where credentials come from: a Secret in the policy's namespace, or the pod's cloud
+/// identity (IRSA, EKS Pod Identity, GKE Workload Identity).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretName) != (has(self.ambient) && self.ambient)").message("set exactly one of secretName or ambient: true"))]
+pub struct Credentials {
+    /// A Secret in the policy's namespace. For S3 it holds `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` (and optionally `AWS_SESSION_TOKEN`); for GCS it holds
+    /// `GCP_SERVICE_ACCOUNT` (the service-account JSON). Pods reference the keys with
+    /// `secretKeyRef`; values are never copied into a pod spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
+    pub secret_name: Option<String>,
+
+    /// Use the pod's cloud identity instead of a Secret: nothing is injected and Kong's
+    /// SDK finds the credentials itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ambient: Option<bool>,
+}
+
+/// A key of a Secret in the policy's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
+    pub secret_name: String,
+    /// The key inside the Secret.
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub key: String,
+}
+
+/// Extra arguments of the S3 PutObject that stores the configuration.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.kmsKeyId) || (has(self.serverSideEncryption) && self.serverSideEncryption == 'aws:kms')").message("kmsKeyId requires serverSideEncryption: aws:kms"))]
+pub struct PutOptions {
+    /// Server-side encryption of the stored object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_side_encryption: Option<ServerSideEncryption>,
+    /// The KMS key (id, ARN or `alias/...`) with `serverSideEncryption: aws:kms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub kms_key_id: Option<String>,
+    /// The S3 storage class, e.g. `STANDARD` or `STANDARD_IA`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Z_]+$"))]
+    pub storage_class: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerSideEncryption {
+    /// S3-managed keys (SSE-S3).
+    #[serde(rename = "AES256")]
+    Aes256,
+    /// AWS KMS keys (SSE-KMS); name the key in `kmsKeyId` or use the account's default.
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+}
+
+/// Who writes the configuration to storage.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'Operator' || has(self.controlPlane)").message("exporter.controlPlane is required when exporter.mode is Operator"))]
+pub struct Exporter {
+    /// `Operator` (default): the operator connects to the control plane like a data plane
+    /// and exports every configuration it receives; no Kong pod needs write credentials.
+    /// `BackupPods`: the pods matched by `backup.selector` export (Kong's native backup
+    /// nodes); the operator elects one of them. `None`: something else exports (e.g. the
+    /// control plane with `cluster_fallback_config_export=on`); the operator only injects.
+    #[serde(default)]
+    pub mode: ExporterMode,
+
+    /// How to reach the Kong control plane (required with `mode: Operator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlane>,
+
+    /// The full Kong versions to export, e.g. `3.6.1.4`. Empty (default): every version
+    /// seen among the selected data-plane pods. A data plane imports only the key of its
+    /// own identical full version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(\.[0-9]+)?$"))
+    )]
+    pub versions: Vec<String>,
+
+    /// Custom plugins (beyond Kong's bundled ones) configured on the control plane. The
+    /// control plane withholds the configuration from a data plane that does not announce
+    /// every configured plugin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub plugins: Vec<PluginRef>,
+
+    /// At most one write per version in this interval; bursts of changes are coalesced and
+    /// the newest configuration always wins. Kong's own exporter uses 60s.
+    #[serde(default = "default_min_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub min_interval: Duration,
+
+    /// The largest configuration (decompressed) the operator accepts from the control
+    /// plane, as a Kubernetes quantity. Larger ones are refused and reported.
+    #[serde(default = "default_max_config_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"))]
+    pub max_config_size: String,
+
+    /// How many previous configurations to keep per version under
+    /// `<prefix>/<version>/history/` for rollback. 0 keeps none.
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub history_limit: u32,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ExporterMode {
+    #[default]
+    Operator,
+    BackupPods,
+    None,
+}
+
+/// The Kong control plane's cluster endpoint and the data-plane certificate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlane {
+    /// `host:port` of the control plane's cluster listener, e.g. `kong-cp.kong.svc:8005`.
+    #[schemars(regex(pattern = r"^[^\s/:]+:[0-9]{1,5}$"))]
+    pub endpoint: String,
+
+    /// A Secret in the policy's namespace with the data-plane certificate: `tls.crt` and
+    /// `tls.key`, plus `ca.crt` with `mtls: pki`.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
+    pub cluster_cert_secret: String,
+
+    /// `shared` (default): the control plane and data planes share one certificate
+    /// (`cluster_mtls = shared`). `pki`: certificates issued by a CA (`ca.crt`).
+    #[serde(default)]
+    pub mtls: MtlsMode,
+
+    /// The TLS server name expected on the control plane's certificate.
+    /// Default `kong_clustering`, Kong's `cluster_server_name` default in shared mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    #[default]
+    Shared,
+    Pki,
+}
+
+/// A custom plugin announced to the control plane.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginRef {
+    /// The plugin's name, e.g. `my-auth`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"), length(max = 128))]
+    pub name: String,
+    /// The plugin's version, e.g. `1.2.0`.
+    #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+([.-][0-9A-Za-z.-]+)?$"))]
+    pub version: String,
+}
+
+/// Lease timings (client-go's defaults) and the mirror into Kong's election prefix.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Election {
+    /// How long a Lease is valid without renewal; another replica may take over after it.
+    #[serde(default = "default_lease_duration")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub lease_duration: Duration,
+    /// The leader stops exporting if it cannot renew within this time. Less than leaseDuration.
+    #[serde(default = "default_renew_deadline")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub renew_deadline: Duration,
+    /// How often candidates retry. renewDeadline must exceed 1.2 x retryPeriod.
+    #[serde(default = "default_retry_period")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub retry_period: Duration,
+    /// Register the elected exporter under `<prefix>/<version>/election/` in Kong's own
+    /// format, so native Kong 3.6+ backup nodes sharing the prefix defer to it.
+    #[serde(default = "default_true")]
+    pub mirror_to_storage: bool,
+}
+
+impl Default for Election {
+    fn default() -> Self {
+        Election {
+            lease_duration: default_lease_duration(),
+            renew_deadline: default_renew_deadline(),
+            retry_period: default_retry_period(),
+            mirror_to_storage: true,
+        }
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from(std::time::Duration::from_secs(s))
+}
+fn default_validation_interval() -> Duration {
+    secs(5 * 60)
+}
+fn default_min_interval() -> Duration {
+    secs(5)
+}
+fn default_max_config_size() -> String {
+    "64Mi".to_owned()
+}
+fn default_history_limit() -> u32 {
+    10
+}
+fn default_lease_duration() -> Duration {
+    secs(15)
+}
+fn default_renew_deadline() -> Duration {
+    secs(10)
+}
+fn default_retry_period() -> Duration {
+    secs(2)
+}
+fn default_true() -> bool {
+    true
+}
+
+/// What the operator observed and did, for people and for GitOps health checks.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackConfigPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready` summarises the others: `Valid`, `StorageReachable`, `PodsInjected`,
+    /// `ControlPlaneConnected`, `Exporting`, `Leading`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The current exporter (the Lease holder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderStatus>,
+
+    /// The last export of each Kong version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["version"]))]
+    pub exports: Vec<ExportStatus>,
+
+    /// How many pods the policy covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodCounts>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderStatus {
+    /// The Lease holder: an operator replica (`mode: Operator`) or a backup pod.
+    pub identity: String,
+    /// When the current holder acquired the Lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// How many times the Lease changed hands.
+    #[serde(default)]
+    pub transitions: i32,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportStatus {
+    /// The full Kong version, e.g. `3.6.1.4`.
+    pub version: String,
+    /// The object key written, `<prefix>/<version>/config.json`.
+    pub key: String,
+    /// Kong's hash of the exported configuration.
+    pub config_hash: String,
+    /// Size of the stored object in bytes.
+    pub bytes: i64,
+    /// When it was written.
+    pub time: Time,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCounts {
+    /// Data-plane pods matched by `dataPlanes.selector`.
+    pub importers: i32,
+    /// Backup pods matched by `backup.selector`.
+    pub backups: i32,
+    /// Matched pods without a current injection (created before the policy, during a
+    /// webhook outage, or before a policy change).
+    pub not_injected: i32,
+    /// Up to 20 of those pods, by name, for a quick look.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_injected_pods: Vec<String>,
+}
+
+/// The CRD as applied to clusters and printed by `kong-fallback-operator crd`.
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
+    let mut out = String::from("# Generated by `kong-fallback-operator crd`; do not edit.\n");
+    out.push_str(&serde_norway::to_string(&FallbackConfigPolicy::crd())?);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {"url": "s3://bucket/prefix", "region": "us-east-2", "readCredentials": {"secretName": "r"}},
+            "exporter": {"mode": "None"}
+        })
+    }
+
+    #[test]
+    fn a_minimal_spec_gets_client_go_election_defaults() {
+        let spec: FallbackConfigPolicySpec = serde_json::from_value(minimal()).unwrap();
+        let e = &spec.election;
+        assert_eq!(
+            std::time::Duration::from(e.lease_duration),
+            std::time::Duration::from_secs(15)
+        );
+        assert_eq!(
+            std::time::Duration::from(e.renew_deadline),
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(
+            std::time::Duration::from(e.retry_period),
+            std::time::Duration::from_secs(2)
+        );
+        assert!(e.mirror_to_storage);
+        assert_eq!(spec.exporter.mode, ExporterMode::None);
+        assert_eq!(spec.exporter.max_config_size, "64Mi");
+    }
+
+    #[test]
+    fn a_spec_round_trips_through_json() {
+        let spec: FallbackConfigPolicySpec = serde_json::from_value(minimal()).unwrap();
+        let back: FallbackConfigPolicySpec =
+            serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+        assert_eq!(spec, back);
+    }
+
+    #[test]
+    fn the_crd_names_group_short_name_and_status_subresource() {
+        let crd = FallbackConfigPolicy::crd();
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(crd.spec.names.short_names, Some(vec!["fcp".to_owned()]));
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, VERSION);
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+        let cols: Vec<&str> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            cols,
+            ["Storage", "Mode", "Leader", "Ready", "Status", "Age"]
+        );
+    }
+
+    #[test]
+    fn conditions_and_exports_are_list_maps() {
+        let crd = FallbackConfigPolicy::crd();
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap();
+        let status = &schema.properties.as_ref().unwrap()["status"];
+        for (field, key) in [("conditions", "type"), ("exports", "version")] {
+            let list = &status.properties.as_ref().unwrap()[field];
+            assert_eq!(
+                list.x_kubernetes_list_type.as_deref(),
+                Some("map"),
+                "{field}"
+            );
+            assert_eq!(
+                list.x_kubernetes_list_map_keys,
+                Some(vec![key.to_owned()]),
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_printed_crd_starts_with_the_generated_marker() {
+        let yaml = crd_yaml().unwrap();
+        assert!(yaml.starts_with("# Generated by `kong-fallback-operator crd`"));
+        assert!(yaml.contains("name: fallbackconfigpolicies.fallback.kong-dp.io"));
+    }
+}

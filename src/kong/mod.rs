@@ -1,0 +1,9 @@
+//! The Kong domain: storage URLs and object keys, gateway versions, and the names Kong
+//! reads from its environment. Pure: no I/O, no Kubernetes.
+
+pub mod env;
+pub mod storage_url;
+pub mod version;
+
+pub use storage_url::{Provider, StorageUrl, StorageUrlError};
+pub use version::{KongVersion, KongVersionError};

@@ -1,0 +1,12 @@
+//! kong-fallback-operator: makes Kong Gateway data plane resilience (fallback
+//! configuration export and import) declarative on Kubernetes.
+//!
+//! Modules, from pure to I/O: [`api`] and [`kong`] are pure; [`storage`] talks to object
+//! stores; [`controller`] talks to Kubernetes.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod controller;
+pub mod kong;
+pub mod storage;
+pub mod telemetry;
