@@ -1,0 +1,320 @@
+//! A local Kubernetes control plane: etcd + kube-apiserver on loopback.
+//!
+//! Secure serving with a throwaway CA, a static admin token (group `system:masters`),
+//! RBAC authorization (so least privilege can be proven), a service-account signing key
+//! (so tokens for ServiceAccounts can be requested), and webhooks reachable at loopback
+//! URLs. No controller-manager or kubelet: pods stay Pending, namespaces are not
+//! finalized, and the `ServiceAccount` admission plugin is off (no default SA exists).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use tokio::sync::OnceCell;
+
+use crate::process::{Proc, binary, free_port, run_dir, wait_until};
+
+/// The shared control plane of this test binary.
+pub struct KubeEnv {
+    pub apiserver_url: String,
+    kubeconfig: PathBuf,
+    admin_token: String,
+    /// PEM of the CA that signed the apiserver's serving certificate.
+    pub ca_pem: String,
+    etcd: Proc,
+    apiserver: Proc,
+}
+
+/// Starts etcd and kube-apiserver on first use (building them if needed) and returns the
+/// shared environment. Panics with the processes' logs if they cannot start.
+pub async fn kube() -> &'static KubeEnv {
+    // NB: a failure is kept too, so the other tests of the binary fail at once with the
+    // same message instead of each starting the processes again.
+    static ENV: OnceCell<Result<KubeEnv, String>> = OnceCell::const_new();
+    let env = ENV
+        .get_or_init(|| async { KubeEnv::start().await.map_err(|e| format!("{e:#}")) })
+        .await;
+    match env {
+        Ok(env) => env,
+        Err(e) => panic!("testenv: cannot start the Kubernetes control plane: {e}"),
+    }
+}
+
+impl KubeEnv {
+    async fn start() -> Result<KubeEnv> {
+        let (etcd_bin, apiserver_bin) = tokio::task::spawn_blocking(|| -> Result<_> {
+            Ok((binary("etcd")?, binary("kube-apiserver")?))
+        })
+        .await??;
+        let dir = run_dir().join("kube");
+        std::fs::create_dir_all(&dir)?;
+
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd = Proc::start(
+            "etcd",
+            &etcd_bin,
+            &[
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls={client_url}"),
+                format!("--advertise-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+            &[],
+        )?;
+        let http = reqwest::Client::new();
+        let health = format!("{client_url}/health");
+        wait_until(&etcd, Duration::from_secs(60), || async {
+            matches!(http.get(&health).send().await, Ok(r) if r.status().is_success())
+        })
+        .await?;
+
+        let pki = Pki::generate(&dir)?;
+        let port = free_port()?;
+        let apiserver_url = format!("https://127.0.0.1:{port}");
+        let admin_token = format!("kfo-admin-{}", random_suffix());
+        let tokens = dir.join("tokens.csv");
+        std::fs::write(
+            &tokens,
+            format!("{admin_token},kfo-admin,kfo-admin-uid,\"system:masters\"\n"),
+        )?;
+        let apiserver = Proc::start(
+            "kube-apiserver",
+            &apiserver_bin,
+            &[
+                format!("--etcd-servers={client_url}"),
+                "--bind-address=127.0.0.1".into(),
+                // NB: without this the apiserver looks for a default route to pick an
+                // address, which a sandbox without one does not have.
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+                format!("--cert-dir={}", dir.join("certs").display()),
+                format!("--tls-cert-file={}", pki.serving_cert.display()),
+                format!("--tls-private-key-file={}", pki.serving_key.display()),
+                format!("--client-ca-file={}", pki.ca_cert.display()),
+                format!("--token-auth-file={}", tokens.display()),
+                "--authorization-mode=RBAC".into(),
+                format!("--service-account-issuer={apiserver_url}/"),
+                format!("--service-account-key-file={}", pki.sa_pub.display()),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    pki.sa_key.display()
+                ),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--allow-privileged=true".into(),
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--v=1".into(),
+            ],
+            &[],
+        )?;
+
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_yaml(&apiserver_url, &pki.ca_pem, &admin_token)?,
+        )?;
+        let env = KubeEnv {
+            apiserver_url,
+            kubeconfig,
+            admin_token,
+            ca_pem: pki.ca_pem,
+            etcd,
+            apiserver,
+        };
+        let client = env.client().await?;
+        wait_until(&env.apiserver, Duration::from_secs(120), || {
+            let client = client.clone();
+            async move {
+                let req = http::Request::get("/readyz")
+                    .body(Vec::new())
+                    .expect("a valid request");
+                matches!(client.request_text(req).await, Ok(body) if body.trim() == "ok")
+            }
+        })
+        .await?;
+        Ok(env)
+    }
+
+    /// A client with cluster-admin rights, bound to the calling test's runtime.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// A client that authenticates with `token` (e.g. a ServiceAccount token) and trusts
+    /// the apiserver's CA: what an in-cluster operator would have.
+    pub async fn client_with_token(&self, token: &str) -> Result<kube::Client> {
+        let yaml = kubeconfig_yaml(&self.apiserver_url, &self.ca_pem, token)?;
+        let kc = Kubeconfig::from_yaml(&yaml)?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// The kubeconfig file of the admin user, for `kubectl`, `helm` or the operator binary.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Creates a fresh namespace named after `prefix` and returns its name.
+    pub async fn namespace(&self, prefix: &str) -> Result<String> {
+        let name = crate::unique_name(prefix);
+        let api: Api<Namespace> = Api::all(self.client().await?);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(name)
+    }
+
+    /// Applies `crd` with server-side apply and waits until it is Established.
+    pub async fn install_crd(&self, crd: &CustomResourceDefinition) -> Result<()> {
+        let client = self.client().await?;
+        let api: Api<CustomResourceDefinition> = Api::all(client);
+        let name = crd.metadata.name.clone().context("the CRD has a name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply("kfo-testenv").force(),
+            &Patch::Apply(crd),
+        )
+        .await?;
+        let established = await_condition(api, &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .with_context(|| format!("CRD {name} not Established after 30s"))??;
+        Ok(())
+    }
+
+    /// Runs the real `kubectl` against this control plane as the admin user.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<Output> {
+        let bin = tokio::task::spawn_blocking(|| binary("kubectl")).await??;
+        let out = tokio::process::Command::new(bin)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .current_dir(crate::repo_root())
+            .output()
+            .await?;
+        Ok(out)
+    }
+
+    /// Fails with the apiserver's log tail if it has exited.
+    pub fn check_alive(&self) -> Result<()> {
+        self.etcd.check_alive()?;
+        self.apiserver.check_alive()
+    }
+
+    /// Process ids of etcd and kube-apiserver (to check that nothing leaks).
+    pub fn pids(&self) -> [u32; 2] {
+        [self.etcd.pid(), self.apiserver.pid()]
+    }
+}
+
+/// A kubeconfig YAML for `server` with the CA inline and a bearer token.
+pub(crate) fn kubeconfig_yaml(server: &str, ca_pem: &str, token: &str) -> Result<String> {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let kc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "testenv", "cluster": {"server": server, "certificate-authority-data": ca}}],
+        "users": [{"name": "testenv", "user": {"token": token}}],
+        "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": "testenv"}}],
+        "current-context": "testenv",
+    });
+    Ok(serde_norway::to_string(&kc)?)
+}
+
+pub(crate) fn random_suffix() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    format!(
+        "{:016x}",
+        RandomState::new().hash_one(std::time::SystemTime::now())
+    )
+}
+
+/// The certificates and keys of the control plane, written to files.
+struct Pki {
+    ca_pem: String,
+    ca_cert: PathBuf,
+    serving_cert: PathBuf,
+    serving_key: PathBuf,
+    sa_key: PathBuf,
+    sa_pub: PathBuf,
+}
+
+impl Pki {
+    fn generate(dir: &Path) -> Result<Pki> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "kfo-testenv-ca");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![
+            "localhost".to_owned(),
+            "kubernetes.default.svc".to_owned(),
+        ])?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        let cert = params.signed_by(&key, &issuer)?;
+
+        let sa = KeyPair::generate()?;
+        let pki = Pki {
+            ca_pem: ca.pem(),
+            ca_cert: dir.join("ca.crt"),
+            serving_cert: dir.join("apiserver.crt"),
+            serving_key: dir.join("apiserver.key"),
+            sa_key: dir.join("sa.key"),
+            sa_pub: dir.join("sa.pub"),
+        };
+        std::fs::write(&pki.ca_cert, &pki.ca_pem)?;
+        std::fs::write(&pki.serving_cert, cert.pem())?;
+        std::fs::write(&pki.serving_key, key.serialize_pem())?;
+        std::fs::write(&pki.sa_key, sa.serialize_pem())?;
+        std::fs::write(&pki.sa_pub, sa.public_key_pem())?;
+        if pki.ca_pem.is_empty() {
+            bail!("empty CA");
+        }
+        Ok(pki)
+    }
+}

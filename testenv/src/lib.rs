@@ -1,0 +1,46 @@
+//! Test support for kong-fallback-operator: real components on loopback.
+//!
+//! - [`kube()`]: etcd + kube-apiserver (secure serving, RBAC, a generated kubeconfig),
+//! - [`minio()`]: a MinIO server (root credentials, fresh buckets, read-only principals),
+//! - [`gcs()`]: fake-gcs-server, the GCS emulator (fresh buckets).
+//!
+//! Each is started once per test binary, on first use, and shared: a test takes its own
+//! namespace or bucket, so tests run in parallel. The binaries are built from Go modules
+//! by `tools/ensure-bin` (cached per machine). Every process is started with a parent-death
+//! signal from one long-lived thread, so nothing outlives the test binary, whether the
+//! tests pass, fail or the binary is killed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod gcs;
+mod kube;
+mod minio;
+mod process;
+
+pub use gcs::{GcsEnv, gcs};
+pub use kube::{KubeEnv, kube};
+pub use minio::{MinioEnv, ReadOnlyCredentials, minio};
+pub use process::{Proc, binary, repo_root};
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A name unique within this test run, usable as a namespace or bucket name
+/// (lowercase, starts with a letter, at most 40 characters).
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let mut p: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(24)
+        .collect();
+    if p.is_empty() {
+        p.push('t');
+    }
+    format!("{p}-{}-{n}", std::process::id())
+}

@@ -1,0 +1,238 @@
+//! The FallbackConfigPolicy API against a real kube-apiserver: the generated CRD installs,
+//! valid policies are stored with their defaults, and the schema's patterns, enums and CEL
+//! rules make the apiserver itself refuse bad ones, naming the field.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use kfo_testenv::{KubeEnv, kube};
+use kong_fallback_operator::api::{ExporterMode, FallbackConfigPolicy};
+use kube::CustomResourceExt;
+use kube::api::{Api, DynamicObject, PostParams};
+use serde_json::json;
+
+async fn setup() -> (&'static KubeEnv, kube::Client) {
+    let env = kube().await;
+    env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+    (env, env.client().await.unwrap())
+}
+
+fn policy(name: &str, spec: serde_json::Value) -> FallbackConfigPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "fallback.kong-dp.io/v1alpha1",
+        "kind": "FallbackConfigPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn valid_spec() -> serde_json::Value {
+    json!({
+        "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+        "storage": {
+            "url": "s3://fallback/kong",
+            "endpoint": "http://minio.minio:9000",
+            "region": "us-east-1",
+            "readCredentials": {"secretName": "fallback-read"},
+            "writeCredentials": {"secretName": "fallback-write"}
+        },
+        "exporter": {
+            "mode": "Operator",
+            "controlPlane": {"endpoint": "kong-cp.kong.svc:8005", "clusterCertSecret": "kong-cluster-cert"}
+        }
+    })
+}
+
+/// Creates `spec` and returns the apiserver's refusal message (panics if it was accepted).
+async fn rejection(client: &kube::Client, ns: &str, spec: serde_json::Value) -> String {
+    // NB: untyped, because the typed spec cannot even hold most invalid values.
+    let ar = kube::discovery::ApiResource::erase::<FallbackConfigPolicy>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let p: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "fallback.kong-dp.io/v1alpha1",
+        "kind": "FallbackConfigPolicy",
+        "metadata": {"name": kfo_testenv::unique_name("bad")},
+        "spec": spec,
+    }))
+    .unwrap();
+    match api.create(&PostParams::default(), &p).await {
+        Ok(_) => panic!("the apiserver accepted an invalid policy"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            status.message
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn kubectl_applies_the_crd_file_and_it_becomes_established() {
+    let env = kube().await;
+    let out = env.kubectl(&["apply", "-f", "crds/"]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/fallbackconfigpolicies.fallback.kong-dp.io",
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The apiserver publishes a new CRD's OpenAPI a moment after it is Established.
+    let mut text = String::new();
+    for _ in 0..60 {
+        let out = env
+            .kubectl(&["explain", "fcp.spec.storage.url"])
+            .await
+            .unwrap();
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("s3://<bucket>/<prefix>") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    panic!("kubectl explain does not show the doc comment: {text}");
+}
+
+#[tokio::test]
+async fn a_valid_policy_is_stored_with_defaults_and_read_back_typed() {
+    let (env, client) = setup().await;
+    let ns = env.namespace("api-valid").await.unwrap();
+    let api: Api<FallbackConfigPolicy> = Api::namespaced(client, &ns);
+    api.create(&PostParams::default(), &policy("prod", valid_spec()))
+        .await
+        .unwrap();
+
+    let got = api.get("prod").await.unwrap();
+    assert_eq!(got.spec.exporter.mode, ExporterMode::Operator);
+    assert_eq!(
+        got.spec.storage.endpoint.as_deref(),
+        Some("http://minio.minio:9000")
+    );
+    assert_eq!(got.spec.election.lease_duration.to_string(), "15s");
+    assert_eq!(got.spec.exporter.min_interval.to_string(), "5s");
+    assert!(kong_fallback_operator::api::validate(&got.spec).is_empty());
+
+    // The apiserver applied the schema defaults: they are in the stored object itself.
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        env.client().await.unwrap(),
+        &ns,
+        &kube::discovery::ApiResource::erase::<FallbackConfigPolicy>(&()),
+    );
+    let stored = raw.get("prod").await.unwrap();
+    assert_eq!(
+        stored.data["spec"]["election"]["renewDeadline"],
+        json!("10s")
+    );
+    assert_eq!(
+        stored.data["spec"]["election"]["mirrorToStorage"],
+        json!(true)
+    );
+}
+
+#[tokio::test]
+async fn a_bad_storage_url_scheme_is_rejected_naming_the_field() {
+    let (env, client) = setup().await;
+    let ns = env.namespace("api-url").await.unwrap();
+    let mut spec = valid_spec();
+    spec["storage"]["url"] = json!("http://fallback/kong");
+    let msg = rejection(&client, &ns, spec).await;
+    assert!(msg.contains("spec.storage.url"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_bad_enum_is_rejected_naming_the_field_and_the_allowed_values() {
+    let (env, client) = setup().await;
+    let ns = env.namespace("api-enum").await.unwrap();
+    let mut spec = valid_spec();
+    spec["exporter"]["mode"] = json!("Sideways");
+    let msg = rejection(&client, &ns, spec).await;
+    assert!(msg.contains("spec.exporter.mode"), "{msg}");
+    assert!(msg.contains("\"BackupPods\""), "{msg}");
+
+    let mut spec = valid_spec();
+    spec["exporter"]["controlPlane"]["mtls"] = json!("none");
+    let msg = rejection(&client, &ns, spec).await;
+    assert!(msg.contains("spec.exporter.controlPlane.mtls"), "{msg}");
+}
+
+#[tokio::test]
+async fn cel_rules_are_enforced_by_the_apiserver() {
+    let (env, client) = setup().await;
+    let ns = env.namespace("api-cel").await.unwrap();
+
+    let mut spec = valid_spec();
+    spec["exporter"]
+        .as_object_mut()
+        .unwrap()
+        .remove("controlPlane");
+    let msg = rejection(&client, &ns, spec).await;
+    assert!(
+        msg.contains("spec.exporter") && msg.contains("controlPlane is required"),
+        "{msg}"
+    );
+
+    let mut spec = valid_spec();
+    spec["storage"]["readCredentials"] = json!({"secretName": "r", "ambient": true});
+    let msg = rejection(&client, &ns, spec).await;
+    assert!(
+        msg.contains("spec.storage.readCredentials") && msg.contains("exactly one"),
+        "{msg}"
+    );
+
+    let mut spec = valid_spec();
+    spec["storage"]["url"] = json!("gcs://fallback/kong");
+    let msg = rejection(&client, &ns, spec).await;
+    assert!(
+        msg.contains("spec.storage") && msg.contains("endpoint is only for S3"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn durations_and_versions_are_checked_by_pattern() {
+    let (env, client) = setup().await;
+    let ns = env.namespace("api-pattern").await.unwrap();
+
+    let mut spec = valid_spec();
+    spec["election"] = json!({"leaseDuration": "15 seconds"});
+    let msg = rejection(&client, &ns, spec).await;
+    assert!(msg.contains("spec.election.leaseDuration"), "{msg}");
+
+    let mut spec = valid_spec();
+    spec["exporter"]["versions"] = json!(["3.6.1.4", "3.6"]);
+    let msg = rejection(&client, &ns, spec).await;
+    assert!(msg.contains("spec.exporter.versions[1]"), "{msg}");
+}
+
+#[tokio::test]
+async fn every_example_policy_is_valid_and_accepted_by_the_apiserver() {
+    let (env, client) = setup().await;
+    let ns = env.namespace("api-examples").await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut p: FallbackConfigPolicy = serde_norway::from_str(&text).unwrap();
+        let problems = kong_fallback_operator::api::validate(&p.spec);
+        assert!(problems.is_empty(), "{}: {problems:?}", path.display());
+        p.metadata.namespace = Some(ns.clone());
+        p.metadata.name = Some(kfo_testenv::unique_name("example"));
+        let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+        api.create(&PostParams::default(), &p)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 3, "expected the example policies, found {n}");
+}

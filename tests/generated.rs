@@ -1,0 +1,87 @@
+//! Generated files stay in step with the code: the CRD in `crds/` and in the Helm chart is
+//! exactly what `kong-fallback-operator crd` prints, and the chart passes the real helm.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+
+const CRD_FILE: &str = "crds/fallbackconfigpolicies.fallback.kong-dp.io.yaml";
+const CHART: &str = "charts/kong-fallback-operator";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn the_crd_file_is_what_the_binary_prints() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kong-fallback-operator"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed, kong_fallback_operator::api::crd_yaml().unwrap());
+    assert!(
+        read(CRD_FILE) == printed,
+        "{CRD_FILE} is stale: run `make generate` and commit the result"
+    );
+}
+
+#[test]
+fn the_chart_carries_the_same_crd() {
+    let chart_crd = format!("{CHART}/crds/fallbackconfigpolicies.fallback.kong-dp.io.yaml");
+    assert!(
+        read(&chart_crd) == read(CRD_FILE),
+        "{chart_crd} differs from {CRD_FILE}: run `make generate`"
+    );
+}
+
+#[test]
+fn helm_lints_and_renders_the_chart() {
+    let helm = kfo_testenv::binary("helm").unwrap();
+    let lint = Command::new(&helm)
+        .args(["lint", "--strict", CHART])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        lint.status.success(),
+        "helm lint failed:\n{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let tpl = Command::new(&helm)
+        .args([
+            "template",
+            "kfo",
+            CHART,
+            "--include-crds",
+            "--namespace",
+            "kong-fallback",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        tpl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tpl.stderr)
+    );
+    let rendered = String::from_utf8(tpl.stdout).unwrap();
+    assert!(
+        rendered.contains("kind: CustomResourceDefinition"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("name: fallbackconfigpolicies.fallback.kong-dp.io"),
+        "{rendered}"
+    );
+}
