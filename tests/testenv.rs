@@ -85,3 +85,56 @@ fn unique_names_are_valid_bucket_and_namespace_names() {
         );
     }
 }
+
+/// Listening TCP sockets of `pid`, as (address, port) with the address in hex as
+/// /proc/net/tcp{,6} writes it.
+fn listening_sockets(pid: u32) -> Vec<(String, u16)> {
+    let fd_dir = Path::new("/proc").join(pid.to_string()).join("fd");
+    let inodes: Vec<String> = std::fs::read_dir(fd_dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state (0A = LISTEN), inode
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let (addr, port) = f[1].split_once(':').unwrap();
+                out.push((addr.to_owned(), u16::from_str_radix(port, 16).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_process_listens_on_loopback_only() {
+    let kube = kfo_testenv::kube().await;
+    let minio = kfo_testenv::minio().await;
+    let gcs = kfo_testenv::gcs().await;
+    let mut pids = kube.pids().to_vec();
+    pids.extend([minio.pid(), gcs.pid()]);
+    for pid in pids {
+        let sockets = listening_sockets(pid);
+        assert!(!sockets.is_empty(), "process {pid} listens on nothing?");
+        for (addr, port) in sockets {
+            // 127.0.0.1 in /proc/net/tcp is 0100007F; ::1 (or v4-mapped 127.0.0.1) in tcp6.
+            let loopback = addr == "0100007F"
+                || addr == "00000000000000000000000001000000"
+                || addr == "0000000000000000FFFF00000100007F";
+            assert!(
+                loopback,
+                "process {pid} listens on {addr}:{port}, not loopback"
+            );
+        }
+    }
+}
