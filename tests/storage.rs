@@ -167,3 +167,189 @@ async fn gcs_round_trip_against_fake_gcs_server_with_the_product_client() {
     }
     assert_eq!(body, CONFIG.as_bytes());
 }
+
+// ---- The ObjectStore implementations, held to one contract on both real stores. ----
+
+use std::collections::BTreeMap;
+
+use kong_fallback_operator::storage::gcs::GcsStore;
+use kong_fallback_operator::storage::s3::{PutExtras, S3Store};
+use kong_fallback_operator::storage::{ErrorKind, ObjectStore, Precondition, PutObject};
+
+fn object(key: &str, body: &str, precondition: Precondition) -> PutObject {
+    PutObject {
+        key: key.to_owned(),
+        body: bytes::Bytes::from(body.to_owned()),
+        content_type: "application/json".to_owned(),
+        metadata: BTreeMap::from([("uploader".to_owned(), "kfo-test".to_owned())]),
+        precondition,
+    }
+}
+
+/// The contract every store keeps: round trip with content type and metadata, listing by
+/// prefix, conditional writes that fence a stale writer, and idempotent deletes.
+/// `keeps_content_type` is false only for fake-gcs-server: it takes an object's content
+/// type from the media part of a multipart upload, not from the metadata part where the
+/// GCS client (and the real GCS) put it.
+async fn contract(store: &dyn ObjectStore, keeps_content_type: bool) {
+    let key = "kong/3.6.1.4/config.json";
+    assert!(
+        store.get(key).await.unwrap().is_none(),
+        "a missing object reads as None"
+    );
+
+    let v1 = store
+        .put(object(key, CONFIG, Precondition::IfAbsent))
+        .await
+        .unwrap();
+    let err = store
+        .put(object(key, "{}", Precondition::IfAbsent))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind,
+        ErrorKind::PreconditionFailed,
+        "create-only refused on an existing key: {err}"
+    );
+    assert!(err.to_string().contains(key), "{err}");
+
+    let got = store.get(key).await.unwrap().unwrap();
+    assert_eq!(&got.body[..], CONFIG.as_bytes());
+    if keeps_content_type {
+        assert_eq!(got.content_type.as_deref(), Some("application/json"));
+    }
+    assert_eq!(
+        got.metadata.get("uploader").map(String::as_str),
+        Some("kfo-test")
+    );
+    assert_eq!(got.info.version, v1);
+    assert_eq!(got.info.size, CONFIG.len() as u64);
+
+    // A writer holding the current version wins once; the stale one is fenced off.
+    let v2 = store
+        .put(object(
+            key,
+            r#"{"v":2}"#,
+            Precondition::IfVersion(v1.clone()),
+        ))
+        .await
+        .unwrap();
+    assert_ne!(v1, v2);
+    let stale = store
+        .put(object(key, r#"{"v":"stale"}"#, Precondition::IfVersion(v1)))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.kind, ErrorKind::PreconditionFailed, "{stale}");
+    assert_eq!(
+        &store.get(key).await.unwrap().unwrap().body[..],
+        br#"{"v":2}"#
+    );
+
+    store
+        .put(object("kong/3.6.1.4/election/1-a", "", Precondition::None))
+        .await
+        .unwrap();
+    store
+        .put(object("kong/3.7.0.0/config.json", "{}", Precondition::None))
+        .await
+        .unwrap();
+    let listed = store.list("kong/3.6.1.4/").await.unwrap();
+    let keys: Vec<&str> = listed.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["kong/3.6.1.4/config.json", "kong/3.6.1.4/election/1-a"]
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|i| i.last_modified > std::time::SystemTime::UNIX_EPOCH)
+    );
+
+    store.delete("kong/3.6.1.4/election/1-a").await.unwrap();
+    store.delete("kong/3.6.1.4/election/1-a").await.unwrap();
+    assert_eq!(store.list("kong/3.6.1.4/election/").await.unwrap().len(), 0);
+}
+
+fn minio_store(env: &kfo_testenv::MinioEnv, bucket: &str, secret: &str) -> S3Store {
+    let settings = S3Settings {
+        region: "us-east-1".into(),
+        endpoint: Some(env.endpoint.clone()),
+        credentials: StaticCredentials {
+            access_key_id: env.root_user.clone(),
+            secret_access_key: secret.to_owned(),
+            session_token: None,
+        },
+    };
+    S3Store::new(&settings, bucket, PutExtras::default())
+}
+
+#[tokio::test]
+async fn the_s3_store_keeps_the_contract_on_minio() {
+    let env = minio().await;
+    let bucket = env.bucket("contract-s3").await.unwrap();
+    contract(&minio_store(env, &bucket, &env.root_password), true).await;
+}
+
+#[tokio::test]
+async fn the_gcs_store_keeps_the_contract_on_fake_gcs_server() {
+    let env = gcs().await;
+    let bucket = env.bucket("contract-gcs").await.unwrap();
+    let store = GcsStore::new(Some(&env.endpoint), &GcsCredentials::Anonymous, &bucket)
+        .await
+        .unwrap();
+    contract(&store, false).await;
+}
+
+#[tokio::test]
+async fn s3_errors_say_credentials_missing_bucket_or_network() {
+    let env = minio().await;
+    let bucket = env.bucket("errors-s3").await.unwrap();
+
+    let wrong = minio_store(env, &bucket, "not-the-password");
+    let e = wrong
+        .put(object("k", "{}", Precondition::None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Credentials, "{e}");
+    assert!(e.to_string().contains(&format!("put {bucket}/k")), "{e}");
+
+    let missing = minio_store(env, "no-such-bucket-kfo", &env.root_password);
+    let e = missing.get("k").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BucketMissing, "{e}");
+
+    let settings = S3Settings {
+        region: "us-east-1".into(),
+        endpoint: Some("http://127.0.0.1:9".into()),
+        credentials: StaticCredentials {
+            access_key_id: "a".into(),
+            secret_access_key: "b".into(),
+            session_token: None,
+        },
+    };
+    let e = S3Store::new(&settings, &bucket, PutExtras::default())
+        .list("x/")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Network, "{e}");
+    assert!(e.kind.is_transient());
+}
+
+#[tokio::test]
+async fn gcs_errors_say_missing_bucket_or_network() {
+    let env = gcs().await;
+    let store = GcsStore::new(
+        Some(&env.endpoint),
+        &GcsCredentials::Anonymous,
+        "no-such-bucket-kfo",
+    )
+    .await
+    .unwrap();
+    let e = store.list("x/").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BucketMissing, "{e}");
+
+    let down = GcsStore::new(Some("http://127.0.0.1:9"), &GcsCredentials::Anonymous, "b")
+        .await
+        .unwrap();
+    let e = down.list("x/").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Network, "{e}");
+}

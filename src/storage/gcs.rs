@@ -1,9 +1,26 @@
-//! Google Cloud Storage, through google-cloud-storage (JSON API for reads and writes).
+//! Google Cloud Storage.
+//!
+//! Reads and writes (with generation preconditions) go through google-cloud-storage. Its
+//! list, delete and metadata calls are gRPC only (`StorageControl`), which emulators do
+//! not serve and some networks block; those three use the JSON API directly, with the
+//! same credentials (google-cloud-auth) and endpoint.
 
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
 use google_cloud_auth::credentials::{
-    Builder as AdcBuilder, Credentials, anonymous, service_account,
+    Builder as AdcBuilder, CacheableResource, Credentials, anonymous, service_account,
 };
 use google_cloud_storage::client::Storage;
+use serde::Deserialize;
+
+use super::{
+    ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, StoreError, classify,
+};
+
+/// The public endpoint of Google Cloud Storage.
+pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 
 /// Where GCS credentials come from.
 #[derive(Clone)]
@@ -41,12 +58,8 @@ pub fn bucket_path(bucket: &str) -> String {
     format!("projects/_/buckets/{bucket}")
 }
 
-/// A GCS client; `endpoint` overrides `https://storage.googleapis.com` (emulators).
-pub async fn client(
-    endpoint: Option<&str>,
-    credentials: &GcsCredentials,
-) -> Result<Storage, GcsClientError> {
-    let creds: Credentials = match credentials {
+fn credentials(credentials: &GcsCredentials) -> Result<Credentials, GcsClientError> {
+    Ok(match credentials {
         GcsCredentials::ServiceAccountJson(json) => {
             let key = serde_json::from_str(json).map_err(GcsClientError::ServiceAccountJson)?;
             service_account::Builder::new(key)
@@ -57,8 +70,15 @@ pub async fn client(
             .build()
             .map_err(|e| GcsClientError::Credentials(e.to_string()))?,
         GcsCredentials::Anonymous => anonymous::Builder::new().build(),
-    };
-    let mut builder = Storage::builder().with_credentials(creds);
+    })
+}
+
+/// A GCS client; `endpoint` overrides [`DEFAULT_ENDPOINT`] (emulators).
+pub async fn client(
+    endpoint: Option<&str>,
+    creds: &GcsCredentials,
+) -> Result<Storage, GcsClientError> {
+    let mut builder = Storage::builder().with_credentials(credentials(creds)?);
     if let Some(endpoint) = endpoint {
         builder = builder.with_endpoint(endpoint.trim_end_matches('/'));
     }
@@ -66,4 +86,333 @@ pub async fn client(
         .build()
         .await
         .map_err(|e| GcsClientError::Client(e.to_string()))
+}
+
+/// One GCS bucket.
+pub struct GcsStore {
+    storage: Storage,
+    http: reqwest::Client,
+    credentials: Credentials,
+    endpoint: String,
+    bucket: String,
+}
+
+impl GcsStore {
+    pub async fn new(
+        endpoint: Option<&str>,
+        creds: &GcsCredentials,
+        bucket: &str,
+    ) -> Result<Self, GcsClientError> {
+        Ok(GcsStore {
+            storage: client(endpoint, creds).await?,
+            http: reqwest::Client::new(),
+            credentials: credentials(creds)?,
+            endpoint: endpoint
+                .unwrap_or(DEFAULT_ENDPOINT)
+                .trim_end_matches('/')
+                .to_owned(),
+            bucket: bucket.to_owned(),
+        })
+    }
+
+    fn err(
+        &self,
+        kind: ErrorKind,
+        op: &'static str,
+        key: &str,
+        detail: impl Into<String>,
+    ) -> StoreError {
+        StoreError::new(kind, op, &self.bucket, key, detail)
+    }
+
+    fn client_error(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: &google_cloud_storage::Error,
+    ) -> StoreError {
+        let kind = if e.is_authentication() {
+            ErrorKind::Credentials
+        } else if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() {
+            ErrorKind::Network
+        } else {
+            match e.http_status_code() {
+                Some(404) => ErrorKind::BucketMissing,
+                status => classify(status, None),
+            }
+        };
+        self.err(kind, op, key, e.to_string())
+    }
+
+    /// A JSON API request with the store's credentials.
+    async fn json_api(
+        &self,
+        op: &'static str,
+        key: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, StoreError> {
+        let headers = match self.credentials.headers(Default::default()).await {
+            Ok(CacheableResource::New { data, .. }) => data,
+            Ok(CacheableResource::NotModified) => Default::default(),
+            Err(e) => return Err(self.err(ErrorKind::Credentials, op, key, e.to_string())),
+        };
+        req.headers(headers)
+            .send()
+            .await
+            .map_err(|e| self.err(ErrorKind::Network, op, key, e.to_string()))
+    }
+
+    async fn failure(&self, op: &'static str, key: &str, resp: reqwest::Response) -> StoreError {
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        let kind = match status {
+            404 if op == "list" || body.contains("bucket") || body.contains("Bucket") => {
+                ErrorKind::BucketMissing
+            }
+            _ => classify(Some(status), None),
+        };
+        let detail: String = body.chars().take(300).collect();
+        self.err(kind, op, key, format!("HTTP {status} {detail}"))
+    }
+
+    fn object_url(&self, key: &str) -> String {
+        format!(
+            "{}/storage/v1/b/{}/o/{}",
+            self.endpoint,
+            self.bucket,
+            encode(key)
+        )
+    }
+
+    /// The object's JSON API resource; `None` when it does not exist.
+    async fn stat(&self, key: &str) -> Result<Option<JsonObject>, StoreError> {
+        let resp = self
+            .json_api("get", key, self.http.get(self.object_url(key)))
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            let body = resp.text().await.unwrap_or_default();
+            // NB: a missing bucket is also a 404; tell it apart by the message.
+            return if body.to_ascii_lowercase().contains("bucket")
+                && !body.to_ascii_lowercase().contains("object")
+            {
+                Err(self.err(ErrorKind::BucketMissing, "get", key, body))
+            } else {
+                Ok(None)
+            };
+        }
+        if !resp.status().is_success() {
+            return Err(self.failure("get", key, resp).await);
+        }
+        resp.json::<JsonObject>()
+            .await
+            .map(Some)
+            .map_err(|e| self.err(ErrorKind::Other, "get", key, e.to_string()))
+    }
+}
+
+/// The fields of a JSON API object resource we use.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonObject {
+    name: String,
+    #[serde(default)]
+    size: Option<String>,
+    #[serde(default)]
+    generation: Option<String>,
+    #[serde(default)]
+    updated: Option<String>,
+    #[serde(default)]
+    time_created: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+impl JsonObject {
+    fn info(&self) -> ObjectInfo {
+        let updated = parse_time(self.updated.as_deref());
+        ObjectInfo {
+            key: self.name.clone(),
+            size: self
+                .size
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            last_modified: updated,
+            created: self
+                .time_created
+                .as_deref()
+                .map_or(updated, |t| parse_time(Some(t))),
+            version: self.generation.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonList {
+    #[serde(default)]
+    items: Vec<JsonObject>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+fn parse_time(t: Option<&str>) -> SystemTime {
+    t.and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map_or(SystemTime::UNIX_EPOCH, SystemTime::from)
+}
+
+/// Percent-encodes an object name for a URL path segment.
+fn encode(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for GcsStore {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn put(&self, object: PutObject) -> Result<String, StoreError> {
+        let mut req = self
+            .storage
+            .write_object(bucket_path(&self.bucket), &object.key, object.body)
+            .set_content_type(object.content_type)
+            .set_metadata(object.metadata);
+        req = match &object.precondition {
+            Precondition::None => req,
+            Precondition::IfAbsent => req.set_if_generation_match(0_i64),
+            Precondition::IfVersion(g) => match g.parse::<i64>() {
+                Ok(g) => req.set_if_generation_match(g),
+                Err(_) => {
+                    return Err(self.err(
+                        ErrorKind::Other,
+                        "put",
+                        &object.key,
+                        format!("{g:?} is not a GCS generation"),
+                    ));
+                }
+            },
+        };
+        let written = req
+            .send_buffered()
+            .await
+            .map_err(|e| self.client_error("put", &object.key, &e))?;
+        Ok(written.generation.to_string())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let Some(meta) = self.stat(key).await? else {
+            return Ok(None);
+        };
+        // NB: pin the generation we described, so body and metadata belong together.
+        let mut read = self.storage.read_object(bucket_path(&self.bucket), key);
+        if let Some(g) = meta
+            .generation
+            .as_deref()
+            .and_then(|g| g.parse::<i64>().ok())
+        {
+            read = read.set_generation(g);
+        }
+        let mut resp = match read.send().await {
+            Ok(r) => r,
+            Err(e) if e.http_status_code() == Some(404) => return Ok(None),
+            Err(e) => return Err(self.client_error("get", key, &e)),
+        };
+        let mut body = Vec::with_capacity(meta.info().size as usize);
+        while let Some(chunk) = resp.next().await {
+            body.extend_from_slice(&chunk.map_err(|e| self.client_error("get", key, &e))?);
+        }
+        Ok(Some(Object {
+            info: meta.info(),
+            body: Bytes::from(body),
+            content_type: meta.content_type.clone(),
+            metadata: meta.metadata,
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let url = format!("{}/storage/v1/b/{}/o", self.endpoint, self.bucket);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("prefix", prefix.to_owned()),
+                ("maxResults", "1000".to_owned()),
+            ];
+            if let Some(t) = &token {
+                query.push(("pageToken", t.clone()));
+            }
+            let resp = self
+                .json_api("list", prefix, self.http.get(&url).query(&query))
+                .await?;
+            if !resp.status().is_success() {
+                return Err(self.failure("list", prefix, resp).await);
+            }
+            let page: JsonList = resp
+                .json()
+                .await
+                .map_err(|e| self.err(ErrorKind::Other, "list", prefix, e.to_string()))?;
+            out.extend(page.items.iter().map(JsonObject::info));
+            match page.next_page_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let resp = self
+            .json_api("delete", key, self.http.delete(self.object_url(key)))
+            .await?;
+        if resp.status().is_success() || resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(self.failure("delete", key, resp).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_encoded_as_one_path_segment() {
+        assert_eq!(
+            encode("kong/3.6.0.0/election/17.5-abc"),
+            "kong%2F3.6.0.0%2Felection%2F17.5-abc"
+        );
+        assert_eq!(encode("a b+c"), "a%20b%2Bc");
+    }
+
+    #[test]
+    fn json_api_objects_become_object_infos() {
+        let o: JsonObject = serde_json::from_str(
+            r#"{"name":"p/3.6.0.0/config.json","size":"42","generation":"1700000000123456",
+               "updated":"2026-11-23T01:02:03.5Z","timeCreated":"2026-11-23T01:00:00Z",
+               "contentType":"application/json","metadata":{"uploader":"op"}}"#,
+        )
+        .unwrap();
+        let i = o.info();
+        assert_eq!((i.size, i.version.as_str()), (42, "1700000000123456"));
+        assert!(i.created < i.last_modified);
+        assert_eq!(o.metadata["uploader"], "op");
+    }
+
+    #[test]
+    fn debug_output_never_contains_the_key() {
+        let c = GcsCredentials::ServiceAccountJson(r#"{"private_key":"secret"}"#.into());
+        assert!(!format!("{c:?}").contains("secret"));
+    }
 }

@@ -1,9 +1,236 @@
-//! Object storage clients. This module owns how the operator talks to S3, S3-compatible
-//! stores and GCS; the rest of the operator sees only what it exports.
+//! Object storage: one [`ObjectStore`] trait for S3 (and S3-compatible stores), GCS, and an
+//! in-memory store for unit tests. This module owns how the operator talks to a store; the
+//! export and election code see only the trait.
 //!
-//! Built so far: client construction from a policy's storage settings (region, custom
-//! endpoint with path-style addressing, static or session credentials; GCS with a
-//! service-account JSON, the ambient identity, or anonymous access for an emulator).
+//! Every error names the bucket and key and says whether the cause is the credentials, a
+//! missing bucket, a failed precondition, or the network, so a status condition can tell a
+//! person what to fix.
 
 pub mod gcs;
+pub mod memory;
 pub mod s3;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+/// A conditional write: the store's compare-and-swap, used to fence stale writers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write unconditionally.
+    None,
+    /// Write only if the key does not exist (S3 `If-None-Match: *`, GCS `ifGenerationMatch=0`).
+    IfAbsent,
+    /// Write only if the object's current version is this one (S3 ETag via `If-Match`,
+    /// GCS generation via `ifGenerationMatch`).
+    IfVersion(String),
+}
+
+/// One object to write.
+#[derive(Clone, Debug)]
+pub struct PutObject {
+    pub key: String,
+    pub body: Bytes,
+    pub content_type: String,
+    /// User metadata (`x-amz-meta-*` on S3, `metadata` on GCS).
+    pub metadata: BTreeMap<String, String>,
+    pub precondition: Precondition,
+}
+
+/// What a listing or a read reports about an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// S3 `LastModified`, GCS `updated`.
+    pub last_modified: SystemTime,
+    /// GCS `timeCreated`; S3 has none (equal to `last_modified` there).
+    pub created: SystemTime,
+    /// The version a conditional write compares against: the S3 ETag or the GCS generation.
+    pub version: String,
+}
+
+/// An object read back whole.
+#[derive(Clone, Debug)]
+pub struct Object {
+    pub info: ObjectInfo,
+    pub body: Bytes,
+    pub content_type: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The broad cause of a storage error: what a person should look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The credentials are missing, wrong, expired or lack the permission.
+    Credentials,
+    /// The bucket does not exist.
+    BucketMissing,
+    /// A conditional write found another version (a newer writer exists).
+    PreconditionFailed,
+    /// The store could not be reached or timed out; worth retrying.
+    Network,
+    /// Anything else the store answered.
+    Other,
+}
+
+impl ErrorKind {
+    /// A stable label for metrics, condition reasons and Events.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Credentials => "Credentials",
+            ErrorKind::BucketMissing => "BucketMissing",
+            ErrorKind::PreconditionFailed => "PreconditionFailed",
+            ErrorKind::Network => "Network",
+            ErrorKind::Other => "StorageError",
+        }
+    }
+
+    /// Whether retrying the same request later may succeed.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorKind::Network | ErrorKind::Other)
+    }
+}
+
+/// A failed storage operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct StoreError {
+    pub kind: ErrorKind,
+    /// `put`, `get`, `list` or `delete`.
+    pub op: &'static str,
+    pub bucket: String,
+    /// The key, or the prefix of a listing.
+    pub key: String,
+    /// What the store said (never credentials).
+    pub detail: String,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cause = match self.kind {
+            ErrorKind::Credentials => "the credentials were refused or lack permission",
+            ErrorKind::BucketMissing => "the bucket does not exist",
+            ErrorKind::PreconditionFailed => {
+                "the object changed since it was last read (conditional write refused)"
+            }
+            ErrorKind::Network => "the store could not be reached",
+            ErrorKind::Other => "the store returned an error",
+        };
+        write!(
+            f,
+            "{} {}/{}: {cause}: {}",
+            self.op, self.bucket, self.key, self.detail
+        )
+    }
+}
+
+/// An object store holding one bucket.
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// The bucket this store writes to.
+    fn bucket(&self) -> &str;
+    /// Writes an object; returns the new version (ETag or generation).
+    async fn put(&self, object: PutObject) -> Result<String, StoreError>;
+    /// Reads an object; `None` when it does not exist.
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError>;
+    /// Lists objects under `prefix` (all pages), sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// Deletes an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+impl StoreError {
+    pub(crate) fn new(
+        kind: ErrorKind,
+        op: &'static str,
+        bucket: &str,
+        key: &str,
+        detail: impl Into<String>,
+    ) -> Self {
+        StoreError {
+            kind,
+            op,
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Classifies an HTTP status and a provider error code the way S3 and GCS use them.
+pub(crate) fn classify(status: Option<u16>, code: Option<&str>) -> ErrorKind {
+    match code {
+        Some(
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "TokenRefreshRequired"
+            | "AllAccessDisabled",
+        ) => return ErrorKind::Credentials,
+        Some("NoSuchBucket") => return ErrorKind::BucketMissing,
+        Some("PreconditionFailed" | "ConditionalRequestConflict") => {
+            return ErrorKind::PreconditionFailed;
+        }
+        _ => {}
+    }
+    match status {
+        Some(401 | 403) => ErrorKind::Credentials,
+        Some(412) => ErrorKind::PreconditionFailed,
+        Some(408 | 429 | 500..=599) => ErrorKind::Network,
+        _ => ErrorKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_codes_win_over_statuses() {
+        assert_eq!(
+            classify(Some(404), Some("NoSuchBucket")),
+            ErrorKind::BucketMissing
+        );
+        assert_eq!(
+            classify(Some(403), Some("SignatureDoesNotMatch")),
+            ErrorKind::Credentials
+        );
+        assert_eq!(
+            classify(Some(409), Some("ConditionalRequestConflict")),
+            ErrorKind::PreconditionFailed
+        );
+    }
+
+    #[test]
+    fn statuses_classify_when_the_code_is_unknown() {
+        assert_eq!(classify(Some(401), None), ErrorKind::Credentials);
+        assert_eq!(classify(Some(412), None), ErrorKind::PreconditionFailed);
+        assert_eq!(classify(Some(503), Some("SlowDown")), ErrorKind::Network);
+        assert_eq!(
+            classify(Some(400), Some("InvalidArgument")),
+            ErrorKind::Other
+        );
+        assert_eq!(classify(None, None), ErrorKind::Other);
+    }
+
+    #[test]
+    fn the_message_names_bucket_key_and_cause() {
+        let e = StoreError::new(
+            ErrorKind::Credentials,
+            "put",
+            "b",
+            "p/3.6.0.0/config.json",
+            "AccessDenied",
+        );
+        assert_eq!(
+            e.to_string(),
+            "put b/p/3.6.0.0/config.json: the credentials were refused or lack permission: AccessDenied"
+        );
+        assert!(!ErrorKind::Credentials.is_transient());
+        assert!(ErrorKind::Network.is_transient());
+    }
+}

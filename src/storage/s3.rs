@@ -1,6 +1,15 @@
 //! S3 and S3-compatible stores, through aws-sdk-s3.
 
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+
+use super::{
+    ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, StoreError, classify,
+};
 
 /// Static credentials, e.g. read from a policy's Secret. `Debug` never shows the secret.
 #[derive(Clone)]
@@ -52,6 +61,195 @@ pub fn client(settings: &S3Settings) -> aws_sdk_s3::Client {
         config = config.endpoint_url(endpoint.trim_end_matches('/'));
     }
     aws_sdk_s3::Client::from_conf(config.build())
+}
+
+/// Extra PutObject arguments for `config.json` (Kong's `cluster_fallback_export_s3_config`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutExtras {
+    pub server_side_encryption: Option<String>,
+    pub kms_key_id: Option<String>,
+    pub storage_class: Option<String>,
+}
+
+/// One bucket of an S3 or S3-compatible store.
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    extras: PutExtras,
+}
+
+impl S3Store {
+    pub fn new(settings: &S3Settings, bucket: &str, extras: PutExtras) -> Self {
+        S3Store {
+            client: client(settings),
+            bucket: bucket.to_owned(),
+            extras,
+        }
+    }
+
+    fn error<E, R>(&self, op: &'static str, key: &str, err: SdkError<E, R>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + HttpStatus,
+    {
+        let (kind, detail) = match &err {
+            SdkError::DispatchFailure(e) => {
+                (ErrorKind::Network, format!("{:?}", e.as_connector_error()))
+            }
+            SdkError::TimeoutError(_) => (ErrorKind::Network, "timed out".to_owned()),
+            SdkError::ServiceError(e) => {
+                let status = e.raw().status_code();
+                let code = e.err().code();
+                let msg = e.err().message().unwrap_or("");
+                (
+                    classify(Some(status), code),
+                    format!("HTTP {status} {} {msg}", code.unwrap_or(""))
+                        .trim()
+                        .to_owned(),
+                )
+            }
+            SdkError::ResponseError(e) => (
+                classify(Some(e.raw().status_code()), None),
+                format!("unreadable response (HTTP {})", e.raw().status_code()),
+            ),
+            other => (ErrorKind::Other, other.to_string()),
+        };
+        StoreError::new(kind, op, &self.bucket, key, detail)
+    }
+}
+
+/// The HTTP status of a raw response, for error classification.
+pub trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for S3Store {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn put(&self, object: PutObject) -> Result<String, StoreError> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&object.key)
+            .content_type(&object.content_type)
+            .set_metadata(Some(object.metadata.into_iter().collect()))
+            .body(ByteStream::from(object.body));
+        req = match &object.precondition {
+            Precondition::None => req,
+            Precondition::IfAbsent => req.if_none_match("*"),
+            Precondition::IfVersion(etag) => req.if_match(etag),
+        };
+        if let Some(sse) = &self.extras.server_side_encryption {
+            req = req.server_side_encryption(sse.as_str().into());
+        }
+        if let Some(kms) = &self.extras.kms_key_id {
+            req = req.ssekms_key_id(kms);
+        }
+        if let Some(class) = &self.extras.storage_class {
+            req = req.storage_class(class.as_str().into());
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.error("put", &object.key, e))?;
+        Ok(out.e_tag().unwrap_or_default().to_owned())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
+            Err(e) => return Err(self.error("get", key, e)),
+        };
+        let last_modified = to_system_time(out.last_modified());
+        let info = ObjectInfo {
+            key: key.to_owned(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            last_modified,
+            created: last_modified,
+            version: out.e_tag().unwrap_or_default().to_owned(),
+        };
+        let content_type = out.content_type().map(str::to_owned);
+        let metadata: BTreeMap<String, String> = out
+            .metadata()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| {
+                StoreError::new(ErrorKind::Network, "get", &self.bucket, key, e.to_string())
+            })?
+            .into_bytes();
+        Ok(Some(Object {
+            info,
+            body,
+            content_type,
+            metadata,
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("list", prefix, e))?;
+            for o in page.contents() {
+                let last_modified = to_system_time(o.last_modified());
+                out.push(ObjectInfo {
+                    key: o.key().unwrap_or_default().to_owned(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified,
+                    created: last_modified,
+                    version: o.e_tag().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error("delete", key, e))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

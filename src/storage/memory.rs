@@ -1,0 +1,220 @@
+//! An in-memory [`ObjectStore`] with the same precondition semantics as S3 and GCS, for
+//! unit tests of the code above the storage layer. Its clock can be set, so freshness
+//! rules (the election mirror) can be tested without waiting.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use super::{ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, StoreError};
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Object>,
+    next_version: u64,
+    now: Option<SystemTime>,
+    /// When set, every request fails with this kind (to test error handling).
+    fail_with: Option<ErrorKind>,
+    puts: u64,
+}
+
+pub struct MemoryStore {
+    bucket: String,
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    pub fn new(bucket: &str) -> Self {
+        MemoryStore {
+            bucket: bucket.to_owned(),
+            state: Mutex::default(),
+        }
+    }
+
+    /// Fixes the store's clock (default: the system clock).
+    pub fn set_time(&self, now: SystemTime) {
+        self.lock().now = Some(now);
+    }
+
+    /// Makes every following request fail with `kind` (`None` heals the store).
+    pub fn fail_with(&self, kind: Option<ErrorKind>) {
+        self.lock().fail_with = kind;
+    }
+
+    /// How many writes succeeded so far.
+    pub fn put_count(&self) -> u64 {
+        self.lock().puts
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // NB: a panic while holding the lock only happens in a failing test; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, state: &State, op: &'static str, key: &str) -> Result<(), StoreError> {
+        match state.fail_with {
+            Some(kind) => Err(StoreError::new(
+                kind,
+                op,
+                &self.bucket,
+                key,
+                "injected failure",
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for MemoryStore {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn put(&self, object: PutObject) -> Result<String, StoreError> {
+        let mut state = self.lock();
+        self.check(&state, "put", &object.key)?;
+        let current = state
+            .objects
+            .get(&object.key)
+            .map(|o| o.info.version.clone());
+        let ok = match (&object.precondition, &current) {
+            (Precondition::None, _) => true,
+            (Precondition::IfAbsent, current) => current.is_none(),
+            (Precondition::IfVersion(v), Some(current)) => v == current,
+            (Precondition::IfVersion(_), None) => false,
+        };
+        if !ok {
+            return Err(StoreError::new(
+                ErrorKind::PreconditionFailed,
+                "put",
+                &self.bucket,
+                &object.key,
+                format!("expected {:?}, found {current:?}", object.precondition),
+            ));
+        }
+        state.next_version += 1;
+        let version = state.next_version.to_string();
+        let now = state.now.unwrap_or_else(SystemTime::now);
+        let created = state
+            .objects
+            .get(&object.key)
+            .map_or(now, |o| o.info.created);
+        let info = ObjectInfo {
+            key: object.key.clone(),
+            size: object.body.len() as u64,
+            last_modified: now,
+            created,
+            version: version.clone(),
+        };
+        state.objects.insert(
+            object.key,
+            Object {
+                info,
+                body: object.body,
+                content_type: Some(object.content_type),
+                metadata: object.metadata,
+            },
+        );
+        state.puts += 1;
+        Ok(version)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let state = self.lock();
+        self.check(&state, "get", key)?;
+        Ok(state.objects.get(key).cloned())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let state = self.lock();
+        self.check(&state, "list", prefix)?;
+        Ok(state
+            .objects
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, o)| o.info.clone())
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        self.check(&state, "delete", key)?;
+        state.objects.remove(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn put(key: &str, body: &'static str, precondition: Precondition) -> PutObject {
+        PutObject {
+            key: key.into(),
+            body: Bytes::from_static(body.as_bytes()),
+            content_type: "application/json".into(),
+            metadata: BTreeMap::new(),
+            precondition,
+        }
+    }
+
+    #[tokio::test]
+    async fn if_absent_writes_once_and_if_version_needs_the_current_version() {
+        let s = MemoryStore::new("b");
+        let v1 = s.put(put("k", "1", Precondition::IfAbsent)).await.unwrap();
+        let err = s
+            .put(put("k", "2", Precondition::IfAbsent))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::PreconditionFailed);
+        let v2 = s
+            .put(put("k", "2", Precondition::IfVersion(v1.clone())))
+            .await
+            .unwrap();
+        let stale = s
+            .put(put("k", "3", Precondition::IfVersion(v1)))
+            .await
+            .unwrap_err();
+        assert_eq!(stale.kind, ErrorKind::PreconditionFailed);
+        let got = s.get("k").await.unwrap().unwrap();
+        assert_eq!(
+            (got.body.as_ref(), got.info.version.as_str()),
+            (b"2".as_ref(), v2.as_str())
+        );
+        assert_eq!(s.put_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn list_returns_only_the_prefix_in_key_order() {
+        let s = MemoryStore::new("b");
+        for k in ["p/b", "p/a", "q/a", "p"] {
+            s.put(put(k, "x", Precondition::None)).await.unwrap();
+        }
+        let keys: Vec<String> = s
+            .list("p/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.key)
+            .collect();
+        assert_eq!(keys, ["p/a", "p/b"]);
+        s.delete("p/a").await.unwrap();
+        s.delete("p/a").await.unwrap();
+        assert_eq!(s.list("p/").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn injected_failures_name_the_operation_and_key() {
+        let s = MemoryStore::new("b");
+        s.fail_with(Some(ErrorKind::Network));
+        let e = s.get("k").await.unwrap_err();
+        assert_eq!(
+            (e.kind, e.op, e.key.as_str()),
+            (ErrorKind::Network, "get", "k")
+        );
+        s.fail_with(None);
+        assert!(s.get("k").await.unwrap().is_none());
+    }
+}
