@@ -108,6 +108,15 @@ impl StorageUrl {
     }
 }
 
+impl StorageUrl {
+    /// `<prefix>/<version>/history/`: the operator's bounded history of exported configs.
+    pub fn history_prefix(&self, version: &str) -> String {
+        let mut p = join_segments([self.prefix.as_str(), version, "history"]);
+        p.push('/');
+        p
+    }
+}
+
 impl fmt::Display for StorageUrl {
     /// The canonical form, as injected into `KONG_CLUSTER_FALLBACK_CONFIG_STORAGE`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,299 @@
+//! What to write, where, and when, for one (policy, Kong version): a pure state machine.
+//!
+//! Snapshots arrive from the control plane; [`Exporter::offer`] drops the ones that must
+//! never be written (invalid, empty, unchanged) and keeps the newest of the rest as
+//! pending. [`Exporter::next`] says, for a given instant, whether to write the pending
+//! snapshot now or when to look again: at most one write per `min_interval`, retries with
+//! backoff after failures, and the newest snapshot always wins once things are quiet.
+//! Time is passed in, so every rule is unit-tested without a clock.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::kong::config::EMPTY_CONFIG_HASH;
+
+/// A configuration received from the control plane, validated, ready to store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// The control plane's `config_hash`, kept verbatim (a DP pings it; compat rewrites
+    /// keep the original).
+    pub hash: String,
+    /// The bytes of `config.json`.
+    pub body: Bytes,
+    /// True when a data plane loading it would serve nothing.
+    pub empty: bool,
+}
+
+/// Why a snapshot was not kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Same hash as the last one written: nothing to do.
+    Unchanged,
+    /// Same hash as the one already pending.
+    AlreadyPending,
+    /// Empty: writing it would make every new data plane come up empty.
+    Empty,
+}
+
+/// The next step for the loop around the state machine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Next {
+    /// Write this snapshot now.
+    Write(Snapshot),
+    /// Nothing to write before this instant (milliseconds, on the caller's clock).
+    WaitUntil(u64),
+    /// Nothing pending.
+    Idle,
+}
+
+/// Retry delays after failed writes: 0.5 s doubling to 30 s.
+pub fn backoff(failures: u32) -> Duration {
+    let ms = 500u64.saturating_mul(1u64 << failures.saturating_sub(1).min(16));
+    Duration::from_millis(ms.min(30_000))
+}
+
+/// The export state of one (policy, version).
+#[derive(Clone, Debug)]
+pub struct Exporter {
+    min_interval_ms: u64,
+    last_written: Option<String>,
+    last_write_ms: Option<u64>,
+    pending: Option<Snapshot>,
+    failures: u32,
+    retry_at_ms: Option<u64>,
+}
+
+impl Exporter {
+    /// `last_written`: the hash already in storage, if known (so a restart does not
+    /// rewrite an identical object).
+    pub fn new(min_interval: Duration, last_written: Option<String>) -> Self {
+        Exporter {
+            min_interval_ms: min_interval.as_millis() as u64,
+            last_written,
+            last_write_ms: None,
+            pending: None,
+            failures: 0,
+            retry_at_ms: None,
+        }
+    }
+
+    /// Takes a new snapshot; the newest kept snapshot replaces an older pending one.
+    pub fn offer(&mut self, snapshot: Snapshot) -> Result<(), Dropped> {
+        if snapshot.empty || snapshot.hash == EMPTY_CONFIG_HASH {
+            return Err(Dropped::Empty);
+        }
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.hash == snapshot.hash)
+        {
+            return Err(Dropped::AlreadyPending);
+        }
+        if self.last_written.as_deref() == Some(snapshot.hash.as_str()) {
+            // NB: a return to the stored config also cancels a newer pending one.
+            self.pending = None;
+            return Err(Dropped::Unchanged);
+        }
+        self.pending = Some(snapshot);
+        Ok(())
+    }
+
+    /// What to do at `now_ms`.
+    pub fn next(&self, now_ms: u64) -> Next {
+        let Some(pending) = &self.pending else {
+            return Next::Idle;
+        };
+        let mut due = self
+            .last_write_ms
+            .map_or(0, |t| t.saturating_add(self.min_interval_ms));
+        if let Some(retry) = self.retry_at_ms {
+            due = due.max(retry);
+        }
+        if now_ms >= due {
+            Next::Write(pending.clone())
+        } else {
+            Next::WaitUntil(due)
+        }
+    }
+
+    /// Records a successful write of `hash` at `now_ms`.
+    pub fn written(&mut self, hash: &str, now_ms: u64) {
+        self.last_written = Some(hash.to_owned());
+        self.last_write_ms = Some(now_ms);
+        self.failures = 0;
+        self.retry_at_ms = None;
+        if self.pending.as_ref().is_some_and(|p| p.hash == hash) {
+            self.pending = None;
+        }
+    }
+
+    /// Records a failed write at `now_ms`; the snapshot stays pending and is retried
+    /// after a growing delay. Returns the delay.
+    pub fn failed(&mut self, now_ms: u64) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let delay = backoff(self.failures);
+        self.retry_at_ms = Some(now_ms.saturating_add(delay.as_millis() as u64));
+        delay
+    }
+
+    pub fn last_written(&self) -> Option<&str> {
+        self.last_written.as_deref()
+    }
+
+    pub fn pending(&self) -> Option<&Snapshot> {
+        self.pending.as_ref()
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(hash: &str) -> Snapshot {
+        Snapshot {
+            hash: format!("{hash:a>32}"),
+            body: Bytes::from(format!("{{\"h\":\"{hash}\"}}")),
+            empty: false,
+        }
+    }
+
+    fn ex(min_interval_ms: u64) -> Exporter {
+        Exporter::new(Duration::from_millis(min_interval_ms), None)
+    }
+
+    #[test]
+    fn the_first_snapshot_is_written_at_once() {
+        let mut e = ex(5_000);
+        e.offer(snap("a")).unwrap();
+        assert_eq!(e.next(0), Next::Write(snap("a")));
+        e.written(&snap("a").hash, 0);
+        assert_eq!(e.next(1), Next::Idle);
+    }
+
+    #[test]
+    fn an_identical_snapshot_writes_nothing() {
+        let mut e = ex(0);
+        e.offer(snap("a")).unwrap();
+        e.written(&snap("a").hash, 0);
+        assert_eq!(e.offer(snap("a")), Err(Dropped::Unchanged));
+        assert_eq!(e.next(10), Next::Idle);
+    }
+
+    #[test]
+    fn a_hash_already_in_storage_is_not_rewritten_after_a_restart() {
+        let mut e = Exporter::new(Duration::ZERO, Some(snap("a").hash));
+        assert_eq!(e.offer(snap("a")), Err(Dropped::Unchanged));
+    }
+
+    #[test]
+    fn an_empty_config_is_never_written() {
+        let mut e = ex(0);
+        let empty = Snapshot {
+            hash: "f".repeat(32),
+            body: Bytes::from_static(b"{}"),
+            empty: true,
+        };
+        assert_eq!(e.offer(empty), Err(Dropped::Empty));
+        let zero = Snapshot {
+            hash: EMPTY_CONFIG_HASH.into(),
+            body: Bytes::from_static(b"{}"),
+            empty: false,
+        };
+        assert_eq!(e.offer(zero), Err(Dropped::Empty));
+        assert_eq!(e.next(0), Next::Idle);
+    }
+
+    #[test]
+    fn an_empty_config_does_not_displace_a_pending_good_one() {
+        let mut e = ex(0);
+        e.offer(snap("a")).unwrap();
+        let empty = Snapshot {
+            hash: "f".repeat(32),
+            body: Bytes::new(),
+            empty: true,
+        };
+        assert_eq!(e.offer(empty), Err(Dropped::Empty));
+        assert_eq!(e.next(0), Next::Write(snap("a")));
+    }
+
+    #[test]
+    fn a_burst_is_coalesced_and_the_newest_wins() {
+        let mut e = ex(1_000);
+        let mut writes = Vec::new();
+        // 100 snapshots, one every 30 ms (a 3 s burst), with the loop acting on each tick.
+        for i in 0..100u64 {
+            let now = i * 30;
+            e.offer(snap(&format!("{:02}", i % 100))).unwrap();
+            if let Next::Write(s) = e.next(now) {
+                e.written(&s.hash, now);
+                writes.push((now, s.hash));
+            }
+        }
+        // Quiet afterwards: the newest pending snapshot is written once its slot comes.
+        let end = 99 * 30;
+        match e.next(end) {
+            Next::WaitUntil(t) => {
+                let Next::Write(s) = e.next(t) else {
+                    panic!("due at {t}")
+                };
+                e.written(&s.hash, t);
+                writes.push((t, s.hash));
+            }
+            Next::Idle => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            writes.last().unwrap().1,
+            snap("99").hash,
+            "the newest snapshot is stored last"
+        );
+        let bound = (end as f64 / 1_000.0).ceil() as usize + 1;
+        assert!(writes.len() <= bound, "{} writes > {bound}", writes.len());
+        for w in writes.windows(2) {
+            assert!(
+                w[1].0 - w[0].0 >= 1_000,
+                "writes closer than min_interval: {w:?}"
+            );
+        }
+        assert_eq!(e.next(end + 10_000), Next::Idle);
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_with_growing_backoff_and_keeps_the_snapshot() {
+        let mut e = ex(0);
+        e.offer(snap("a")).unwrap();
+        assert_eq!(e.failed(0), Duration::from_millis(500));
+        assert_eq!(e.next(100), Next::WaitUntil(500));
+        assert_eq!(e.next(500), Next::Write(snap("a")));
+        assert_eq!(e.failed(500), Duration::from_secs(1));
+        assert_eq!(e.failed(1_500), Duration::from_secs(2));
+        // A newer snapshot during the backoff replaces the old one but waits its turn.
+        e.offer(snap("b")).unwrap();
+        assert_eq!(e.next(2_000), Next::WaitUntil(3_500));
+        assert_eq!(e.next(3_500), Next::Write(snap("b")));
+        e.written(&snap("b").hash, 3_500);
+        assert_eq!(e.failures(), 0);
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(7), Duration::from_secs(30));
+        assert_eq!(backoff(200), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn returning_to_the_stored_config_cancels_a_pending_change() {
+        let mut e = ex(10_000);
+        e.offer(snap("a")).unwrap();
+        e.written(&snap("a").hash, 0);
+        e.offer(snap("b")).unwrap();
+        assert_eq!(e.offer(snap("a")), Err(Dropped::Unchanged));
+        assert_eq!(e.next(20_000), Next::Idle);
+    }
+}
