@@ -7,4 +7,6 @@ pub mod storage_url;
 pub mod version;
 
 pub use storage_url::{Provider, StorageUrl, StorageUrlError};
-pub use version::{KongVersion, KongVersionError};
+pub use version::{
+    ImageVersionError, KongVersion, KongVersionError, VERSION_ANNOTATION, version_from_image,
+};

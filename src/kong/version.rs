@@ -61,9 +61,84 @@ impl fmt::Display for KongVersion {
     }
 }
 
+/// The pod annotation that states a data plane's full Kong version when its image tag
+/// does not (a digest, `latest`, a floating `3.6` tag, a private re-tag).
+pub const VERSION_ANNOTATION: &str = "fallback.kong-dp.io/kong-version";
+
+/// Why an image does not name a full Kong version.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ImageVersionError {
+    #[error(
+        "image {0:?} has no tag (or only a digest); set the pod annotation {VERSION_ANNOTATION}"
+    )]
+    NoTag(String),
+    #[error(
+        "image tag {tag:?} of {image:?} does not name a full Kong version (e.g. 3.6.1.4); set the pod annotation {VERSION_ANNOTATION}"
+    )]
+    NotFull { image: String, tag: String },
+}
+
+/// The full Kong version an image tag names: `kong/kong-gateway:3.6.1.4` and
+/// `kong/kong-gateway:3.6.1.4-ubuntu` give `3.6.1.4`, `kong:3.9.1` gives `3.9.1`.
+///
+/// Limits: the tag is trusted to match `kong.version` inside the image, as Kong's own
+/// images do; floating tags (`3.6`, `latest`), digests and re-tagged private images carry
+/// no full version, so they are refused rather than guessed.
+pub fn version_from_image(image: &str) -> Result<KongVersion, ImageVersionError> {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    // The tag follows the last ':' after the last '/' (a registry may carry a port).
+    let last = no_digest.rsplit('/').next().unwrap_or(no_digest);
+    let Some((_, tag)) = last.rsplit_once(':') else {
+        return Err(ImageVersionError::NoTag(image.to_owned()));
+    };
+    let numeric = tag.split(['-', '_']).next().unwrap_or(tag);
+    numeric
+        .parse::<KongVersion>()
+        .map_err(|_| ImageVersionError::NotFull {
+            image: image.to_owned(),
+            tag: tag.to_owned(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_versions_are_read_from_kong_image_tags() {
+        for (image, v) in [
+            ("kong/kong-gateway:3.6.1.4", "3.6.1.4"),
+            ("kong/kong-gateway:3.12.0.0-ubuntu", "3.12.0.0"),
+            ("kong:3.9.1", "3.9.1"),
+            (
+                "registry.example.com:5000/mirror/kong-gateway:3.10.0.1-rhel@sha256:abcd",
+                "3.10.0.1",
+            ),
+        ] {
+            assert_eq!(version_from_image(image).unwrap().to_string(), v, "{image}");
+        }
+    }
+
+    #[test]
+    fn floating_tags_digests_and_latest_are_reported_with_the_fix() {
+        assert!(matches!(
+            version_from_image("kong/kong-gateway"),
+            Err(ImageVersionError::NoTag(_))
+        ));
+        assert!(matches!(
+            version_from_image("registry.example.com:5000/kong-gateway@sha256:abcd"),
+            Err(ImageVersionError::NoTag(_))
+        ));
+        for image in [
+            "kong/kong-gateway:3.6",
+            "kong:latest",
+            "kong/kong-gateway:3.6-ubuntu",
+        ] {
+            let e = version_from_image(image).unwrap_err();
+            assert!(matches!(e, ImageVersionError::NotFull { .. }), "{image}");
+            assert!(e.to_string().contains(VERSION_ANNOTATION), "{e}");
+        }
+    }
 
     #[test]
     fn enterprise_and_open_source_versions_parse_and_print_unchanged() {
