@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod doctor;
 pub mod export;
 pub mod kong;
 pub mod storage;

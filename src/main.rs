@@ -3,7 +3,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kong_fallback_operator::{api, controller, telemetry};
+use kong_fallback_operator::kong::{KongVersion, StorageUrl};
+use kong_fallback_operator::{api, controller, doctor, storage, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +36,22 @@ enum Command {
     },
     /// Print the FallbackConfigPolicy CRD as YAML.
     Crd,
+    /// Show what a new Kong data plane would load from storage now, reading the same
+    /// environment a data plane reads. Exits 1 if it would come up empty.
+    Doctor {
+        /// The data plane's full Kong version, e.g. 3.6.1.4.
+        #[arg(long = "kong-version", env = "KFO_KONG_VERSION")]
+        version: String,
+        /// The storage URL (default: what the data plane is given).
+        #[arg(long, env = "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE")]
+        storage: String,
+        /// An S3-compatible endpoint (default: AWS_CONFIG_STORAGE_ENDPOINT), or a GCS emulator.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Use no GCS credentials (emulators only).
+        #[arg(long)]
+        gcs_anonymous: bool,
+    },
 }
 
 #[tokio::main]
@@ -54,6 +71,33 @@ async fn main() -> anyhow::Result<()> {
                 "failed to build a Kubernetes client (no kubeconfig and not in a cluster?)",
             )?;
             controller::run(client, identity).await?;
+        }
+        Command::Doctor {
+            version,
+            storage: url,
+            endpoint,
+            gcs_anonymous,
+        } => {
+            let version: KongVersion = version.parse()?;
+            let url = StorageUrl::parse(&url)?;
+            let access =
+                doctor::access_from_env(&url, |k| std::env::var(k).ok(), endpoint, gcs_anonymous)
+                    .map_err(anyhow::Error::msg)?;
+            let store = storage::open(&url, access)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let key = url.config_key(&version.to_string());
+            let object = store.get(&key).await?;
+            let report = doctor::diagnose(
+                &key,
+                &version.to_string(),
+                object.as_ref(),
+                std::time::SystemTime::now(),
+            );
+            print!("{report}");
+            if !report.would_load {
+                std::process::exit(1);
+            }
         }
     }
     Ok(())

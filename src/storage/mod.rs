@@ -234,3 +234,46 @@ mod tests {
         assert!(ErrorKind::Network.is_transient());
     }
 }
+
+/// How to reach a store: the provider's settings and credentials.
+#[derive(Clone, Debug)]
+pub enum Access {
+    S3 {
+        settings: s3::S3Settings,
+        extras: s3::PutExtras,
+    },
+    Gcs {
+        /// Overrides the public endpoint (emulators).
+        endpoint: Option<String>,
+        credentials: gcs::GcsCredentials,
+    },
+}
+
+/// Opens the bucket `url` names with `access`.
+pub async fn open(
+    url: &crate::kong::StorageUrl,
+    access: Access,
+) -> Result<Box<dyn ObjectStore>, String> {
+    use crate::kong::Provider;
+    match (url.provider, access) {
+        (Provider::S3, Access::S3 { settings, extras }) => {
+            Ok(Box::new(s3::S3Store::new(&settings, &url.bucket, extras)))
+        }
+        (
+            Provider::Gcs,
+            Access::Gcs {
+                endpoint,
+                credentials,
+            },
+        ) => {
+            let store = gcs::GcsStore::new(endpoint.as_deref(), &credentials, &url.bucket)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Box::new(store))
+        }
+        (provider, _) => Err(format!(
+            "{url} is a {} URL but the credentials are for another provider",
+            provider.scheme()
+        )),
+    }
+}
