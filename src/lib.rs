@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod cp_client;
 pub mod doctor;
 pub mod export;
 pub mod kong;

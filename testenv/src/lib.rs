@@ -12,11 +12,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod gcs;
+mod kong_cp;
 mod kube;
 mod minio;
 mod process;
 
 pub use gcs::{GcsEnv, gcs};
+pub use kong_cp::{ClusterCerts, DataPlane, KongCp, Mtls};
 pub use kube::{KubeEnv, kube};
 pub use minio::{MinioEnv, ReadOnlyCredentials, minio};
 pub use process::{Proc, binary, repo_root};

@@ -1,0 +1,618 @@
+//! A protocol-faithful Kong control plane test double (hybrid mode, sync v1), written from
+//! DOMAIN.md and KONG-PROTOCOL.md. The real Kong CP cannot run here; this one behaves
+//! like it where a data plane can tell:
+//!
+//! - TLS with client certificates: `shared` mode compares the SHA-256 digest of the
+//!   client's certificate with the CP's own and closes without a response (Kong's 444) on
+//!   a mismatch; `pki` mode verifies the chain against the CA.
+//! - `GET /v1/outlet?node_id=&node_hostname=&node_version=` upgrade; HTTP 400 without
+//!   `node_id` or `node_version`.
+//! - The first frame must be a binary `basic_info` with a `plugins` list, else close.
+//! - Version rule: same major and DP minor <= CP minor, else `kong_version_incompatible`
+//!   and close.
+//! - Config pushes: one unfragmented binary frame, gzip of the `reconfigure` JSON, on
+//!   connect and on every push; withheld (socket kept open) when a configured plugin is
+//!   missing from the DP's list or has an incompatible version (`plugin_set_incompatible`,
+//!   `plugin_version_incompatible`).
+//! - After `basic_info` only PINGs with a 32-byte payload are allowed; anything else ends
+//!   the session; 45 s without a ping ends it too. The CP never pings.
+//!
+//! Deviation: the websocket library answers a PING with a PONG echoing its payload, where
+//! Kong sends an empty PONG. Data planes ignore PONG payloads.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use futures::{SinkExt, StreamExt};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Kong's `cluster_mtls`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mtls {
+    Shared,
+    Pki,
+}
+
+/// What a data plane (or the operator) is given to reach this CP: the contents of the
+/// cluster certificate Secret and the TLS server name.
+#[derive(Clone, Debug)]
+pub struct ClusterCerts {
+    pub mode: Mtls,
+    /// `tls.crt`
+    pub cert_pem: String,
+    /// `tls.key`
+    pub key_pem: String,
+    /// `ca.crt` (pki mode).
+    pub ca_pem: Option<String>,
+    /// The name the CP's certificate is valid for.
+    pub server_name: String,
+}
+
+/// What the CP knows about a connected data plane (its `clustering_data_planes` row).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DataPlane {
+    pub node_id: String,
+    pub hostname: String,
+    pub version: String,
+    pub plugins: Vec<(String, String)>,
+    /// The hash of the last PING.
+    pub config_hash: Option<String>,
+    pub sync_status: String,
+    pub connected: bool,
+    /// How many reconfigure frames were sent to it.
+    pub configs_sent: u32,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The gzip'd reconfigure frame and the plugins (name, CP version) it configures.
+    current: Option<(Arc<Vec<u8>>, Vec<String>)>,
+    dps: BTreeMap<u64, DataPlane>,
+    /// The CP's own version of custom plugins; bundled ones have the CP's core version.
+    plugin_versions: BTreeMap<String, String>,
+    next_id: u64,
+    rejected_handshakes: u32,
+}
+
+/// A running CP double. Dropping it stops the listener and closes every session.
+pub struct KongCp {
+    /// `127.0.0.1:<port>`: the `cluster_control_plane` value.
+    pub endpoint: String,
+    /// Certificates for a data plane that this CP accepts.
+    pub certs: ClusterCerts,
+    /// The CP's Kong version.
+    pub version: String,
+    shared: Arc<Mutex<Shared>>,
+    push: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for KongCp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl KongCp {
+    /// Starts a CP of `version` (e.g. `3.10.0.0`) on a free loopback port.
+    pub async fn start(mode: Mtls, version: &str) -> Result<KongCp> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let pki = ClusterPki::generate(mode)?;
+        let tls = Arc::new(pki.server_config()?);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (push, push_rx) = watch::channel(0u64);
+        let (stop, stop_rx) = watch::channel(false);
+        let cp_version = version.to_owned();
+        let shared_cert_digest = Sha256::digest(&pki.cp_cert_der).to_vec();
+        {
+            let shared = shared.clone();
+            let mut stop_rx = stop_rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let conn = tokio::select! {
+                        c = listener.accept() => c,
+                        _ = stop_rx.changed() => return,
+                    };
+                    let Ok((tcp, _)) = conn else { continue };
+                    let session = Session {
+                        shared: shared.clone(),
+                        tls: tls.clone(),
+                        mode,
+                        shared_cert_digest: shared_cert_digest.clone(),
+                        cp_version: cp_version.clone(),
+                        push: push_rx.clone(),
+                        stop: stop_rx.clone(),
+                    };
+                    tokio::spawn(session.run(tcp));
+                }
+            });
+        }
+        Ok(KongCp {
+            endpoint: addr.to_string(),
+            certs: pki.dp_certs,
+            version: version.to_owned(),
+            shared,
+            push,
+            stop,
+        })
+    }
+
+    /// Publishes `config_table` (raw JSON) with `config_hash` to every connected DP and to
+    /// later ones, as a CP does after a change. Returns the frame size (compressed).
+    pub fn push(&self, config_table: &str, config_hash: &str) -> usize {
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut json = Vec::with_capacity(config_table.len() + 128);
+        json.extend_from_slice(
+            format!(r#"{{"type":"reconfigure","timestamp":{timestamp},"config_table":"#).as_bytes(),
+        );
+        json.extend_from_slice(config_table.as_bytes());
+        json.extend_from_slice(format!(r#","config_hash":"{config_hash}"}}"#).as_bytes());
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&json).expect("writing to memory");
+        let frame = gz.finish().expect("writing to memory");
+        let size = frame.len();
+        let plugins = configured_plugins(config_table);
+        self.shared.lock().unwrap().current = Some((Arc::new(frame), plugins));
+        self.push.send_modify(|n| *n += 1);
+        size
+    }
+
+    /// Installs a custom plugin of `version` on the CP (for the plugin version check).
+    pub fn install_plugin(&self, name: &str, version: &str) {
+        self.shared
+            .lock()
+            .unwrap()
+            .plugin_versions
+            .insert(name.to_owned(), version.to_owned());
+    }
+
+    /// The data planes that connected, in connection order.
+    pub fn data_planes(&self) -> Vec<DataPlane> {
+        self.shared.lock().unwrap().dps.values().cloned().collect()
+    }
+
+    /// How many TLS handshakes or certificate checks were refused.
+    pub fn rejected_handshakes(&self) -> u32 {
+        self.shared.lock().unwrap().rejected_handshakes
+    }
+}
+
+/// Names of the plugins configured in `config_table` (Kong checks only those).
+fn configured_plugins(config_table: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(config_table).unwrap_or_default();
+    let mut names: Vec<String> = v["plugins"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `(major, minor)` of a version with at least three numeric parts (Kong's pattern).
+fn major_minor(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts.next()?;
+    patch.chars().next().filter(char::is_ascii_digit)?;
+    Some((major, minor))
+}
+
+struct Session {
+    shared: Arc<Mutex<Shared>>,
+    tls: Arc<rustls::ServerConfig>,
+    mode: Mtls,
+    shared_cert_digest: Vec<u8>,
+    cp_version: String,
+    push: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Session {
+    fn reject(&self) {
+        self.shared.lock().unwrap().rejected_handshakes += 1;
+    }
+
+    async fn run(mut self, tcp: tokio::net::TcpStream) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+        let Ok(tls) = acceptor.accept(tcp).await else {
+            self.reject();
+            return;
+        };
+        if self.mode == Mtls::Shared {
+            let digest = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Sha256::digest(c.as_ref()).to_vec());
+            if digest.as_deref() != Some(&self.shared_cert_digest[..]) {
+                // Kong: ngx.exit(444), close without a response.
+                self.reject();
+                return;
+            }
+        }
+
+        let query = Arc::new(Mutex::new(BTreeMap::<String, String>::new()));
+        let q = query.clone();
+        // NB: the error type is tungstenite's.
+        #[allow(clippy::result_large_err)]
+        let callback =
+            move |req: &Request, resp: Response| -> std::result::Result<Response, ErrorResponse> {
+                let bad = |msg: &str| {
+                    let mut r = ErrorResponse::new(Some(msg.to_owned()));
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    r
+                };
+                if req.uri().path() != "/v1/outlet" {
+                    let mut r = ErrorResponse::new(None);
+                    *r.status_mut() = StatusCode::NOT_FOUND;
+                    return Err(r);
+                }
+                // NB: Kong reads the query raw (ngx.var.arg_*), without URL-decoding.
+                let params: BTreeMap<String, String> = req
+                    .uri()
+                    .query()
+                    .unwrap_or("")
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+                if !params.contains_key("node_id") || !params.contains_key("node_version") {
+                    return Err(bad("node_id and node_version are required"));
+                }
+                *q.lock().unwrap() = params;
+                Ok(resp)
+            };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(16 << 20))
+            .max_frame_size(Some(16 << 20));
+        let Ok(mut ws) =
+            tokio_tungstenite::accept_hdr_async_with_config(tls, callback, Some(config)).await
+        else {
+            return;
+        };
+        let params = query.lock().unwrap().clone();
+
+        // basic_info: a binary frame with a plugins table, else close.
+        let first = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        let Ok(Some(Ok(Message::Binary(data)))) = first else {
+            let _ = ws.close(None).await;
+            return;
+        };
+        let info: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+        let Some(plugins) = info["plugins"]
+            .as_array()
+            .filter(|_| info["type"] == "basic_info")
+        else {
+            let _ = ws.close(None).await;
+            return;
+        };
+        let plugins: Vec<(String, String)> = plugins
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    p["version"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let dp_version = params.get("node_version").cloned().unwrap_or_default();
+        let id = {
+            let mut s = self.shared.lock().unwrap();
+            s.next_id += 1;
+            let id = s.next_id;
+            s.dps.insert(
+                id,
+                DataPlane {
+                    node_id: params.get("node_id").cloned().unwrap_or_default(),
+                    hostname: params.get("node_hostname").cloned().unwrap_or_default(),
+                    version: dp_version.clone(),
+                    plugins: plugins.clone(),
+                    sync_status: "unknown".into(),
+                    connected: true,
+                    ..Default::default()
+                },
+            );
+            id
+        };
+        let set_status = |status: &str| {
+            if let Some(dp) = self.shared.lock().unwrap().dps.get_mut(&id) {
+                dp.sync_status = status.to_owned();
+            }
+        };
+
+        let compatible = match (major_minor(&dp_version), major_minor(&self.cp_version)) {
+            (Some((dmaj, dmin)), Some((cmaj, cmin))) => dmaj == cmaj && dmin <= cmin,
+            _ => false,
+        };
+        if !compatible {
+            set_status("kong_version_incompatible");
+            let _ = ws.close(None).await;
+            self.disconnected(id);
+            return;
+        }
+        set_status("normal");
+
+        let mut sent_version = 0u64;
+        let mut pending = true; // push on connect
+        let mut last_ping = tokio::time::Instant::now();
+        loop {
+            if pending {
+                pending = false;
+                sent_version = *self.push.borrow_and_update();
+                let current = self.shared.lock().unwrap().current.clone();
+                if let Some((frame, configured)) = current {
+                    match self.plugin_check(&configured, &plugins) {
+                        Ok(()) => {
+                            set_status("normal");
+                            if ws
+                                .send(Message::Binary((*frame).clone().into()))
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                            if let Some(dp) = self.shared.lock().unwrap().dps.get_mut(&id) {
+                                dp.configs_sent += 1;
+                            }
+                        }
+                        // Withheld: the session stays up, nothing is sent.
+                        Err(status) => set_status(status),
+                    }
+                }
+            }
+            let deadline = last_ping + Duration::from_secs(45);
+            tokio::select! {
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Ping(payload))) if payload.len() == 32 => {
+                        last_ping = tokio::time::Instant::now();
+                        let hash = String::from_utf8_lossy(&payload).into_owned();
+                        if let Some(dp) = self.shared.lock().unwrap().dps.get_mut(&id) {
+                            dp.config_hash = Some(hash);
+                        }
+                    }
+                    // Anything else after basic_info (pong, text, binary, bad ping) ends it.
+                    _ => break,
+                },
+                changed = self.push.changed() => {
+                    if changed.is_err() { break; }
+                    pending = *self.push.borrow() != sent_version;
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.stop.changed() => break,
+            }
+        }
+        let _ = ws.close(None).await;
+        self.disconnected(id);
+    }
+
+    fn disconnected(&self, id: u64) {
+        if let Some(dp) = self.shared.lock().unwrap().dps.get_mut(&id) {
+            dp.connected = false;
+        }
+    }
+
+    /// Kong's per-push check of the configured plugins against the DP's list: each must be
+    /// there, with the CP's major version and a minor not above the CP's.
+    fn plugin_check(
+        &self,
+        configured: &[String],
+        dp: &[(String, String)],
+    ) -> std::result::Result<(), &'static str> {
+        let installed = self.shared.lock().unwrap().plugin_versions.clone();
+        for name in configured {
+            let Some((_, v)) = dp.iter().find(|(n, _)| n == name) else {
+                return Err("plugin_set_incompatible");
+            };
+            let cp_version = installed.get(name).unwrap_or(&self.cp_version);
+            if let (Some((dmaj, dmin)), Some((cmaj, cmin))) =
+                (major_minor(v), major_minor(cp_version))
+                && (dmaj != cmaj || cmin < dmin)
+            {
+                return Err("plugin_version_incompatible");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The certificates of one CP double.
+struct ClusterPki {
+    mode: Mtls,
+    cp_cert_der: CertificateDer<'static>,
+    cp_cert_pem: String,
+    cp_key_pem: String,
+    ca_pem: Option<String>,
+    dp_certs: ClusterCerts,
+}
+
+impl ClusterPki {
+    fn generate(mode: Mtls) -> Result<ClusterPki> {
+        match mode {
+            Mtls::Shared => {
+                // Like `kong hybrid gen_cert`: one self-signed cert, CN kong_clustering,
+                // shared by the CP and every DP.
+                let key = KeyPair::generate()?;
+                let mut params = CertificateParams::new(vec!["kong_clustering".to_owned()])?;
+                params
+                    .distinguished_name
+                    .push(DnType::CommonName, "kong_clustering");
+                let cert = params.self_signed(&key)?;
+                let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+                Ok(ClusterPki {
+                    mode,
+                    cp_cert_der: cert.der().clone(),
+                    cp_cert_pem: cert_pem.clone(),
+                    cp_key_pem: key_pem.clone(),
+                    ca_pem: None,
+                    dp_certs: ClusterCerts {
+                        mode,
+                        cert_pem,
+                        key_pem,
+                        ca_pem: None,
+                        server_name: "kong_clustering".into(),
+                    },
+                })
+            }
+            Mtls::Pki => {
+                let ca_key = KeyPair::generate()?;
+                let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+                ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                ca_params
+                    .distinguished_name
+                    .push(DnType::CommonName, "kong-cluster-ca");
+                ca_params.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
+                let ca = ca_params.self_signed(&ca_key)?;
+                let issuer = Issuer::new(ca_params, ca_key);
+                let server_name = "kong-cp.kong.svc".to_owned();
+                let cp_key = KeyPair::generate()?;
+                let mut cp_params = CertificateParams::new(vec![server_name.clone()])?;
+                cp_params
+                    .subject_alt_names
+                    .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+                cp_params
+                    .distinguished_name
+                    .push(DnType::CommonName, "kong-cp.kong.svc");
+                let cp = cp_params.signed_by(&cp_key, &issuer)?;
+                let dp_key = KeyPair::generate()?;
+                let mut dp_params = CertificateParams::new(vec!["kong-dp.kong.svc".to_owned()])?;
+                dp_params
+                    .distinguished_name
+                    .push(DnType::CommonName, "kong-dp.kong.svc");
+                let dp = dp_params.signed_by(&dp_key, &issuer)?;
+                Ok(ClusterPki {
+                    mode,
+                    cp_cert_der: cp.der().clone(),
+                    cp_cert_pem: cp.pem(),
+                    cp_key_pem: cp_key.serialize_pem(),
+                    ca_pem: Some(ca.pem()),
+                    dp_certs: ClusterCerts {
+                        mode,
+                        cert_pem: dp.pem(),
+                        key_pem: dp_key.serialize_pem(),
+                        ca_pem: Some(ca.pem()),
+                        server_name,
+                    },
+                })
+            }
+        }
+    }
+
+    fn server_config(&self) -> Result<rustls::ServerConfig> {
+        let certs = vec![CertificateDer::from_pem_slice(self.cp_cert_pem.as_bytes())?];
+        let key = PrivateKeyDer::from_pem_slice(self.cp_key_pem.as_bytes())?;
+        let verifier: Arc<dyn ClientCertVerifier> = match self.mode {
+            Mtls::Shared => Arc::new(AnyClientCert(rustls::crypto::aws_lc_rs::default_provider())),
+            Mtls::Pki => {
+                let mut roots = rustls::RootCertStore::empty();
+                let ca = self.ca_pem.as_deref().context("pki mode has a CA")?;
+                roots.add(CertificateDer::from_pem_slice(ca.as_bytes())?)?;
+                WebPkiClientVerifier::builder(Arc::new(roots)).build()?
+            }
+        };
+        Ok(rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)?)
+    }
+}
+
+/// Shared mode: nginx's `ssl_verify_client optional_no_ca` takes any certificate; the
+/// digest comparison after the handshake decides.
+#[derive(Debug)]
+struct AnyClientCert(rustls::crypto::CryptoProvider);
+
+impl ClientCertVerifier for AnyClientCert {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_need_three_numeric_parts() {
+        assert_eq!(major_minor("3.6.1.4"), Some((3, 6)));
+        assert_eq!(major_minor("3.10.0"), Some((3, 10)));
+        assert_eq!(major_minor("3.6"), None);
+        assert_eq!(major_minor("x.6.1"), None);
+    }
+
+    #[test]
+    fn only_configured_plugins_are_listed() {
+        let t = r#"{"plugins":[{"name":"key-auth"},{"name":"acl"},{"name":"key-auth"}]}"#;
+        assert_eq!(configured_plugins(t), ["acl", "key-auth"]);
+        assert!(configured_plugins(r#"{"services":[]}"#).is_empty());
+    }
+}
