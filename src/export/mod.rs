@@ -1,10 +1,12 @@
 //! Export: configurations from the control plane to `<prefix>/<version>/config.json`.
 //!
-//! Built so far: the pure decisions (what to write and when: dedupe, never empty,
-//! coalescing, retry backoff; the bounded history). The loop that feeds them from the
-//! control-plane client and writes through the storage layer comes with the CP client.
+//! [`decision`] holds the pure rules (what to write and when: dedupe, never empty,
+//! coalescing, retry backoff), [`history`] the bounded rollback history, and [`runner`]
+//! the thin loop from control-plane events to storage writes and reports. Not built yet:
+//! gating writes on the election's claim and fencing them with conditional writes.
 
 pub mod decision;
 pub mod history;
+pub mod runner;
 
 pub use decision::{Dropped, Exporter, Next, Snapshot, backoff};

@@ -1,0 +1,389 @@
+//! The thin loop around [`Exporter`]: snapshots in from the control-plane client, writes
+//! out through an [`ObjectStore`], reports out to whoever keeps the status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::decision::{Exporter, Next, Snapshot};
+use super::history::{history_key, to_prune};
+use crate::cp_client::{ConfigSnapshot, Event};
+use crate::kong::StorageUrl;
+use crate::storage::{ObjectStore, Precondition, PutObject, StoreError};
+
+/// Object metadata naming the writer (Kong's own exporter sets `uploader` to its node id).
+pub const META_UPLOADER: &str = "uploader";
+/// Object metadata with the control plane's hash of the stored configuration.
+pub const META_CONFIG_HASH: &str = "config-hash";
+
+/// Where and how one version is exported.
+#[derive(Clone)]
+pub struct ExportTarget {
+    pub url: StorageUrl,
+    pub version: String,
+    /// Written as the `uploader` metadata.
+    pub uploader: String,
+    pub min_interval: Duration,
+    /// History entries kept; 0 keeps none.
+    pub history_limit: usize,
+}
+
+/// What happened, for status, Events and metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    /// The control-plane session is up.
+    Connected,
+    /// Connected, but the control plane sent no configuration (withheld).
+    NoConfig,
+    /// The session ended.
+    Disconnected { reason: String, label: &'static str },
+    /// A frame was refused; the last good configuration stays.
+    Rejected { reason: String, label: &'static str },
+    /// A snapshot was not exported (unchanged, empty...).
+    Skipped { hash: String, why: &'static str },
+    /// `config.json` was written.
+    Exported {
+        key: String,
+        hash: String,
+        bytes: u64,
+        at: SystemTime,
+        latency: Duration,
+    },
+    /// A write failed; it is retried after `retry_in`.
+    Failed {
+        error: StoreError,
+        retry_in: Duration,
+    },
+}
+
+/// Runs until `events` closes or `shutdown` fires: feeds snapshots into the decision
+/// state and writes what it says.
+pub async fn run(
+    target: ExportTarget,
+    store: Arc<dyn ObjectStore>,
+    mut events: mpsc::Receiver<Event>,
+    reports: mpsc::Sender<Report>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let key = target.url.config_key(&target.version);
+    // NB: what is already stored is not rewritten after a restart.
+    let stored = match store.get(&key).await {
+        Ok(Some(o)) => o.metadata.get(META_CONFIG_HASH).cloned(),
+        Ok(None) => None,
+        Err(e) => {
+            warn!(key = %key, error = %e, "cannot read the stored configuration; exporting anyway");
+            None
+        }
+    };
+    let mut exporter = Exporter::new(target.min_interval, stored);
+    let epoch = Instant::now();
+    let now_ms = || epoch.elapsed().as_millis() as u64;
+    let mut received: BTreeMap<String, Instant> = BTreeMap::new();
+    loop {
+        let wait = match exporter.next(now_ms()) {
+            Next::Write(snapshot) => {
+                let started = received.remove(&snapshot.hash).unwrap_or_else(Instant::now);
+                match write(&target, store.as_ref(), &key, &snapshot).await {
+                    Ok(()) => {
+                        exporter.written(&snapshot.hash, now_ms());
+                        let latency = started.elapsed();
+                        info!(key = %key, hash = %snapshot.hash, bytes = snapshot.body.len(), ?latency, "exported");
+                        let _ = reports
+                            .send(Report::Exported {
+                                key: key.clone(),
+                                hash: snapshot.hash.clone(),
+                                bytes: snapshot.body.len() as u64,
+                                at: SystemTime::now(),
+                                latency,
+                            })
+                            .await;
+                        prune_history(&target, store.as_ref()).await;
+                    }
+                    Err(error) => {
+                        received.insert(snapshot.hash.clone(), started);
+                        let retry_in = exporter.failed(now_ms());
+                        warn!(key = %key, error = %error, ?retry_in, "export failed");
+                        let _ = reports.send(Report::Failed { error, retry_in }).await;
+                    }
+                }
+                continue;
+            }
+            Next::WaitUntil(t) => Some(Duration::from_millis(t.saturating_sub(now_ms()))),
+            Next::Idle => None,
+        };
+        let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else { return };
+                if let Some(report) = handle(&mut exporter, &mut received, ev) {
+                    let _ = reports.send(report).await;
+                }
+            }
+            _ = sleep, if wait.is_some() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn handle(
+    exporter: &mut Exporter,
+    received: &mut BTreeMap<String, Instant>,
+    ev: Event,
+) -> Option<Report> {
+    match ev {
+        Event::Connected => Some(Report::Connected),
+        Event::NoConfig => Some(Report::NoConfig),
+        Event::Disconnected { error, .. } => Some(Report::Disconnected {
+            reason: error.to_string(),
+            label: error.label(),
+        }),
+        Event::Rejected(e) => Some(Report::Rejected {
+            reason: e.to_string(),
+            label: e.label(),
+        }),
+        Event::Snapshot(s) => {
+            let hash = s.hash.clone();
+            match exporter.offer(to_snapshot(s)) {
+                Ok(()) => {
+                    received.insert(hash, Instant::now());
+                    // NB: bounded: only pending hashes are remembered.
+                    if received.len() > 16 {
+                        let keep = exporter.pending().map(|p| p.hash.clone());
+                        received.retain(|h, _| Some(h) == keep.as_ref());
+                    }
+                    None
+                }
+                Err(why) => {
+                    debug!(hash = %hash, ?why, "snapshot not exported");
+                    Some(Report::Skipped {
+                        hash,
+                        why: why_label(why),
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn why_label(d: super::Dropped) -> &'static str {
+    match d {
+        super::Dropped::Unchanged => "unchanged",
+        super::Dropped::AlreadyPending => "already pending",
+        super::Dropped::Empty => "empty configuration",
+    }
+}
+
+fn to_snapshot(s: ConfigSnapshot) -> Snapshot {
+    let empty = s.is_empty();
+    Snapshot {
+        hash: s.hash,
+        body: s.config,
+        empty,
+    }
+}
+
+async fn write(
+    target: &ExportTarget,
+    store: &dyn ObjectStore,
+    key: &str,
+    s: &Snapshot,
+) -> Result<(), StoreError> {
+    let metadata = BTreeMap::from([
+        (META_UPLOADER.to_owned(), target.uploader.clone()),
+        (META_CONFIG_HASH.to_owned(), s.hash.clone()),
+    ]);
+    store
+        .put(PutObject {
+            key: key.to_owned(),
+            body: s.body.clone(),
+            content_type: "application/json".to_owned(),
+            metadata: metadata.clone(),
+            precondition: Precondition::None,
+        })
+        .await?;
+    if target.history_limit > 0 {
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let history = history_key(&target.url, &target.version, secs, &s.hash);
+        let put = PutObject {
+            key: history.clone(),
+            body: s.body.clone(),
+            content_type: "application/json".to_owned(),
+            metadata,
+            precondition: Precondition::None,
+        };
+        // NB: the history is a convenience; failing to write it does not fail the export.
+        if let Err(e) = store.put(put).await {
+            warn!(key = %history, error = %e, "cannot write the history entry");
+        }
+    }
+    Ok(())
+}
+
+async fn prune_history(target: &ExportTarget, store: &dyn ObjectStore) {
+    if target.history_limit == 0 {
+        return;
+    }
+    let prefix = target.url.history_prefix(&target.version);
+    let keys: Vec<String> = match store.list(&prefix).await {
+        Ok(list) => list.into_iter().map(|o| o.key).collect(),
+        Err(e) => {
+            warn!(prefix = %prefix, error = %e, "cannot list the history");
+            return;
+        }
+    };
+    for key in to_prune(&prefix, &keys, target.history_limit) {
+        if let Err(e) = store.delete(&key).await {
+            warn!(key = %key, error = %e, "cannot prune the history");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cp_client::frame::ConfigSnapshot;
+    use crate::kong::config::validate_config;
+    use crate::storage::ErrorKind;
+    use crate::storage::memory::MemoryStore;
+
+    fn snapshot(hash: char, body: &str) -> Event {
+        let value: serde_json::Value = serde_json::from_str(body).unwrap();
+        Event::Snapshot(ConfigSnapshot {
+            hash: hash.to_string().repeat(32),
+            config: bytes::Bytes::from(body.to_owned()),
+            summary: validate_config(&value).unwrap(),
+            timestamp: None,
+        })
+    }
+
+    const GOOD: &str = r#"{"_format_version":"3.0","services":[{"id":"s"}]}"#;
+    const EMPTY: &str = r#"{"_format_version":"3.0","workspaces":[{"id":"w"}]}"#;
+
+    struct Harness {
+        store: Arc<MemoryStore>,
+        events: mpsc::Sender<Event>,
+        reports: mpsc::Receiver<Report>,
+        _stop: watch::Sender<bool>,
+    }
+
+    fn harness(history_limit: usize) -> Harness {
+        let store = Arc::new(MemoryStore::new("bkt"));
+        let (events, rx) = mpsc::channel(16);
+        let (tx, reports) = mpsc::channel(64);
+        let (stop, stop_rx) = watch::channel(false);
+        let target = ExportTarget {
+            url: StorageUrl::parse("s3://bkt/kong").unwrap(),
+            version: "3.6.1.4".into(),
+            uploader: "kfo-0".into(),
+            min_interval: Duration::ZERO,
+            history_limit,
+        };
+        tokio::spawn(run(target, store.clone(), rx, tx, stop_rx));
+        Harness {
+            store,
+            events,
+            reports,
+            _stop: stop,
+        }
+    }
+
+    impl Harness {
+        async fn report(&mut self) -> Report {
+            tokio::time::timeout(Duration::from_secs(5), self.reports.recv())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_written_with_metadata_and_history() {
+        let mut h = harness(2);
+        h.events.send(snapshot('a', GOOD)).await.unwrap();
+        let Report::Exported {
+            key, hash, bytes, ..
+        } = h.report().await
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (key.as_str(), bytes),
+            ("kong/3.6.1.4/config.json", GOOD.len() as u64)
+        );
+        let o = h.store.get(&key).await.unwrap().unwrap();
+        assert_eq!(&o.body[..], GOOD.as_bytes());
+        assert_eq!(o.content_type.as_deref(), Some("application/json"));
+        assert_eq!(o.metadata[META_UPLOADER], "kfo-0");
+        assert_eq!(o.metadata[META_CONFIG_HASH], hash);
+        let history = h.store.list("kong/3.6.1.4/history/").await.unwrap();
+        assert_eq!(history.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_empty_snapshot_never_replaces_a_good_one() {
+        let mut h = harness(0);
+        h.events.send(snapshot('a', GOOD)).await.unwrap();
+        assert!(matches!(h.report().await, Report::Exported { .. }));
+        h.events.send(snapshot('b', EMPTY)).await.unwrap();
+        assert_eq!(
+            h.report().await,
+            Report::Skipped {
+                hash: "b".repeat(32),
+                why: "empty configuration"
+            }
+        );
+        let o = h
+            .store
+            .get("kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&o.body[..], GOOD.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_reported_and_retried_until_it_succeeds() {
+        let mut h = harness(0);
+        h.store.fail_with(Some(ErrorKind::Credentials));
+        h.events.send(snapshot('a', GOOD)).await.unwrap();
+        let Report::Failed { error, retry_in } = h.report().await else {
+            panic!()
+        };
+        assert_eq!(error.kind, ErrorKind::Credentials);
+        assert_eq!(retry_in, Duration::from_millis(500));
+        h.store.fail_with(None);
+        loop {
+            match h.report().await {
+                Report::Exported { .. } => break,
+                Report::Failed { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(h.store.put_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn history_is_pruned_to_the_limit() {
+        let mut h = harness(2);
+        for (i, c) in ['a', 'b', 'c', 'd'].into_iter().enumerate() {
+            h.events
+                .send(snapshot(c, &GOOD.replace("\"s\"", &format!("\"s{i}\""))))
+                .await
+                .unwrap();
+            assert!(matches!(h.report().await, Report::Exported { .. }));
+        }
+        let history = h.store.list("kong/3.6.1.4/history/").await.unwrap();
+        assert_eq!(history.len(), 2, "{history:?}");
+        // Within one second the keys order by hash, and 'd' > 'c' here.
+        assert!(
+            history[1]
+                .key
+                .ends_with(&format!("{}.json", "d".repeat(32)))
+        );
+    }
+}

@@ -1,0 +1,381 @@
+//! The export pipeline end to end: the Kong CP double pushes, the operator's client
+//! receives, the exporter writes to a real MinIO or fake-gcs-server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kfo_testenv::{KongCp, Mtls, gcs, minio};
+use kong_fallback_operator::api::MtlsMode;
+use kong_fallback_operator::cp_client::{self, ClientSettings};
+use kong_fallback_operator::export::runner::{
+    self, ExportTarget, META_CONFIG_HASH, META_UPLOADER, Report,
+};
+use kong_fallback_operator::kong::StorageUrl;
+use kong_fallback_operator::kong::config::config_hashes;
+use kong_fallback_operator::storage::gcs::{GcsCredentials, GcsStore};
+use kong_fallback_operator::storage::s3::{PutExtras, S3Settings, S3Store, StaticCredentials};
+use kong_fallback_operator::storage::{ErrorKind, ObjectStore};
+use tokio::sync::{mpsc, watch};
+
+fn table(n: usize) -> String {
+    format!(
+        r#"{{"_format_version":"3.0","_transform":false,"services":[{{"id":"9748f662-7711-4a90-8186-dc02f10eb0f5","name":"svc-{n}","host":"httpbin.org","path":"\/anything","port":443,"tags":null}}],"routes":[{{"id":"2f55b0b3-04a1-4e47-8c0f-c0d6f0b2b3a2","service":"9748f662-7711-4a90-8186-dc02f10eb0f5","paths":["\/mock"]}}]}}"#
+    )
+}
+
+fn hash(t: &str) -> String {
+    config_hashes(&serde_json::from_str(t).unwrap()).config
+}
+
+struct Pipeline {
+    reports: mpsc::Receiver<Report>,
+    _stop: watch::Sender<bool>,
+}
+
+impl Pipeline {
+    fn start(
+        cp: &KongCp,
+        version: &str,
+        store: Arc<dyn ObjectStore>,
+        url: &str,
+        min_interval: Duration,
+    ) -> Pipeline {
+        let v: kong_fallback_operator::kong::KongVersion = version.parse().unwrap();
+        let settings = ClientSettings {
+            endpoint: cp.endpoint.clone(),
+            server_name: cp.certs.server_name.clone(),
+            mtls: MtlsMode::Shared,
+            cert_pem: cp.certs.cert_pem.clone(),
+            key_pem: cp.certs.key_pem.clone(),
+            ca_pem: None,
+            node_id: "5f3c1d6e-2b8a-4f0e-9c1d-7a6b5e4d3c2b".into(),
+            hostname: "kfo-test".into(),
+            plugins: cp_client::plugins::announced(&v, &[]),
+            version: v,
+            max_frame: cp_client::DEFAULT_MAX_FRAME,
+            max_config: 64 << 20,
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let (ev_tx, ev_rx) = mpsc::channel(64);
+        let (rep_tx, reports) = mpsc::channel(1024);
+        tokio::spawn(cp_client::run(settings, ev_tx, stop_rx.clone()));
+        let target = ExportTarget {
+            url: StorageUrl::parse(url).unwrap(),
+            version: version.to_owned(),
+            uploader: "kfo-test-replica".into(),
+            min_interval,
+            history_limit: 3,
+        };
+        tokio::spawn(runner::run(target, store, ev_rx, rep_tx, stop_rx));
+        Pipeline {
+            reports,
+            _stop: stop,
+        }
+    }
+
+    async fn until<T>(&mut self, secs: u64, mut f: impl FnMut(Report) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let r = tokio::time::timeout_at(deadline, self.reports.recv())
+                .await
+                .expect("timed out")
+                .expect("stopped");
+            if let Some(v) = f(r) {
+                return v;
+            }
+        }
+    }
+
+    async fn exported(&mut self) -> (String, String) {
+        self.until(15, |r| {
+            if let Report::Exported { key, hash, .. } = r {
+                Some((key, hash))
+            } else {
+                None
+            }
+        })
+        .await
+    }
+}
+
+fn s3(env: &kfo_testenv::MinioEnv, bucket: &str) -> Arc<dyn ObjectStore> {
+    let settings = S3Settings {
+        region: "us-east-1".into(),
+        endpoint: Some(env.endpoint.clone()),
+        credentials: StaticCredentials {
+            access_key_id: env.root_user.clone(),
+            secret_access_key: env.root_password.clone(),
+            session_token: None,
+        },
+    };
+    Arc::new(S3Store::new(&settings, bucket, PutExtras::default()))
+}
+
+#[tokio::test]
+async fn a_push_lands_at_the_exact_key_with_the_exact_bytes_and_only_once() {
+    let env = minio().await;
+    let bucket = env.bucket("export-exact").await.unwrap();
+    let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    let t = table(1);
+    cp.push(&t, &hash(&t));
+    let store = s3(env, &bucket);
+    let mut p = Pipeline::start(
+        &cp,
+        "3.6.1.4",
+        store.clone(),
+        &format!("s3://{bucket}/kong/"),
+        Duration::ZERO,
+    );
+
+    let (key, h) = p.exported().await;
+    assert_eq!(key, "kong/3.6.1.4/config.json");
+    assert_eq!(h, hash(&t));
+    let o = env
+        .root_client()
+        .get_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(o.content_type(), Some("application/json"));
+    let meta = o.metadata().unwrap().clone();
+    assert_eq!(meta[META_UPLOADER], "kfo-test-replica");
+    assert_eq!(meta[META_CONFIG_HASH], hash(&t));
+    let etag = o.e_tag().unwrap().to_owned();
+    let body = o.body.collect().await.unwrap().into_bytes();
+    assert_eq!(
+        &body[..],
+        t.as_bytes(),
+        "byte-for-byte the config_table the CP encoded"
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        parsed["services"][0]["path"], "/anything",
+        "\\/ escapes decode like Kong's cjson"
+    );
+
+    // The same config again (a CP re-push or a reconnect) writes nothing.
+    cp.push(&t, &hash(&t));
+    let why = p
+        .until(10, |r| {
+            if let Report::Skipped { why, .. } = r {
+                Some(why)
+            } else {
+                None
+            }
+        })
+        .await;
+    assert_eq!(why, "unchanged");
+    let again = env
+        .root_client()
+        .head_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.e_tag(), Some(etag.as_str()));
+}
+
+#[tokio::test]
+async fn an_empty_config_never_replaces_a_good_one() {
+    let env = minio().await;
+    let bucket = env.bucket("export-empty").await.unwrap();
+    let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    let good = table(1);
+    cp.push(&good, &hash(&good));
+    let mut p = Pipeline::start(
+        &cp,
+        "3.6.1.4",
+        s3(env, &bucket),
+        &format!("s3://{bucket}/kong"),
+        Duration::ZERO,
+    );
+    p.exported().await;
+    let empty = r#"{"_format_version":"3.0","_transform":false,"workspaces":[{"id":"w","name":"default"}]}"#;
+    cp.push(empty, "00000000000000000000000000000000");
+    let why = p
+        .until(10, |r| {
+            if let Report::Skipped { why, .. } = r {
+                Some(why)
+            } else {
+                None
+            }
+        })
+        .await;
+    assert_eq!(why, "empty configuration");
+    let o = env
+        .root_client()
+        .get_object()
+        .bucket(&bucket)
+        .key("kong/3.6.1.4/config.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        &o.body.collect().await.unwrap().into_bytes()[..],
+        good.as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn two_versions_get_two_keys() {
+    let env = minio().await;
+    let bucket = env.bucket("export-versions").await.unwrap();
+    let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    let t = table(1);
+    cp.push(&t, &hash(&t));
+    let url = format!("s3://{bucket}/kong");
+    let mut a = Pipeline::start(&cp, "3.6.1.4", s3(env, &bucket), &url, Duration::ZERO);
+    let mut b = Pipeline::start(&cp, "3.9.0.1", s3(env, &bucket), &url, Duration::ZERO);
+    assert_eq!(a.exported().await.0, "kong/3.6.1.4/config.json");
+    assert_eq!(b.exported().await.0, "kong/3.9.0.1/config.json");
+    let versions: Vec<String> = cp.data_planes().into_iter().map(|d| d.version).collect();
+    assert!(versions.contains(&"3.6.1.4".to_owned()) && versions.contains(&"3.9.0.1".to_owned()));
+}
+
+#[tokio::test]
+async fn a_burst_of_100_pushes_ends_with_the_last_stored_within_the_write_bound() {
+    let env = minio().await;
+    let bucket = env.bucket("export-burst").await.unwrap();
+    let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    let first = table(0);
+    cp.push(&first, &hash(&first));
+    let min_interval = Duration::from_millis(500);
+    let mut p = Pipeline::start(
+        &cp,
+        "3.6.1.4",
+        s3(env, &bucket),
+        &format!("s3://{bucket}/kong"),
+        min_interval,
+    );
+    p.exported().await;
+
+    let start = Instant::now();
+    for n in 1..=100 {
+        let t = table(n);
+        cp.push(&t, &hash(&t));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let burst = start.elapsed();
+    let last = hash(&table(100));
+    let mut writes = 0;
+    loop {
+        let (_, h) = p.exported().await;
+        writes += 1;
+        if h == last {
+            break;
+        }
+    }
+    let bound = (burst.as_secs_f64() / min_interval.as_secs_f64()).ceil() as usize + 1;
+    assert!(
+        writes <= bound,
+        "{writes} writes for a {burst:?} burst, bound {bound}"
+    );
+    let o = env
+        .root_client()
+        .get_object()
+        .bucket(&bucket)
+        .key("kong/3.6.1.4/config.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        &o.body.collect().await.unwrap().into_bytes()[..],
+        table(100).as_bytes()
+    );
+    // History keeps the newest 3.
+    let listed = env
+        .root_client()
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("kong/3.6.1.4/history/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.contents().len(), 3);
+}
+
+#[tokio::test]
+async fn wrong_write_credentials_are_reported_as_credentials_and_retried() {
+    let env = minio().await;
+    let bucket = env.bucket("export-denied").await.unwrap();
+    let ro = env.read_only_credentials(&bucket).await.unwrap();
+    let settings = S3Settings {
+        region: "us-east-1".into(),
+        endpoint: Some(env.endpoint.clone()),
+        credentials: StaticCredentials {
+            access_key_id: ro.access_key_id,
+            secret_access_key: ro.secret_access_key.clone(),
+            session_token: Some(ro.session_token),
+        },
+    };
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(S3Store::new(&settings, &bucket, PutExtras::default()));
+    let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    let t = table(1);
+    cp.push(&t, &hash(&t));
+    let mut p = Pipeline::start(
+        &cp,
+        "3.6.1.4",
+        store,
+        &format!("s3://{bucket}/kong"),
+        Duration::ZERO,
+    );
+    let (error, retry_in) = p
+        .until(15, |r| {
+            if let Report::Failed { error, retry_in } = r {
+                Some((error, retry_in))
+            } else {
+                None
+            }
+        })
+        .await;
+    assert_eq!(error.kind, ErrorKind::Credentials, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("{bucket}/kong/3.6.1.4/config.json")),
+        "{error}"
+    );
+    assert!(!error.to_string().contains(&ro.secret_access_key));
+    assert_eq!(retry_in, Duration::from_millis(500));
+    let (error, retry_in) = p
+        .until(15, |r| {
+            if let Report::Failed { error, retry_in } = r {
+                Some((error, retry_in))
+            } else {
+                None
+            }
+        })
+        .await;
+    assert_eq!(error.kind, ErrorKind::Credentials);
+    assert_eq!(retry_in, Duration::from_secs(1), "backoff grows");
+}
+
+#[tokio::test]
+async fn a_push_lands_in_gcs() {
+    let env = gcs().await;
+    let bucket = env.bucket("export-gcs").await.unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        GcsStore::new(Some(&env.endpoint), &GcsCredentials::Anonymous, &bucket)
+            .await
+            .unwrap(),
+    );
+    let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    let t = table(1);
+    cp.push(&t, &hash(&t));
+    let mut p = Pipeline::start(
+        &cp,
+        "3.6.1.4",
+        store.clone(),
+        &format!("gcs://{bucket}/kong"),
+        Duration::ZERO,
+    );
+    let (key, _) = p.exported().await;
+    let o = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(&o.body[..], t.as_bytes());
+    assert_eq!(o.metadata[META_CONFIG_HASH], hash(&t));
+}
