@@ -111,3 +111,189 @@ async fn the_controller_refuses_to_start_without_its_crd_and_says_how_to_install
         .await
         .unwrap();
 }
+
+mod operator_mode {
+    use super::*;
+    use k8s_openapi::api::core::v1::Secret;
+    use kfo_testenv::{KongCp, Mtls, minio};
+    use kong_fallback_operator::kong::config::config_hashes;
+
+    const TABLE: &str = r#"{"_format_version":"3.0","_transform":false,"services":[{"id":"9748f662-7711-4a90-8186-dc02f10eb0f5","name":"httpbin","host":"httpbin.org","port":443}],"routes":[{"id":"2f55b0b3-04a1-4e47-8c0f-c0d6f0b2b3a2","service":"9748f662-7711-4a90-8186-dc02f10eb0f5","paths":["\/mock"]}]}"#;
+
+    fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": data.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        }))
+        .unwrap()
+    }
+
+    fn condition(p: &FallbackConfigPolicy, t: &str) -> Option<(String, String, String)> {
+        let c = p
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)?;
+        Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+    }
+
+    #[tokio::test]
+    async fn the_operator_exports_what_the_control_plane_publishes_and_reports_it() {
+        let env = kube().await;
+        env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+        let client = env.client().await.unwrap();
+        let ns = env.namespace("ctrl-export").await.unwrap();
+        let s3 = minio().await;
+        let bucket = s3.bucket("ctrl-export").await.unwrap();
+        let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+        let hash = config_hashes(&serde_json::from_str(TABLE).unwrap()).config;
+        cp.push(TABLE, &hash);
+
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+        secrets
+            .create(
+                &PostParams::default(),
+                &secret(
+                    "fallback-read",
+                    &[("AWS_ACCESS_KEY_ID", "r"), ("AWS_SECRET_ACCESS_KEY", "r")],
+                ),
+            )
+            .await
+            .unwrap();
+        let running = tokio::spawn(controller::run(client.clone(), "kfo-test-0".into()));
+        let policy: FallbackConfigPolicy = serde_json::from_value(json!({
+            "apiVersion": "fallback.kong-dp.io/v1alpha1",
+            "kind": "FallbackConfigPolicy",
+            "metadata": {"name": "prod"},
+            "spec": {
+                "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+                "storage": {
+                    "url": format!("s3://{bucket}/kong"),
+                    "endpoint": s3.endpoint,
+                    "region": "us-east-1",
+                    "readCredentials": {"secretName": "fallback-read"},
+                    "writeCredentials": {"secretName": "fallback-write"}
+                },
+                "exporter": {
+                    "mode": "Operator",
+                    "versions": ["3.6.1.4"],
+                    "minInterval": "0s",
+                    "controlPlane": {"endpoint": cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}
+                }
+            }
+        }))
+        .unwrap();
+        let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+        api.create(&PostParams::default(), &policy).await.unwrap();
+
+        // The Secrets do not exist yet: the status names the first one missing.
+        let (_, reason, message) = wait_for("SecretMissing", async || {
+            condition(&api.get("prod").await.ok()?, "ControlPlaneConnected")
+                .filter(|c| c.1 == "SecretMissing")
+        })
+        .await;
+        assert_eq!(reason, "SecretMissing");
+        assert!(
+            message.contains(&format!("Secret {ns}/kong-cluster-cert")),
+            "{message}"
+        );
+
+        secrets
+            .create(
+                &PostParams::default(),
+                &secret(
+                    "kong-cluster-cert",
+                    &[
+                        ("tls.crt", &cp.certs.cert_pem),
+                        ("tls.key", &cp.certs.key_pem),
+                    ],
+                ),
+            )
+            .await
+            .unwrap();
+        secrets
+            .create(
+                &PostParams::default(),
+                &secret(
+                    "fallback-write",
+                    &[
+                        ("AWS_ACCESS_KEY_ID", &s3.root_user),
+                        ("AWS_SECRET_ACCESS_KEY", &s3.root_password),
+                    ],
+                ),
+            )
+            .await
+            .unwrap();
+
+        let exported = wait_for("an export in status", async || {
+            let p = api.get("prod").await.ok()?;
+            p.status.as_ref()?.exports.first().cloned()
+        })
+        .await;
+        assert_eq!(exported.version, "3.6.1.4");
+        assert_eq!(exported.key, "kong/3.6.1.4/config.json");
+        assert_eq!(exported.config_hash, hash);
+        assert_eq!(exported.bytes, TABLE.len() as i64);
+        let p = wait_for("Ready=True", async || {
+            let p = api.get("prod").await.ok()?;
+            (condition(&p, "Ready")?.0 == "True").then_some(p)
+        })
+        .await;
+        assert_eq!(
+            condition(&p, "ControlPlaneConnected").unwrap().1,
+            "Connected"
+        );
+        assert_eq!(condition(&p, "Exporting").unwrap().1, "Exported");
+
+        let o = s3
+            .root_client()
+            .get_object()
+            .bucket(&bucket)
+            .key("kong/3.6.1.4/config.json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            &o.body.collect().await.unwrap().into_bytes()[..],
+            TABLE.as_bytes()
+        );
+
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        assert!(
+            reasons.contains(&"SecretMissing".to_owned())
+                && reasons.contains(&"Exported".to_owned()),
+            "{reasons:?}"
+        );
+
+        // No secret value reached the status or an Event.
+        let status = serde_json::to_string(&p.status).unwrap();
+        let notes: String = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.message)
+            .collect();
+        for secret in [&s3.root_password, &cp.certs.key_pem] {
+            assert!(!status.contains(secret.as_str()) && !notes.contains(secret.as_str()));
+        }
+
+        // Deleting the policy stops its exporter: the CP sees the session end.
+        api.delete("prod", &Default::default()).await.unwrap();
+        wait_for("the session to end", async || {
+            cp.data_planes().iter().all(|d| !d.connected).then_some(())
+        })
+        .await;
+        running.abort();
+    }
+}

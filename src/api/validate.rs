@@ -217,7 +217,7 @@ fn check_selector(p: &mut Problems, field: &str, s: &LabelSelector) {
 }
 
 /// A Kubernetes quantity limited to the forms a size takes here: `123`, `64Mi`, `1G`.
-fn parse_quantity(q: &str) -> Option<u64> {
+pub(crate) fn parse_quantity(q: &str) -> Option<u64> {
     let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
     let (num, unit) = q.split_at(split);
     let mult: u64 = match unit {

@@ -1,0 +1,325 @@
+//! The operator's own exporters (`exporter.mode: Operator`): one control-plane session and
+//! one export loop per (policy, Kong version), started when a policy's inputs are ready
+//! and restarted when they change (spec, versions, Secrets), stopped when it goes away.
+//! Their reports land in a shared map that the reconciler turns into status, and each
+//! report triggers a reconcile of its policy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::api::FallbackConfigPolicy;
+use crate::cp_client::{self, ClientSettings};
+use crate::export::runner::{self, ExportTarget, Report};
+use crate::kong::StorageUrl;
+use crate::storage::{self, Access};
+
+/// `(namespace, name)` of a policy.
+pub type PolicyKey = (String, String);
+
+/// The last export of one version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportRecord {
+    pub key: String,
+    pub hash: String,
+    pub bytes: u64,
+    pub at: SystemTime,
+}
+
+/// What one version's exporter last reported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VersionState {
+    pub connected: bool,
+    /// Connected, but the control plane withholds its configuration.
+    pub withheld: bool,
+    /// Why the control-plane session is down: (label, message).
+    pub session_error: Option<(String, String)>,
+    /// Why the last write failed: (label, message); cleared by the next success.
+    pub export_error: Option<(String, String)>,
+    pub last_export: Option<ExportRecord>,
+}
+
+/// Everything one policy's exporters need; `fingerprint` changes when any input does.
+pub struct Plan {
+    pub fingerprint: u64,
+    pub url: StorageUrl,
+    pub access: Access,
+    /// Client settings without version and plugins (filled per version).
+    pub client: ClientSettings,
+    pub custom_plugins: Vec<(String, String)>,
+    pub versions: Vec<String>,
+    pub min_interval: std::time::Duration,
+    pub history_limit: usize,
+}
+
+/// A stable hash of the inputs of a plan.
+pub fn fingerprint(parts: &[&str]) -> u64 {
+    let mut h = DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+/// A node id (UUID form) that stays the same for a replica, policy and version, so the
+/// control plane's data-plane list does not grow with every restart.
+pub fn node_id(identity: &str, policy: &PolicyKey, version: &str) -> String {
+    use md5::{Digest, Md5};
+    let d = Md5::digest(format!("{identity}/{}/{}/{version}", policy.0, policy.1).as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+struct Running {
+    fingerprint: u64,
+    stop: watch::Sender<bool>,
+}
+
+/// The running exporters of every policy.
+pub struct Exporters {
+    running: Mutex<HashMap<PolicyKey, Running>>,
+    states: Arc<Mutex<HashMap<PolicyKey, BTreeMap<String, VersionState>>>>,
+    trigger: mpsc::UnboundedSender<ObjectRef<FallbackConfigPolicy>>,
+    identity: String,
+}
+
+impl Exporters {
+    pub fn new(
+        identity: String,
+        trigger: mpsc::UnboundedSender<ObjectRef<FallbackConfigPolicy>>,
+    ) -> Self {
+        Exporters {
+            running: Mutex::default(),
+            states: Arc::default(),
+            trigger,
+            identity,
+        }
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<PolicyKey, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The policies with running exporters.
+    pub fn keys(&self) -> Vec<PolicyKey> {
+        self.lock_running().keys().cloned().collect()
+    }
+
+    /// The reported state of each version of `key`.
+    pub fn states(&self, key: &PolicyKey) -> BTreeMap<String, VersionState> {
+        self.states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Stops `key`'s exporters (the policy was deleted or no longer exports itself).
+    pub fn stop(&self, key: &PolicyKey) {
+        if let Some(r) = self.lock_running().remove(key) {
+            let _ = r.stop.send(true);
+            info!(namespace = %key.0, policy = %key.1, "stopped the exporters");
+        }
+        self.states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Starts `plan` for `key` unless the same plan already runs.
+    pub async fn ensure(&self, key: &PolicyKey, plan: Plan) -> Result<(), String> {
+        if self
+            .lock_running()
+            .get(key)
+            .is_some_and(|r| r.fingerprint == plan.fingerprint)
+        {
+            return Ok(());
+        }
+        self.stop(key);
+        let store: Arc<dyn storage::ObjectStore> =
+            Arc::from(storage::open(&plan.url, plan.access.clone()).await?);
+        let (stop, stop_rx) = watch::channel(false);
+        {
+            let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = states.entry(key.clone()).or_default();
+            *entry = plan
+                .versions
+                .iter()
+                .map(|v| (v.clone(), VersionState::default()))
+                .collect();
+        }
+        for version in &plan.versions {
+            let parsed = version
+                .parse()
+                .map_err(|e: crate::kong::KongVersionError| e.to_string())?;
+            let mut client = plan.client.clone();
+            client.node_id = node_id(&self.identity, key, version);
+            client.plugins = cp_client::plugins::announced(&parsed, &plan.custom_plugins);
+            client.version = parsed;
+            let target = ExportTarget {
+                url: plan.url.clone(),
+                version: version.clone(),
+                uploader: self.identity.clone(),
+                min_interval: plan.min_interval,
+                history_limit: plan.history_limit,
+            };
+            let (ev_tx, ev_rx) = mpsc::channel(16);
+            let (rep_tx, mut rep_rx) = mpsc::channel(64);
+            tokio::spawn(cp_client::run(client, ev_tx, stop_rx.clone()));
+            tokio::spawn(runner::run(
+                target,
+                store.clone(),
+                ev_rx,
+                rep_tx,
+                stop_rx.clone(),
+            ));
+            let states = self.states.clone();
+            let trigger = self.trigger.clone();
+            let (key, version) = (key.clone(), version.clone());
+            let obj = ObjectRef::new(&key.1).within(&key.0);
+            tokio::spawn(async move {
+                while let Some(report) = rep_rx.recv().await {
+                    let changed = {
+                        let mut all = states.lock().unwrap_or_else(|e| e.into_inner());
+                        let Some(s) = all.get_mut(&key).and_then(|m| m.get_mut(&version)) else {
+                            return;
+                        };
+                        let before = s.clone();
+                        apply(s, report);
+                        *s != before
+                    };
+                    if changed {
+                        let _ = trigger.send(obj.clone());
+                    }
+                }
+            });
+        }
+        info!(namespace = %key.0, policy = %key.1, versions = ?plan.versions, "started the exporters");
+        self.lock_running().insert(
+            key.clone(),
+            Running {
+                fingerprint: plan.fingerprint,
+                stop,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Folds one report into a version's state. Pure.
+pub fn apply(s: &mut VersionState, report: Report) {
+    match report {
+        Report::Connected => {
+            s.connected = true;
+            s.withheld = false;
+            s.session_error = None;
+        }
+        Report::NoConfig => s.withheld = true,
+        Report::Disconnected { reason, label } => {
+            s.connected = false;
+            s.session_error = Some((label.to_owned(), reason));
+        }
+        Report::Rejected { reason, label } => {
+            warn!(reason = %reason, "a configuration frame was refused");
+            s.session_error = Some((label.to_owned(), reason));
+        }
+        Report::Skipped { .. } => s.withheld = false,
+        Report::Exported {
+            key,
+            hash,
+            bytes,
+            at,
+            ..
+        } => {
+            s.withheld = false;
+            s.export_error = None;
+            s.last_export = Some(ExportRecord {
+                key,
+                hash,
+                bytes,
+                at,
+            });
+        }
+        Report::Failed { error, .. } => {
+            s.export_error = Some((error.kind.label().to_owned(), error.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{ErrorKind, StoreError};
+
+    #[test]
+    fn node_ids_are_stable_uuids_per_replica_policy_and_version() {
+        let k = ("kong".to_owned(), "prod".to_owned());
+        let a = node_id("kfo-0", &k, "3.6.1.4");
+        assert_eq!(a, node_id("kfo-0", &k, "3.6.1.4"));
+        assert_ne!(a, node_id("kfo-1", &k, "3.6.1.4"));
+        assert_ne!(a, node_id("kfo-0", &k, "3.7.0.0"));
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+    }
+
+    #[test]
+    fn reports_fold_into_the_version_state() {
+        let mut s = VersionState::default();
+        apply(&mut s, Report::Connected);
+        apply(&mut s, Report::NoConfig);
+        assert!(s.connected && s.withheld);
+        let error = StoreError {
+            kind: ErrorKind::Credentials,
+            op: "put",
+            bucket: "b".into(),
+            key: "k".into(),
+            detail: "AccessDenied".into(),
+        };
+        apply(
+            &mut s,
+            Report::Failed {
+                error,
+                retry_in: std::time::Duration::from_secs(1),
+            },
+        );
+        assert_eq!(
+            s.export_error.as_ref().map(|e| e.0.as_str()),
+            Some("Credentials")
+        );
+        apply(
+            &mut s,
+            Report::Exported {
+                key: "k".into(),
+                hash: "h".into(),
+                bytes: 3,
+                at: SystemTime::UNIX_EPOCH,
+                latency: Default::default(),
+            },
+        );
+        assert!(s.export_error.is_none() && !s.withheld);
+        apply(
+            &mut s,
+            Report::Disconnected {
+                reason: "closed".into(),
+                label: "Closed",
+            },
+        );
+        assert!(!s.connected);
+        assert_eq!(s.last_export.as_ref().map(|e| e.hash.as_str()), Some("h"));
+    }
+}

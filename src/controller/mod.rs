@@ -1,0 +1,296 @@
+//! Reconciles `FallbackConfigPolicy` objects.
+//!
+//! Built so far: validation, the operator's own exporters in `exporter.mode: Operator`
+//! ([`exporters`], fed by [`plan`]), and the status that sums them up ([`status`]:
+//! `Valid`, `ControlPlaneConnected`, `Exporting`, `Ready`, the per-version exports), written
+//! with server-side apply, with an Event for each change a person should know about.
+//! Not built yet: injection, pod counts, the election, finalizers and watches on Secrets
+//! and pods (a policy is re-checked every 30 s while not ready instead).
+
+pub mod exporters;
+pub mod plan;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::{ExporterMode, FIELD_MANAGER, FallbackConfigPolicy, validate};
+use exporters::Exporters;
+use status::ExportView;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "the FallbackConfigPolicy CRD is not installed: install it with `kong-fallback-operator crd | kubectl apply --server-side -f -` (or `kubectl apply -f crds/`)"
+    )]
+    CrdMissing,
+    #[error("the FallbackConfigPolicy CRD is installed but not Established yet")]
+    CrdNotEstablished,
+    #[error("failed to write the status of {policy}: {source}")]
+    Status {
+        policy: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    /// A stable label for metrics and Events.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::CrdMissing => "crd_missing",
+            Error::CrdNotEstablished => "crd_not_established",
+            Error::Status { .. } => "status_write",
+            Error::Kube(_) => "kube",
+        }
+    }
+}
+
+struct Context {
+    client: Client,
+    recorder: Recorder,
+    exporters: Exporters,
+    identity: String,
+}
+
+/// Checks that the CRD is installed and Established, so a missing CRD is one clear error
+/// instead of a watch failing in a loop.
+pub async fn check_crd(client: &Client) -> Result<(), Error> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = FallbackConfigPolicy::crd_name();
+    let crd = crds.get_opt(name).await?.ok_or(Error::CrdMissing)?;
+    let established = crd
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Established" && c.status == "True");
+    if established {
+        Ok(())
+    } else {
+        Err(Error::CrdNotEstablished)
+    }
+}
+
+/// Runs the controller until SIGINT/SIGTERM.
+pub async fn run(client: Client, identity: String) -> Result<(), Error> {
+    check_crd(&client).await?;
+    let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        client: client.clone(),
+        exporters: Exporters::new(identity.clone(), trigger),
+        identity,
+    });
+    let policies: Api<FallbackConfigPolicy> = Api::all(client);
+    info!("watching FallbackConfigPolicy objects in all namespaces");
+    let triggers = futures::stream::unfold(triggers, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    });
+    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let by_secret = store.clone();
+    // NB: without a finalizer a deleted policy is never reconciled again; sweep its exporters.
+    let sweeper = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                for key in ctx.exporters.keys() {
+                    let obj = ObjectRef::<FallbackConfigPolicy>::new(&key.1).within(&key.0);
+                    if store.get(&obj).is_none() {
+                        ctx.exporters.stop(&key);
+                    }
+                }
+            }
+        })
+    };
+    // A Secret a policy references re-triggers it, so a fixed Secret clears the error at once.
+    let secrets: Api<Secret> = Api::all(ctx.client.clone());
+    controller
+        .watches(
+            secrets,
+            watcher::Config::default().any_semantic(),
+            move |secret: Secret| {
+                let ns = secret.namespace().unwrap_or_default();
+                let name = secret.name_any();
+                by_secret
+                    .state()
+                    .into_iter()
+                    .filter(|p| {
+                        p.namespace().as_deref() == Some(ns.as_str()) && references(&p.spec, &name)
+                    })
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_on(triggers)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+    sweeper.abort();
+    info!("controller stopped");
+    Ok(())
+}
+
+async fn reconcile(policy: Arc<FallbackConfigPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = policy.name_any();
+    let namespace = policy.namespace().unwrap_or_default();
+    let key = (namespace.clone(), name.clone());
+    let problems = validate(&policy.spec);
+    let export = if problems.is_empty() && policy.spec.exporter.mode == ExporterMode::Operator {
+        let mut view = ExportView::default();
+        match plan::build(&ctx.client, &policy, &ctx.identity).await {
+            Ok((plan, notes)) => {
+                view.notes = notes;
+                if let Err(e) = ctx.exporters.ensure(&key, plan).await {
+                    view.setup_error = Some(("StorageUnusable".into(), e));
+                }
+            }
+            Err(e) => {
+                ctx.exporters.stop(&key);
+                view.setup_error = Some(e);
+            }
+        }
+        view.states = ctx.exporters.states(&key);
+        Some(view)
+    } else {
+        ctx.exporters.stop(&key);
+        None
+    };
+    let current = policy.status.clone().unwrap_or_default();
+    let now = Time(Timestamp::now());
+    let desired = status::desired_status(
+        &current,
+        policy.metadata.generation,
+        &problems,
+        export.as_ref(),
+        now,
+    );
+
+    if desired != current {
+        let api: Api<FallbackConfigPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({
+            "apiVersion": FallbackConfigPolicy::api_version(&()),
+            "kind": FallbackConfigPolicy::kind(&()),
+            "status": desired,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::Status {
+            policy: format!("{namespace}/{name}"),
+            source,
+        })?;
+        for change in status::changes(&current, &desired) {
+            publish(&ctx, &policy, change).await;
+        }
+    }
+    let ready = desired
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    info!(policy = %name, namespace = %namespace, problems = problems.len(), ready, "reconciled");
+    Ok(Action::requeue(Duration::from_secs(if ready {
+        300
+    } else {
+        30
+    })))
+}
+
+fn error_policy(policy: Arc<FallbackConfigPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(policy = %policy.name_any(), error = %error, kind = error.label(), "reconcile error; retrying");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Whether `spec` names the Secret `name`.
+pub fn references(spec: &crate::api::FallbackConfigPolicySpec, name: &str) -> bool {
+    let st = &spec.storage;
+    [
+        st.read_credentials.secret_name.as_deref(),
+        st.write_credentials
+            .as_ref()
+            .and_then(|c| c.secret_name.as_deref()),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(st.ca_cert.as_ref().map(|c| c.secret_name.as_str()))
+    .chain(
+        spec.exporter
+            .control_plane
+            .as_ref()
+            .map(|c| c.cluster_cert_secret.as_str()),
+    )
+    .any(|s| s == name)
+}
+
+async fn publish(ctx: &Context, policy: &FallbackConfigPolicy, change: status::Change) {
+    let event = Event {
+        type_: if change.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: change.reason,
+        note: Some(change.note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+        warn!(error = %e, "failed to publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_references_its_credential_certificate_and_ca_secrets() {
+        let spec: crate::api::FallbackConfigPolicySpec = serde_json::from_value(serde_json::json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {
+                "url": "s3://bkt/p", "region": "r",
+                "readCredentials": {"secretName": "read"},
+                "writeCredentials": {"secretName": "write"},
+                "caCert": {"secretName": "ca", "key": "ca.crt"}
+            },
+            "exporter": {"mode": "Operator", "controlPlane": {"endpoint": "cp:8005", "clusterCertSecret": "cert"}}
+        }))
+        .unwrap();
+        for name in ["read", "write", "ca", "cert"] {
+            assert!(references(&spec, name), "{name}");
+        }
+        assert!(!references(&spec, "other"));
+    }
+}

@@ -1,0 +1,403 @@
+//! Gathering what a policy's exporters need: the versions to export (explicit, or seen
+//! among the selected data planes), the cluster certificate and the write credentials.
+//! The decisions are pure functions; [`build`] does the reads.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+
+use super::exporters::{Plan, PolicyKey, fingerprint};
+use crate::api::{FallbackConfigPolicy, MtlsMode, ServerSideEncryption, max_config_bytes};
+use crate::cp_client::{ClientSettings, DEFAULT_MAX_FRAME};
+use crate::kong::{Provider, StorageUrl, VERSION_ANNOTATION, env, version_from_image};
+use crate::storage::Access;
+use crate::storage::gcs::GcsCredentials;
+use crate::storage::s3::{PutExtras, S3Settings, StaticCredentials};
+
+/// Why the exporters cannot start: a condition reason and a message a person can act on.
+pub type SetupError = (String, String);
+
+/// A label selector as the API's query syntax.
+pub fn selector_string(s: &LabelSelector) -> String {
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in s.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+/// The Kong version of a data-plane pod: its annotation, else its Kong container's image tag.
+pub fn pod_version(pod: &Pod, container: Option<&str>) -> Result<String, String> {
+    let name = pod.name_any();
+    if let Some(v) = pod.annotations().get(VERSION_ANNOTATION) {
+        return v
+            .parse::<crate::kong::KongVersion>()
+            .map(|v| v.to_string())
+            .map_err(|e| format!("pod {name}: annotation {VERSION_ANNOTATION}: {e}"));
+    }
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let chosen = match container {
+        Some(c) => containers.iter().find(|x| x.name == c),
+        None => containers
+            .iter()
+            .find(|x| x.name == "proxy")
+            .or(if containers.len() == 1 {
+                containers.first()
+            } else {
+                None
+            }),
+    };
+    let Some(c) = chosen else {
+        return Err(format!(
+            "pod {name}: no Kong container (set spec.dataPlanes.container)"
+        ));
+    };
+    let image = c.image.as_deref().unwrap_or_default();
+    version_from_image(image)
+        .map(|v| v.to_string())
+        .map_err(|e| format!("pod {name}: {e}"))
+}
+
+/// The versions to export: explicit ones, else those of the pods; plus notes on pods
+/// whose version is unknown.
+pub fn versions(
+    explicit: &[String],
+    pods: &[Pod],
+    container: Option<&str>,
+) -> (Vec<String>, Vec<String>) {
+    if !explicit.is_empty() {
+        return (explicit.to_vec(), Vec::new());
+    }
+    let mut found = BTreeSet::new();
+    let mut notes = Vec::new();
+    for pod in pods {
+        match pod_version(pod, container) {
+            Ok(v) => {
+                found.insert(v);
+            }
+            Err(e) => notes.push(e),
+        }
+    }
+    (found.into_iter().collect(), notes)
+}
+
+fn text(secret: &Secret, key: &str) -> Option<String> {
+    let data = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(data.0.clone())
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+async fn secret(
+    api: &Api<Secret>,
+    ns: &str,
+    name: &str,
+    field: &str,
+) -> Result<Secret, SetupError> {
+    match api.get_opt(name).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err((
+            "SecretMissing".into(),
+            format!("Secret {ns}/{name} ({field}) not found"),
+        )),
+        Err(e) => Err((
+            "SecretUnreadable".into(),
+            format!("cannot read Secret {ns}/{name} ({field}): {e}"),
+        )),
+    }
+}
+
+fn require(secret: &Secret, ns: &str, key: &str) -> Result<String, SetupError> {
+    text(secret, key).ok_or_else(|| {
+        (
+            "SecretKeyMissing".into(),
+            format!("Secret {ns}/{} has no key {key}", secret.name_any()),
+        )
+    })
+}
+
+/// Reads everything the exporters of `policy` need. `Err` names what is missing.
+pub async fn build(
+    client: &Client,
+    policy: &FallbackConfigPolicy,
+    identity: &str,
+) -> Result<(Plan, Vec<String>), SetupError> {
+    let ns = policy.namespace().unwrap_or_default();
+    let spec = &policy.spec;
+    let key: PolicyKey = (ns.clone(), policy.name_any());
+    let url = StorageUrl::parse(&spec.storage.url)
+        .map_err(|e| ("InvalidSpec".to_owned(), e.to_string()))?;
+    let cp = spec.exporter.control_plane.as_ref().ok_or_else(|| {
+        (
+            "InvalidSpec".to_owned(),
+            "spec.exporter.controlPlane is required".to_owned(),
+        )
+    })?;
+
+    let pods = if spec.exporter.versions.is_empty() {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let lp = ListParams::default().labels(&selector_string(&spec.data_planes.selector));
+        api.list(&lp)
+            .await
+            .map_err(|e| {
+                (
+                    "PodsUnreadable".to_owned(),
+                    format!("cannot list the data-plane pods: {e}"),
+                )
+            })?
+            .items
+    } else {
+        Vec::new()
+    };
+    let (versions, notes) = versions(
+        &spec.exporter.versions,
+        &pods,
+        spec.data_planes.container.as_deref(),
+    );
+    if versions.is_empty() {
+        let mut msg = "no Kong version to export: set spec.exporter.versions, or run data planes whose image tag or annotation names a full version".to_owned();
+        if !notes.is_empty() {
+            msg.push_str(&format!(" ({})", notes.join("; ")));
+        }
+        return Err(("NoVersions".into(), msg));
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cert = secret(
+        &secrets,
+        &ns,
+        &cp.cluster_cert_secret,
+        "spec.exporter.controlPlane.clusterCertSecret",
+    )
+    .await?;
+    let cert_pem = require(&cert, &ns, "tls.crt")?;
+    let key_pem = require(&cert, &ns, "tls.key")?;
+    let ca_pem = match cp.mtls {
+        MtlsMode::Pki => Some(require(&cert, &ns, "ca.crt")?),
+        MtlsMode::Shared => None,
+    };
+    let creds = spec.storage.write_credentials.as_ref().ok_or_else(|| {
+        (
+            "InvalidSpec".to_owned(),
+            "spec.storage.writeCredentials is required".to_owned(),
+        )
+    })?;
+    let mut versions_of_secrets = vec![cert.resource_version().unwrap_or_default()];
+    let access = match (url.provider, creds.secret_name.as_deref()) {
+        (Provider::S3, Some(name)) => {
+            let s = secret(&secrets, &ns, name, "spec.storage.writeCredentials").await?;
+            versions_of_secrets.push(s.resource_version().unwrap_or_default());
+            let p = spec.storage.put_options.as_ref();
+            Access::S3 {
+                settings: S3Settings {
+                    region: spec
+                        .storage
+                        .region
+                        .clone()
+                        .unwrap_or_else(|| "us-east-1".into()),
+                    endpoint: spec.storage.endpoint.clone(),
+                    credentials: StaticCredentials {
+                        access_key_id: require(&s, &ns, env::AWS_ACCESS_KEY_ID)?,
+                        secret_access_key: require(&s, &ns, env::AWS_SECRET_ACCESS_KEY)?,
+                        session_token: text(&s, env::AWS_SESSION_TOKEN),
+                    },
+                },
+                extras: PutExtras {
+                    server_side_encryption: p.and_then(|p| p.server_side_encryption).map(
+                        |e| match e {
+                            ServerSideEncryption::Aes256 => "AES256".to_owned(),
+                            ServerSideEncryption::AwsKms => "aws:kms".to_owned(),
+                        },
+                    ),
+                    kms_key_id: p.and_then(|p| p.kms_key_id.clone()),
+                    storage_class: p.and_then(|p| p.storage_class.clone()),
+                },
+            }
+        }
+        (Provider::S3, None) => {
+            return Err((
+                "Unsupported".into(),
+                "ambient write credentials for S3 are not supported yet: set spec.storage.writeCredentials.secretName".into(),
+            ));
+        }
+        (Provider::Gcs, Some(name)) => {
+            let s = secret(&secrets, &ns, name, "spec.storage.writeCredentials").await?;
+            versions_of_secrets.push(s.resource_version().unwrap_or_default());
+            Access::Gcs {
+                endpoint: spec.storage.endpoint.clone(),
+                credentials: GcsCredentials::ServiceAccountJson(require(
+                    &s,
+                    &ns,
+                    env::GCP_SERVICE_ACCOUNT,
+                )?),
+            }
+        }
+        (Provider::Gcs, None) => Access::Gcs {
+            endpoint: spec.storage.endpoint.clone(),
+            credentials: GcsCredentials::Ambient,
+        },
+    };
+
+    let inputs = serde_json::to_string(&(&spec.exporter, &spec.storage)).unwrap_or_default();
+    let fp = fingerprint(&[
+        identity,
+        &key.0,
+        &key.1,
+        &inputs,
+        &versions.join(","),
+        &versions_of_secrets.join(","),
+    ]);
+    let plan = Plan {
+        fingerprint: fp,
+        url,
+        access,
+        client: ClientSettings {
+            endpoint: cp.endpoint.clone(),
+            server_name: cp.server_name.clone().unwrap_or_else(|| match cp.mtls {
+                MtlsMode::Shared => "kong_clustering".into(),
+                MtlsMode::Pki => cp
+                    .endpoint
+                    .rsplit_once(':')
+                    .map_or(cp.endpoint.clone(), |(h, _)| h.to_owned()),
+            }),
+            mtls: cp.mtls,
+            cert_pem,
+            key_pem,
+            ca_pem,
+            node_id: String::new(),
+            hostname: identity.to_owned(),
+            version: "0.0.0"
+                .parse()
+                .map_err(|_| ("Internal".to_owned(), "version".to_owned()))?,
+            plugins: Vec::new(),
+            max_frame: DEFAULT_MAX_FRAME,
+            max_config: max_config_bytes(&spec.exporter.max_config_size),
+        },
+        custom_plugins: spec
+            .exporter
+            .plugins
+            .iter()
+            .map(|p| (p.name.clone(), p.version.clone()))
+            .collect(),
+        versions,
+        min_interval: Duration::from(spec.exporter.min_interval),
+        history_limit: spec.exporter.history_limit as usize,
+    };
+    Ok((plan, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use kube::api::ObjectMeta;
+    use std::collections::BTreeMap;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn pod(name: &str, containers: &[(&str, &str)], annotation: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                annotations: annotation
+                    .map(|v| [(VERSION_ANNOTATION.to_owned(), v.to_owned())].into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: containers
+                    .iter()
+                    .map(|(n, i)| Container {
+                        name: (*n).into(),
+                        image: Some((*i).into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn selectors_render_in_the_api_query_syntax() {
+        let s = LabelSelector {
+            match_labels: Some(labels(&[("app", "kong-dp"), ("tier", "edge")])),
+            match_expressions: Some(vec![
+                LabelSelectorRequirement {
+                    key: "zone".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["a".into(), "b".into()]),
+                },
+                LabelSelectorRequirement {
+                    key: "canary".into(),
+                    operator: "DoesNotExist".into(),
+                    values: None,
+                },
+            ]),
+        };
+        assert_eq!(
+            selector_string(&s),
+            "app=kong-dp,tier=edge,zone in (a,b),!canary"
+        );
+    }
+
+    #[test]
+    fn versions_come_from_the_proxy_container_the_annotation_or_the_only_container() {
+        let pods = [
+            pod(
+                "a",
+                &[
+                    ("proxy", "kong/kong-gateway:3.6.1.4"),
+                    ("sidecar", "envoy:1.30.0"),
+                ],
+                None,
+            ),
+            pod("b", &[("kong", "kong/kong-gateway:3.9.0.1-ubuntu")], None),
+            pod("c", &[("proxy", "kong/kong-gateway:3.6")], Some("3.6.1.4")),
+            pod("d", &[("proxy", "kong/kong-gateway:latest")], None),
+            pod("e", &[("x", "a:1.0.0"), ("y", "b:2.0.0")], None),
+        ];
+        let (v, notes) = versions(&[], &pods, None);
+        assert_eq!(v, ["3.6.1.4", "3.9.0.1"]);
+        assert_eq!(notes.len(), 2);
+        assert!(
+            notes[0].starts_with("pod d:") && notes[0].contains(VERSION_ANNOTATION),
+            "{notes:?}"
+        );
+        assert!(
+            notes[1].contains("set spec.dataPlanes.container"),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn explicit_versions_win_over_pods() {
+        let pods = [pod("a", &[("proxy", "kong/kong-gateway:3.6.1.4")], None)];
+        assert_eq!(versions(&["3.10.0.0".into()], &pods, None).0, ["3.10.0.0"]);
+    }
+}

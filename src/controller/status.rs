@@ -1,0 +1,408 @@
+//! The status a policy should have, and the Events its changes deserve. Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use super::exporters::VersionState;
+use crate::api::{ConditionType, ExportStatus, FallbackConfigPolicyStatus, Problem, set_condition};
+
+/// What the operator's own exporters look like for one policy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExportView {
+    pub states: BTreeMap<String, VersionState>,
+    /// Why the exporters could not start: (reason, message), e.g. a missing Secret.
+    pub setup_error: Option<(String, String)>,
+    /// Remarks about the versions (pods whose version is unknown).
+    pub notes: Vec<String>,
+}
+
+/// The desired status from the validation result and, in `Operator` mode, the exporters.
+pub fn desired_status(
+    current: &FallbackConfigPolicyStatus,
+    generation: Option<i64>,
+    problems: &[Problem],
+    export: Option<&ExportView>,
+    now: Time,
+) -> FallbackConfigPolicyStatus {
+    let mut status = current.clone();
+    status.observed_generation = generation;
+    let set = |cs: &mut Vec<Condition>, t: ConditionType, ok: bool, reason: &str, message: &str| {
+        set_condition(cs, t, ok, reason, message, generation, now.clone());
+    };
+    let valid = problems.is_empty();
+    let (reason, message) = if valid {
+        ("Valid".to_owned(), "the spec is valid".to_owned())
+    } else {
+        ("InvalidSpec".to_owned(), summary(problems))
+    };
+    set(
+        &mut status.conditions,
+        ConditionType::Valid,
+        valid,
+        &reason,
+        &message,
+    );
+
+    let mut ready = (valid, reason, message);
+    match export {
+        Some(view) if valid => {
+            let (cp_ok, cp_reason, cp_msg) = connection(view);
+            let (ex_ok, ex_reason, ex_msg) = exporting(view);
+            set(
+                &mut status.conditions,
+                ConditionType::ControlPlaneConnected,
+                cp_ok,
+                &cp_reason,
+                &cp_msg,
+            );
+            set(
+                &mut status.conditions,
+                ConditionType::Exporting,
+                ex_ok,
+                &ex_reason,
+                &ex_msg,
+            );
+            ready = match (cp_ok, ex_ok) {
+                (_, true) if cp_ok => (true, "Exporting".into(), ex_msg),
+                (false, _) => (false, cp_reason, cp_msg),
+                _ => (false, ex_reason, ex_msg),
+            };
+            status.exports = view
+                .states
+                .iter()
+                .filter_map(|(version, s)| {
+                    s.last_export.as_ref().map(|e| ExportStatus {
+                        version: version.clone(),
+                        key: e.key.clone(),
+                        config_hash: e.hash.clone(),
+                        bytes: e.bytes as i64,
+                        time: Time(Timestamp::try_from(e.at).unwrap_or(Timestamp::UNIX_EPOCH)),
+                    })
+                })
+                .collect();
+        }
+        _ => {
+            // Not exporting ourselves (or invalid): those conditions do not apply.
+            status.conditions.retain(|c| {
+                c.type_ != ConditionType::ControlPlaneConnected.as_str()
+                    && c.type_ != ConditionType::Exporting.as_str()
+            });
+            if export.is_none() {
+                status.exports.clear();
+            }
+        }
+    }
+    let (ok, reason, message) = ready;
+    set(
+        &mut status.conditions,
+        ConditionType::Ready,
+        ok,
+        &reason,
+        &message,
+    );
+    status
+}
+
+fn connection(view: &ExportView) -> (bool, String, String) {
+    if let Some((reason, message)) = &view.setup_error {
+        return (false, reason.clone(), message.clone());
+    }
+    for (version, s) in &view.states {
+        if !s.connected {
+            return match &s.session_error {
+                Some((label, msg)) => (false, label.clone(), format!("version {version}: {msg}")),
+                None => (
+                    false,
+                    "Connecting".into(),
+                    format!("version {version}: connecting to the control plane"),
+                ),
+            };
+        }
+        if s.withheld {
+            return (
+                false,
+                "ConfigWithheld".into(),
+                format!(
+                    "version {version}: connected, but the control plane sent no configuration; it withholds it when a configured plugin is missing from the ones announced (add custom plugins to spec.exporter.plugins) or its version is newer than the control plane's, or when the data plane version is newer than the control plane"
+                ),
+            );
+        }
+    }
+    let versions: Vec<&str> = view.states.keys().map(String::as_str).collect();
+    (
+        true,
+        "Connected".into(),
+        format!("connected as version(s) {}", versions.join(", ")),
+    )
+}
+
+fn exporting(view: &ExportView) -> (bool, String, String) {
+    if let Some((reason, message)) = &view.setup_error {
+        return (false, reason.clone(), message.clone());
+    }
+    for (version, s) in &view.states {
+        if let Some((label, msg)) = &s.export_error {
+            return (false, label.clone(), format!("version {version}: {msg}"));
+        }
+    }
+    if let Some((version, _)) = view.states.iter().find(|(_, s)| s.last_export.is_none()) {
+        return (
+            false,
+            "Waiting".into(),
+            format!("version {version}: waiting for the first configuration to export"),
+        );
+    }
+    let mut message = format!("{} version(s) exported", view.states.len());
+    if !view.notes.is_empty() {
+        message.push_str("; ");
+        message.push_str(&view.notes.join("; "));
+    }
+    (true, "Exported".into(), message)
+}
+
+fn summary(problems: &[Problem]) -> String {
+    let all: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    format!("{} problem(s): {}", problems.len(), all.join("; "))
+}
+
+/// An Event worth publishing: a condition that a person watches changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// Events for the transitions between two statuses: a watched condition that appears or
+/// flips, or whose reason changes while it is False. Pure.
+pub fn changes(old: &FallbackConfigPolicyStatus, new: &FallbackConfigPolicyStatus) -> Vec<Change> {
+    let find =
+        |cs: &[Condition], t: ConditionType| cs.iter().find(|c| c.type_ == t.as_str()).cloned();
+    let mut out = Vec::new();
+    for t in [
+        ConditionType::Valid,
+        ConditionType::ControlPlaneConnected,
+        ConditionType::Exporting,
+    ] {
+        let (before, Some(after)) = (find(&old.conditions, t), find(&new.conditions, t)) else {
+            continue;
+        };
+        let flipped = before.as_ref().is_none_or(|b| b.status != after.status);
+        let worse =
+            after.status == "False" && before.as_ref().is_some_and(|b| b.reason != after.reason);
+        // NB: "waiting for the first export" is not news.
+        if (flipped || worse) && after.reason != "Waiting" && after.reason != "Connecting" {
+            let mut note = after.message.clone();
+            truncate(&mut note, 1000);
+            out.push(Change {
+                warning: after.status != "True",
+                reason: after.reason.clone(),
+                note,
+            });
+        }
+    }
+    out
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::exporters::ExportRecord;
+    use std::time::SystemTime;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn problem() -> Problem {
+        Problem {
+            field: "spec.storage.url".into(),
+            message: "bad".into(),
+        }
+    }
+
+    fn cond<'a>(s: &'a FallbackConfigPolicyStatus, t: &str) -> Option<&'a Condition> {
+        s.conditions.iter().find(|c| c.type_ == t)
+    }
+
+    fn exported(version: &str) -> (String, VersionState) {
+        (
+            version.to_owned(),
+            VersionState {
+                connected: true,
+                last_export: Some(ExportRecord {
+                    key: format!("kong/{version}/config.json"),
+                    hash: "a".repeat(32),
+                    bytes: 10,
+                    at: SystemTime::UNIX_EPOCH,
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn an_invalid_spec_makes_ready_false_with_every_problem_in_the_message() {
+        let s = desired_status(
+            &Default::default(),
+            Some(2),
+            &[problem(), problem()],
+            None,
+            at(5),
+        );
+        let ready = cond(&s, "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert_eq!(
+            ready.message,
+            "2 problem(s): spec.storage.url: bad; spec.storage.url: bad"
+        );
+        assert_eq!(
+            (s.observed_generation, ready.observed_generation),
+            (Some(2), Some(2))
+        );
+    }
+
+    #[test]
+    fn reconciling_an_unchanged_policy_yields_the_same_status() {
+        let view = ExportView {
+            states: [exported("3.6.1.4")].into(),
+            ..Default::default()
+        };
+        let first = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        let again = desired_status(&first, Some(1), &[], Some(&view), at(50));
+        assert_eq!(first, again);
+    }
+
+    #[test]
+    fn exporting_every_version_makes_the_policy_ready_and_lists_the_exports() {
+        let view = ExportView {
+            states: [exported("3.6.1.4"), exported("3.9.1")].into(),
+            ..Default::default()
+        };
+        let s = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        assert_eq!(cond(&s, "Ready").unwrap().status, "True");
+        assert_eq!(
+            cond(&s, "Exporting").unwrap().message,
+            "2 version(s) exported"
+        );
+        assert_eq!(
+            cond(&s, "ControlPlaneConnected").unwrap().reason,
+            "Connected"
+        );
+        assert_eq!(s.exports.len(), 2);
+        assert_eq!(s.exports[0].key, "kong/3.6.1.4/config.json");
+    }
+
+    #[test]
+    fn a_missing_secret_is_named_in_both_conditions_and_ready() {
+        let view = ExportView {
+            setup_error: Some((
+                "SecretMissing".into(),
+                "Secret kong/kong-cluster-cert not found".into(),
+            )),
+            ..Default::default()
+        };
+        let s = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        for t in ["ControlPlaneConnected", "Exporting", "Ready"] {
+            let c = cond(&s, t).unwrap();
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "SecretMissing"),
+                "{t}"
+            );
+            assert!(c.message.contains("kong/kong-cluster-cert"));
+        }
+    }
+
+    #[test]
+    fn a_withheld_config_says_what_to_check() {
+        let mut states = BTreeMap::from([exported("3.6.1.4")]);
+        let s0 = states.get_mut("3.6.1.4").unwrap();
+        s0.withheld = true;
+        s0.last_export = None;
+        let view = ExportView {
+            states,
+            ..Default::default()
+        };
+        let s = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        let c = cond(&s, "ControlPlaneConnected").unwrap();
+        assert_eq!(c.reason, "ConfigWithheld");
+        assert!(c.message.contains("spec.exporter.plugins"));
+        assert_eq!(cond(&s, "Ready").unwrap().reason, "ConfigWithheld");
+    }
+
+    #[test]
+    fn a_write_failure_names_its_cause() {
+        let mut states = BTreeMap::from([exported("3.6.1.4")]);
+        states.get_mut("3.6.1.4").unwrap().export_error = Some((
+            "Credentials".into(),
+            "put b/k: the credentials were refused".into(),
+        ));
+        let view = ExportView {
+            states,
+            ..Default::default()
+        };
+        let s = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        let c = cond(&s, "Exporting").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Credentials")
+        );
+        assert!(c.message.starts_with("version 3.6.1.4: put b/k"));
+    }
+
+    #[test]
+    fn leaving_operator_mode_drops_the_export_conditions_and_list() {
+        let view = ExportView {
+            states: [exported("3.6.1.4")].into(),
+            ..Default::default()
+        };
+        let s = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        let s = desired_status(&s, Some(2), &[], None, at(6));
+        assert!(cond(&s, "Exporting").is_none() && s.exports.is_empty());
+        assert_eq!(cond(&s, "Ready").unwrap().status, "True");
+    }
+
+    #[test]
+    fn events_follow_transitions_not_repeats() {
+        let bad = desired_status(&Default::default(), Some(1), &[problem()], None, at(5));
+        let ev = changes(&Default::default(), &bad);
+        assert_eq!(ev.len(), 1);
+        assert!(ev[0].warning && ev[0].reason == "InvalidSpec");
+        let again = desired_status(&bad, Some(1), &[problem()], None, at(6));
+        assert!(changes(&bad, &again).is_empty());
+
+        let view = ExportView {
+            states: [exported("3.6.1.4")].into(),
+            ..Default::default()
+        };
+        let good = desired_status(&bad, Some(2), &[], Some(&view), at(7));
+        let reasons: Vec<(bool, String)> = changes(&bad, &good)
+            .into_iter()
+            .map(|c| (c.warning, c.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (false, "Valid".to_owned()),
+                (false, "Connected".to_owned()),
+                (false, "Exported".to_owned())
+            ]
+        );
+    }
+}
