@@ -6,17 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kfo_testenv::{KongCp, Mtls, gcs, minio};
-use kong_fallback_operator::api::MtlsMode;
-use kong_fallback_operator::cp_client::{self, ClientSettings};
-use kong_fallback_operator::export::runner::{
-    self, ExportTarget, META_CONFIG_HASH, META_UPLOADER, Report,
-};
-use kong_fallback_operator::kong::StorageUrl;
+use kong_fallback_operator::export::runner::{META_CONFIG_HASH, META_UPLOADER, Report};
 use kong_fallback_operator::kong::config::config_hashes;
 use kong_fallback_operator::storage::gcs::{GcsCredentials, GcsStore};
 use kong_fallback_operator::storage::s3::{PutExtras, S3Settings, S3Store, StaticCredentials};
 use kong_fallback_operator::storage::{ErrorKind, ObjectStore};
-use tokio::sync::{mpsc, watch};
+
+#[path = "common/pipeline.rs"]
+mod pipeline;
+use pipeline::Pipeline;
 
 fn table(n: usize) -> String {
     format!(
@@ -26,77 +24,6 @@ fn table(n: usize) -> String {
 
 fn hash(t: &str) -> String {
     config_hashes(&serde_json::from_str(t).unwrap()).config
-}
-
-struct Pipeline {
-    reports: mpsc::Receiver<Report>,
-    _stop: watch::Sender<bool>,
-}
-
-impl Pipeline {
-    fn start(
-        cp: &KongCp,
-        version: &str,
-        store: Arc<dyn ObjectStore>,
-        url: &str,
-        min_interval: Duration,
-    ) -> Pipeline {
-        let v: kong_fallback_operator::kong::KongVersion = version.parse().unwrap();
-        let settings = ClientSettings {
-            endpoint: cp.endpoint.clone(),
-            server_name: cp.certs.server_name.clone(),
-            mtls: MtlsMode::Shared,
-            cert_pem: cp.certs.cert_pem.clone(),
-            key_pem: cp.certs.key_pem.clone(),
-            ca_pem: None,
-            node_id: "5f3c1d6e-2b8a-4f0e-9c1d-7a6b5e4d3c2b".into(),
-            hostname: "kfo-test".into(),
-            plugins: cp_client::plugins::announced(&v, &[]),
-            version: v,
-            max_frame: cp_client::DEFAULT_MAX_FRAME,
-            max_config: 64 << 20,
-        };
-        let (stop, stop_rx) = watch::channel(false);
-        let (ev_tx, ev_rx) = mpsc::channel(64);
-        let (rep_tx, reports) = mpsc::channel(1024);
-        tokio::spawn(cp_client::run(settings, ev_tx, stop_rx.clone()));
-        let target = ExportTarget {
-            url: StorageUrl::parse(url).unwrap(),
-            version: version.to_owned(),
-            uploader: "kfo-test-replica".into(),
-            min_interval,
-            history_limit: 3,
-        };
-        tokio::spawn(runner::run(target, store, ev_rx, rep_tx, stop_rx));
-        Pipeline {
-            reports,
-            _stop: stop,
-        }
-    }
-
-    async fn until<T>(&mut self, secs: u64, mut f: impl FnMut(Report) -> Option<T>) -> T {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let r = tokio::time::timeout_at(deadline, self.reports.recv())
-                .await
-                .expect("timed out")
-                .expect("stopped");
-            if let Some(v) = f(r) {
-                return v;
-            }
-        }
-    }
-
-    async fn exported(&mut self) -> (String, String) {
-        self.until(15, |r| {
-            if let Report::Exported { key, hash, .. } = r {
-                Some((key, hash))
-            } else {
-                None
-            }
-        })
-        .await
-    }
 }
 
 fn s3(env: &kfo_testenv::MinioEnv, bucket: &str) -> Arc<dyn ObjectStore> {

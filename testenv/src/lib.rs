@@ -11,6 +11,7 @@
 //! tests pass, fail or the binary is killed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod configs;
 mod gcs;
 mod kong_cp;
 mod kube;

@@ -1,0 +1,222 @@
+//! Export benchmarks (figures, not assertions). `make bench B=P1` runs one.
+//!
+//! - P1: Kong CP double push -> object written to MinIO (the export runner's report after
+//!   a successful PUT; the object is then readable), for 10 KB, 1 MB and 20 MB configs,
+//!   50 rounds each with minInterval 0, beside a bare aws-sdk-s3 PUT of the same size.
+//!   The clock starts when the CP double has compressed the frame and handed it to its
+//!   sessions, so the CP's own gzip time is not counted.
+//! - P5: peak RSS and throughput of decode -> validate -> write for a 50 MB config, in a
+//!   child process so the benchmark's own buffers do not count.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use kfo_testenv::configs::config_table;
+use kfo_testenv::{KongCp, MinioEnv, Mtls, minio};
+use kong_fallback_operator::cp_client::decode;
+use kong_fallback_operator::export::runner::Report;
+use kong_fallback_operator::storage::s3::{PutExtras, S3Settings, S3Store, StaticCredentials};
+use kong_fallback_operator::storage::{ObjectStore, Precondition, PutObject};
+
+#[path = "../tests/common/pipeline.rs"]
+mod pipeline;
+use pipeline::Pipeline;
+
+const ROUNDS: usize = 50;
+
+fn store(env: &MinioEnv, bucket: &str) -> Arc<dyn ObjectStore> {
+    let settings = S3Settings {
+        region: "us-east-1".into(),
+        endpoint: Some(env.endpoint.clone()),
+        credentials: StaticCredentials {
+            access_key_id: env.root_user.clone(),
+            secret_access_key: env.root_password.clone(),
+            session_token: None,
+        },
+    };
+    Arc::new(S3Store::new(&settings, bucket, PutExtras::default()))
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let idx = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[idx].as_secs_f64() * 1000.0
+}
+
+async fn p1() {
+    let env = minio().await;
+    for (label, size) in [("10KB", 10_000), ("1MB", 1_000_000), ("20MB", 20_000_000)] {
+        let bucket = env
+            .bucket(&format!("bench-p1-{}", label.to_lowercase()))
+            .await
+            .unwrap();
+        let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+        let first = config_table(size, 0);
+        cp.push(&first, &format!("{:032x}", 1));
+        let mut p = Pipeline::start(
+            &cp,
+            "3.6.1.4",
+            store(env, &bucket),
+            &format!("s3://{bucket}/kong"),
+            Duration::ZERO,
+        );
+        p.exported().await;
+
+        let mut samples = Vec::with_capacity(ROUNDS);
+        for round in 0..ROUNDS {
+            let table = config_table(size, round as u64 + 1);
+            let hash = format!("{:032x}", round + 2);
+            cp.push(&table, &hash);
+            let start = Instant::now();
+            p.until(120, |r| {
+                matches!(r, Report::Exported { hash: ref h, .. } if *h == hash).then_some(())
+            })
+            .await;
+            samples.push(start.elapsed());
+        }
+        let body = bytes::Bytes::from(config_table(size, 999));
+        let client = env.root_client();
+        let mut bare = Vec::with_capacity(ROUNDS);
+        for round in 0..ROUNDS {
+            let start = Instant::now();
+            client
+                .put_object()
+                .bucket(&bucket)
+                .key(format!("bare/{round}.json"))
+                .content_type("application/json")
+                .body(ByteStream::from(body.clone()))
+                .send()
+                .await
+                .unwrap();
+            bare.push(start.elapsed());
+        }
+        let (p50, p99) = (
+            percentile(&mut samples, 0.5),
+            percentile(&mut samples, 0.99),
+        );
+        let bare_p99 = percentile(&mut bare, 0.99);
+        println!(
+            "bench: P1 size={label} rounds={ROUNDS} p50_ms={p50:.1} p99_ms={p99:.1} bare_put_p99_ms={bare_p99:.1} ratio={:.2} target_p99_ms=500 target_ratio=1.2",
+            p99 / bare_p99
+        );
+    }
+}
+
+fn vm_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn p5() {
+    let env = minio().await;
+    let bucket = env.bucket("bench-p5").await.unwrap();
+    let table = config_table(50_000_000, 5);
+    let json = format!(
+        r#"{{"type":"reconfigure","timestamp":1.0,"config_table":{table},"config_hash":"{:032x}"}}"#,
+        5
+    );
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(json.as_bytes()).unwrap();
+    let frame = gz.finish().unwrap();
+    let path = std::env::temp_dir().join(format!("kfo-p5-{}.gz", std::process::id()));
+    std::fs::write(&path, &frame).unwrap();
+    let size_mb = table.len() as f64 / 1e6;
+    drop((table, json, frame));
+    // NB: the child starts its own MinIO client against the same server via the env.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("KFO_P5_CHILD", &path)
+        .env("KFO_P5_BUCKET", &bucket)
+        .env("KFO_P5_MINIO", &env.endpoint)
+        .env("KFO_P5_USER", &env.root_user)
+        .env("KFO_P5_PASSWORD", &env.root_password)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("P5-CHILD"))
+        .unwrap_or_else(|| {
+            panic!(
+                "P5 child failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+    let field = |k: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let peak_mb = field("hwm_kb") / 1024.0;
+    println!(
+        "bench: P5 size_mb={size_mb:.1} peak_rss_mb={peak_mb:.0} rss_ratio={:.2} mb_per_s={:.1} target_rss_ratio=3",
+        peak_mb / size_mb,
+        size_mb / field("secs")
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Ok(frame) = std::env::var("KFO_P5_CHILD") {
+        let bucket = std::env::var("KFO_P5_BUCKET").unwrap();
+        rt.block_on(p5_child_with_env(&frame, &bucket));
+        return;
+    }
+    let only: Option<String> = std::env::args().skip(1).find(|a| a.starts_with('P'));
+    let run = |id: &str| only.as_deref().is_none_or(|o| o == id);
+    if run("P1") {
+        rt.block_on(p1());
+    }
+    if run("P5") {
+        rt.block_on(p5());
+    }
+}
+
+/// The child of P5: decode -> validate -> write one frame, then report peak RSS. It
+/// cannot share the parent's MinIO through `minio()` (that would start another), so it
+/// builds its store from the parent's environment.
+async fn p5_child_with_env(frame_path: &str, bucket: &str) {
+    let var = |k: &str| std::env::var(k).unwrap();
+    let settings = S3Settings {
+        region: "us-east-1".into(),
+        endpoint: Some(var("KFO_P5_MINIO")),
+        credentials: StaticCredentials {
+            access_key_id: var("KFO_P5_USER"),
+            secret_access_key: var("KFO_P5_PASSWORD"),
+            session_token: None,
+        },
+    };
+    let store = S3Store::new(&settings, bucket, PutExtras::default());
+    let frame = std::fs::read(frame_path).unwrap();
+    let start = Instant::now();
+    let snapshot = decode(&frame, 1 << 30).unwrap().unwrap();
+    drop(frame);
+    let bytes = snapshot.config.len();
+    store
+        .put(PutObject {
+            key: "kong/3.6.1.4/config.json".into(),
+            body: snapshot.config.clone(),
+            content_type: "application/json".into(),
+            metadata: Default::default(),
+            precondition: Precondition::None,
+        })
+        .await
+        .unwrap();
+    println!(
+        "P5-CHILD bytes={bytes} secs={} hwm_kb={}",
+        start.elapsed().as_secs_f64(),
+        vm_kb("VmHWM:")
+    );
+}
