@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::kong::config::{
-    ConfigError, ConfigSummary, EMPTY_CONFIG_HASH, config_hashes, validate_config,
+    ConfigError, ConfigSummary, EMPTY_CONFIG_HASH, config_hashes, validate_config_text,
 };
 
 /// A configuration received from the control plane.
@@ -86,20 +86,26 @@ pub fn decode(frame: &[u8], max_config: usize) -> Result<Option<ConfigSnapshot>,
     let raw = envelope
         .config_table
         .ok_or_else(|| FrameError::Json("reconfigure without config_table".into()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(raw.get()).map_err(|e| FrameError::Json(e.to_string()))?;
-    let summary = validate_config(&value)?;
+    let summary = validate_config_text(raw.get())?;
     let hash = match envelope.config_hash {
         Some(h) if h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()) => h,
         Some(h) => return Err(FrameError::Hash(h)),
         // NB: like Kong's DP, compute the hash when the control plane sent none.
-        None => config_hashes(&value).config,
+        None => {
+            let value: serde_json::Value =
+                serde_json::from_str(raw.get()).map_err(|e| FrameError::Json(e.to_string()))?;
+            config_hashes(&value).config
+        }
     };
+    // NB: no copy: the configuration is a slice of the inflated buffer.
+    let start = raw.get().as_ptr() as usize - json.as_ptr() as usize;
+    let range = start..start + raw.get().len();
+    let timestamp = envelope.timestamp;
     Ok(Some(ConfigSnapshot {
         hash,
-        config: Bytes::copy_from_slice(raw.get().as_bytes()),
+        config: Bytes::from(json).slice(range),
         summary,
-        timestamp: envelope.timestamp,
+        timestamp,
     }))
 }
 

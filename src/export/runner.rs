@@ -100,7 +100,8 @@ pub async fn run(
                                 latency,
                             })
                             .await;
-                        prune_history(&target, store.as_ref()).await;
+                        // NB: after the report: the history is a convenience, not part of the export.
+                        write_history(&target, store.as_ref(), &snapshot).await;
                     }
                     Err(error) => {
                         received.insert(snapshot.hash.clone(), started);
@@ -185,49 +186,55 @@ fn to_snapshot(s: ConfigSnapshot) -> Snapshot {
     }
 }
 
+fn metadata(target: &ExportTarget, s: &Snapshot) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (META_UPLOADER.to_owned(), target.uploader.clone()),
+        (META_CONFIG_HASH.to_owned(), s.hash.clone()),
+    ])
+}
+
 async fn write(
     target: &ExportTarget,
     store: &dyn ObjectStore,
     key: &str,
     s: &Snapshot,
 ) -> Result<(), StoreError> {
-    let metadata = BTreeMap::from([
-        (META_UPLOADER.to_owned(), target.uploader.clone()),
-        (META_CONFIG_HASH.to_owned(), s.hash.clone()),
-    ]);
     store
         .put(PutObject {
             key: key.to_owned(),
             body: s.body.clone(),
             content_type: "application/json".to_owned(),
-            metadata: metadata.clone(),
+            metadata: metadata(target, s),
             precondition: Precondition::None,
         })
-        .await?;
-    if target.history_limit > 0 {
-        let secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let history = history_key(&target.url, &target.version, secs, &s.hash);
-        let put = PutObject {
-            key: history.clone(),
-            body: s.body.clone(),
-            content_type: "application/json".to_owned(),
-            metadata,
-            precondition: Precondition::None,
-        };
-        // NB: the history is a convenience; failing to write it does not fail the export.
-        if let Err(e) = store.put(put).await {
-            warn!(key = %history, error = %e, "cannot write the history entry");
-        }
-    }
-    Ok(())
+        .await
+        .map(|_| ())
 }
 
-async fn prune_history(target: &ExportTarget, store: &dyn ObjectStore) {
+/// Writes the history entry of `s` and prunes the history to its limit. Failures are
+/// logged only: the history must never hold up or fail an export.
+async fn write_history(target: &ExportTarget, store: &dyn ObjectStore, s: &Snapshot) {
     if target.history_limit == 0 {
         return;
     }
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let history = history_key(&target.url, &target.version, secs, &s.hash);
+    let put = PutObject {
+        key: history.clone(),
+        body: s.body.clone(),
+        content_type: "application/json".to_owned(),
+        metadata: metadata(target, s),
+        precondition: Precondition::None,
+    };
+    if let Err(e) = store.put(put).await {
+        warn!(key = %history, error = %e, "cannot write the history entry");
+    }
+    prune_history(target, store).await;
+}
+
+async fn prune_history(target: &ExportTarget, store: &dyn ObjectStore) {
     let prefix = target.url.history_prefix(&target.version);
     let keys: Vec<String> = match store.list(&prefix).await {
         Ok(list) => list.into_iter().map(|o| o.key).collect(),
@@ -320,8 +327,13 @@ mod tests {
         assert_eq!(o.content_type.as_deref(), Some("application/json"));
         assert_eq!(o.metadata[META_UPLOADER], "kfo-0");
         assert_eq!(o.metadata[META_CONFIG_HASH], hash);
-        let history = h.store.list("kong/3.6.1.4/history/").await.unwrap();
-        assert_eq!(history.len(), 1);
+        for _ in 0..100 {
+            if h.store.list("kong/3.6.1.4/history/").await.unwrap().len() == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no history entry");
     }
 
     #[tokio::test]
@@ -377,7 +389,15 @@ mod tests {
                 .unwrap();
             assert!(matches!(h.report().await, Report::Exported { .. }));
         }
-        let history = h.store.list("kong/3.6.1.4/history/").await.unwrap();
+        // The history is written after the report: wait for the last entry and the pruning.
+        let mut history = Vec::new();
+        for _ in 0..100 {
+            history = h.store.list("kong/3.6.1.4/history/").await.unwrap();
+            if history.len() == 2 && history[1].key.contains(&"d".repeat(32)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(history.len(), 2, "{history:?}");
         // Within one second the keys order by hash, and 'd' > 'c' here.
         assert!(

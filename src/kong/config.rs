@@ -245,10 +245,154 @@ pub fn validate_config(config: &Value) -> Result<ConfigSummary, ConfigError> {
     })
 }
 
+/// [`validate_config`] on the JSON text, without building a document tree: the same
+/// checks and counts in one streaming pass, so a 50 MB configuration costs no more memory
+/// than its text.
+pub fn validate_config_text(json: &str) -> Result<ConfigSummary, ConfigError> {
+    use serde::de::Deserializer;
+    let mut de = serde_json::Deserializer::from_str(json);
+    let summary = de
+        .deserialize_any(TableVisitor)
+        .map_err(|e| parse_error(&e))?;
+    de.end().map_err(|e| parse_error(&e))?;
+    summary
+}
+
+fn parse_error(e: &serde_json::Error) -> ConfigError {
+    // NB: our visitors report shape errors as custom messages; keep their variant.
+    let msg = e.to_string();
+    if let Some(rest) = msg.strip_prefix("entity set ") {
+        let name = rest.split('"').nth(1).unwrap_or_default();
+        return ConfigError::EntitySet(name.to_owned());
+    }
+    ConfigError::NotAnObject
+}
+
+struct TableVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TableVisitor {
+    type Value = Result<ConfigSummary, ConfigError>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a declarative configuration object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::{Error, IgnoredAny};
+        let mut format_version: Option<Result<String, String>> = None;
+        let mut entities = Vec::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "_format_version" {
+                let v: Value = map.next_value()?;
+                format_version = Some(match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(other.to_string()),
+                });
+            } else if key.starts_with('_') {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                let rows = map.next_value::<EntitySet>().map_err(|_| {
+                    A::Error::custom(format!("entity set {key:?} is not an array of objects"))
+                })?;
+                if rows.0 > 0 {
+                    entities.push((key.into_owned(), rows.0));
+                }
+            }
+        }
+        let format_version = match format_version {
+            None => return Ok(Err(ConfigError::MissingFormatVersion)),
+            Some(Ok(v)) if matches!(v.as_str(), "1.1" | "2.1" | "3.0") => v,
+            Some(Ok(v)) | Some(Err(v)) => return Ok(Err(ConfigError::FormatVersion(v))),
+        };
+        entities.sort();
+        Ok(Ok(ConfigSummary {
+            format_version,
+            entities,
+        }))
+    }
+}
+
+/// An entity set: an array of objects (counted), or `{}` for an empty one.
+struct EntitySet(usize);
+
+impl<'de> serde::Deserialize<'de> for EntitySet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EntitySet;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of objects")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<EntitySet, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<Row>()?.is_some() {
+                    n += 1;
+                }
+                Ok(EntitySet(n))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<EntitySet, A::Error> {
+                match map.next_key::<serde::de::IgnoredAny>()? {
+                    None => Ok(EntitySet(0)),
+                    Some(_) => Err(serde::de::Error::custom("not an array")),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One row: any object, skipped without allocation.
+struct Row;
+
+impl<'de> serde::Deserialize<'de> for Row {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Row;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Row)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_streaming_check_agrees_with_the_tree_check() {
+        for doc in [
+            json!({"_format_version": "3.0", "_transform": false, "services": [{"id": "s"}], "routes": [{}, {}], "plugins": [], "vaults": {}}),
+            json!({"_format_version": "3.0", "workspaces": [{"id": "w"}]}),
+            json!([]),
+            json!({"services": []}),
+            json!({"_format_version": "4.0"}),
+            json!({"_format_version": 3}),
+            json!({"_format_version": "3.0", "services": [1]}),
+            json!({"_format_version": "3.0", "services": "x"}),
+            json!({"_format_version": "3.0", "services": {"a": 1}}),
+        ] {
+            let text = doc.to_string();
+            assert_eq!(validate_config_text(&text), validate_config(&doc), "{text}");
+        }
+        assert!(validate_config_text("{not json").is_err());
+    }
 
     fn serialized(v: &Value) -> String {
         let mut buf = Vec::new();

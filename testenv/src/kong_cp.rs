@@ -243,6 +243,8 @@ impl Session {
     }
 
     async fn run(mut self, tcp: tokio::net::TcpStream) {
+        // NB: nginx serves with tcp_nodelay on; without it small frames wait for delayed ACKs.
+        let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
         let Ok(tls) = acceptor.accept(tcp).await else {
             self.reject();
