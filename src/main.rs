@@ -33,6 +33,9 @@ enum Command {
         /// This replica's identity, for Events and (later) the election; the pod name.
         #[arg(long, env = "POD_NAME", default_value = "kong-fallback-operator")]
         identity: String,
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "KFO_WATCH_NAMESPACE")]
+        namespace: Option<String>,
     },
     /// Print the FallbackConfigPolicy CRD as YAML.
     Crd,
@@ -66,11 +69,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Crd => {
             print!("{}", api::crd_yaml().context("failed to render the CRD")?);
         }
-        Command::Run { identity } => {
+        Command::Run {
+            identity,
+            namespace,
+        } => {
             let client = kube::Client::try_default().await.context(
                 "failed to build a Kubernetes client (no kubeconfig and not in a cluster?)",
             )?;
-            controller::run(client, identity).await?;
+            controller::run(client, identity, namespace).await?;
         }
         Command::Doctor {
             version,

@@ -43,7 +43,11 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
     env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
     let client = env.client().await.unwrap();
     let ns = env.namespace("ctrl").await.unwrap();
-    let running = tokio::spawn(controller::run(client.clone(), "test-replica".into()));
+    let running = tokio::spawn(controller::run(
+        client.clone(),
+        "test-replica".into(),
+        Some(ns.clone()),
+    ));
 
     // Valid for the schema, invalid for validate(): S3 without a region, empty selector.
     let policy: FallbackConfigPolicy = serde_json::from_value(json!({
@@ -117,6 +121,7 @@ mod operator_mode {
     use k8s_openapi::api::core::v1::Secret;
     use kfo_testenv::{KongCp, Mtls, minio};
     use kong_fallback_operator::kong::config::config_hashes;
+    use kube::api::{Patch, PatchParams};
 
     const TABLE: &str = r#"{"_format_version":"3.0","_transform":false,"services":[{"id":"9748f662-7711-4a90-8186-dc02f10eb0f5","name":"httpbin","host":"httpbin.org","port":443}],"routes":[{"id":"2f55b0b3-04a1-4e47-8c0f-c0d6f0b2b3a2","service":"9748f662-7711-4a90-8186-dc02f10eb0f5","paths":["\/mock"]}]}"#;
 
@@ -161,7 +166,11 @@ mod operator_mode {
             )
             .await
             .unwrap();
-        let running = tokio::spawn(controller::run(client.clone(), "kfo-test-0".into()));
+        let running = tokio::spawn(controller::run(
+            client.clone(),
+            "kfo-test-0".into(),
+            Some(ns.clone()),
+        ));
         let policy: FallbackConfigPolicy = serde_json::from_value(json!({
             "apiVersion": "fallback.kong-dp.io/v1alpha1",
             "kind": "FallbackConfigPolicy",
@@ -294,6 +303,109 @@ mod operator_mode {
             cp.data_planes().iter().all(|d| !d.connected).then_some(())
         })
         .await;
+        running.abort();
+    }
+
+    #[tokio::test]
+    async fn wrong_write_credentials_make_exporting_false_until_the_secret_is_fixed() {
+        let env = kube().await;
+        env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+        let client = env.client().await.unwrap();
+        let ns = env.namespace("ctrl-creds").await.unwrap();
+        let s3 = minio().await;
+        let bucket = s3.bucket("ctrl-creds").await.unwrap();
+        let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+        cp.push(
+            TABLE,
+            &config_hashes(&serde_json::from_str(TABLE).unwrap()).config,
+        );
+
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        for s in [
+            secret(
+                "fallback-read",
+                &[("AWS_ACCESS_KEY_ID", "r"), ("AWS_SECRET_ACCESS_KEY", "r")],
+            ),
+            secret(
+                "kong-cluster-cert",
+                &[
+                    ("tls.crt", &cp.certs.cert_pem),
+                    ("tls.key", &cp.certs.key_pem),
+                ],
+            ),
+            secret(
+                "fallback-write",
+                &[
+                    ("AWS_ACCESS_KEY_ID", &s3.root_user),
+                    ("AWS_SECRET_ACCESS_KEY", "wrong-password"),
+                ],
+            ),
+        ] {
+            secrets.create(&PostParams::default(), &s).await.unwrap();
+        }
+        let running = tokio::spawn(controller::run(
+            client.clone(),
+            "kfo-test-1".into(),
+            Some(ns.clone()),
+        ));
+        let policy: FallbackConfigPolicy = serde_json::from_value(json!({
+            "apiVersion": "fallback.kong-dp.io/v1alpha1",
+            "kind": "FallbackConfigPolicy",
+            "metadata": {"name": "prod"},
+            "spec": {
+                "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+                "storage": {
+                    "url": format!("s3://{bucket}/kong"), "endpoint": s3.endpoint, "region": "us-east-1",
+                    "readCredentials": {"secretName": "fallback-read"},
+                    "writeCredentials": {"secretName": "fallback-write"}
+                },
+                "exporter": {
+                    "mode": "Operator", "versions": ["3.6.1.4"], "minInterval": "0s",
+                    "controlPlane": {"endpoint": cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}
+                }
+            }
+        }))
+        .unwrap();
+        let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+        api.create(&PostParams::default(), &policy).await.unwrap();
+
+        let (_, _, message) = wait_for("Exporting=False (Credentials)", async || {
+            condition(&api.get("prod").await.ok()?, "Exporting").filter(|c| c.1 == "Credentials")
+        })
+        .await;
+        assert!(
+            message.contains(&format!("{bucket}/kong/3.6.1.4/config.json")),
+            "{message}"
+        );
+        assert!(message.contains("credentials were refused"), "{message}");
+        assert!(!message.contains("wrong-password"));
+
+        let fixed = json!({"stringData": {"AWS_SECRET_ACCESS_KEY": s3.root_password}});
+        secrets
+            .patch(
+                "fallback-write",
+                &PatchParams::default(),
+                &Patch::Merge(&fixed),
+            )
+            .await
+            .unwrap();
+        wait_for("Ready=True after the fix", async || {
+            (condition(&api.get("prod").await.ok()?, "Ready")?.0 == "True").then_some(())
+        })
+        .await;
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        assert!(
+            reasons.contains(&"Credentials".to_owned()) && reasons.contains(&"Exported".to_owned()),
+            "{reasons:?}"
+        );
         running.abort();
     }
 }

@@ -88,8 +88,8 @@ pub async fn check_crd(client: &Client) -> Result<(), Error> {
     }
 }
 
-/// Runs the controller until SIGINT/SIGTERM.
-pub async fn run(client: Client, identity: String) -> Result<(), Error> {
+/// Runs the controller until SIGINT/SIGTERM, for one namespace or (`None`) all of them.
+pub async fn run(client: Client, identity: String, namespace: Option<String>) -> Result<(), Error> {
     check_crd(&client).await?;
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
@@ -104,8 +104,17 @@ pub async fn run(client: Client, identity: String) -> Result<(), Error> {
         exporters: Exporters::new(identity.clone(), trigger),
         identity,
     });
-    let policies: Api<FallbackConfigPolicy> = Api::all(client);
-    info!("watching FallbackConfigPolicy objects in all namespaces");
+    let (policies, secrets): (Api<FallbackConfigPolicy>, Api<Secret>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    info!(
+        namespace = namespace.as_deref().unwrap_or("(all)"),
+        "watching FallbackConfigPolicy objects"
+    );
     let triggers = futures::stream::unfold(triggers, |mut rx| async move {
         rx.recv().await.map(|r| (r, rx))
     });
@@ -128,7 +137,6 @@ pub async fn run(client: Client, identity: String) -> Result<(), Error> {
         })
     };
     // A Secret a policy references re-triggers it, so a fixed Secret clears the error at once.
-    let secrets: Api<Secret> = Api::all(ctx.client.clone());
     controller
         .watches(
             secrets,
