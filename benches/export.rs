@@ -10,12 +10,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use kfo_testenv::configs::config_table;
-use kfo_testenv::{KongCp, MinioEnv, Mtls, minio};
+use kfo_testenv::{KongCp, Mtls, minio};
 use kong_fallback_operator::cp_client::decode;
 use kong_fallback_operator::export::runner::Report;
 use kong_fallback_operator::storage::s3::{PutExtras, S3Settings, S3Store, StaticCredentials};
@@ -23,22 +22,12 @@ use kong_fallback_operator::storage::{ObjectStore, Precondition, PutObject};
 
 #[path = "../tests/common/pipeline.rs"]
 mod pipeline;
+#[path = "../tests/common/stores.rs"]
+mod stores;
 use pipeline::Pipeline;
+use stores::minio_store;
 
 const ROUNDS: usize = 50;
-
-fn store(env: &MinioEnv, bucket: &str) -> Arc<dyn ObjectStore> {
-    let settings = S3Settings {
-        region: "us-east-1".into(),
-        endpoint: Some(env.endpoint.clone()),
-        credentials: StaticCredentials {
-            access_key_id: env.root_user.clone(),
-            secret_access_key: env.root_password.clone(),
-            session_token: None,
-        },
-    };
-    Arc::new(S3Store::new(&settings, bucket, PutExtras::default()))
-}
 
 fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort();
@@ -59,7 +48,7 @@ async fn p1() {
         let mut p = Pipeline::start(
             &cp,
             "3.6.1.4",
-            store(env, &bucket),
+            minio_store(env, &bucket),
             &format!("s3://{bucket}/kong"),
             Duration::ZERO,
         );

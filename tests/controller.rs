@@ -255,16 +255,11 @@ mod operator_mode {
         );
         assert_eq!(condition(&p, "Exporting").unwrap().1, "Exported");
 
-        let o = s3
-            .root_client()
-            .get_object()
-            .bucket(&bucket)
-            .key("kong/3.6.1.4/config.json")
-            .send()
-            .await
-            .unwrap();
         assert_eq!(
-            &o.body.collect().await.unwrap().into_bytes()[..],
+            &s3.read(&bucket, "kong/3.6.1.4/config.json")
+                .await
+                .unwrap()
+                .unwrap()[..],
             TABLE.as_bytes()
         );
 

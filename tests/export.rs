@@ -14,7 +14,10 @@ use kong_fallback_operator::storage::{ErrorKind, ObjectStore};
 
 #[path = "common/pipeline.rs"]
 mod pipeline;
+#[path = "common/stores.rs"]
+mod stores;
 use pipeline::Pipeline;
+use stores::minio_store;
 
 fn table(n: usize) -> String {
     format!(
@@ -26,19 +29,6 @@ fn hash(t: &str) -> String {
     config_hashes(&serde_json::from_str(t).unwrap()).config
 }
 
-fn s3(env: &kfo_testenv::MinioEnv, bucket: &str) -> Arc<dyn ObjectStore> {
-    let settings = S3Settings {
-        region: "us-east-1".into(),
-        endpoint: Some(env.endpoint.clone()),
-        credentials: StaticCredentials {
-            access_key_id: env.root_user.clone(),
-            secret_access_key: env.root_password.clone(),
-            session_token: None,
-        },
-    };
-    Arc::new(S3Store::new(&settings, bucket, PutExtras::default()))
-}
-
 #[tokio::test]
 async fn a_push_lands_at_the_exact_key_with_the_exact_bytes_and_only_once() {
     let env = minio().await;
@@ -46,7 +36,7 @@ async fn a_push_lands_at_the_exact_key_with_the_exact_bytes_and_only_once() {
     let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
     let t = table(1);
     cp.push(&t, &hash(&t));
-    let store = s3(env, &bucket);
+    let store = minio_store(env, &bucket);
     let mut p = Pipeline::start(
         &cp,
         "3.6.1.4",
@@ -116,7 +106,7 @@ async fn an_empty_config_never_replaces_a_good_one() {
     let mut p = Pipeline::start(
         &cp,
         "3.6.1.4",
-        s3(env, &bucket),
+        minio_store(env, &bucket),
         &format!("s3://{bucket}/kong"),
         Duration::ZERO,
     );
@@ -133,16 +123,11 @@ async fn an_empty_config_never_replaces_a_good_one() {
         })
         .await;
     assert_eq!(why, "empty configuration");
-    let o = env
-        .root_client()
-        .get_object()
-        .bucket(&bucket)
-        .key("kong/3.6.1.4/config.json")
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        &o.body.collect().await.unwrap().into_bytes()[..],
+        &env.read(&bucket, "kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap()[..],
         good.as_bytes()
     );
 }
@@ -155,8 +140,20 @@ async fn two_versions_get_two_keys() {
     let t = table(1);
     cp.push(&t, &hash(&t));
     let url = format!("s3://{bucket}/kong");
-    let mut a = Pipeline::start(&cp, "3.6.1.4", s3(env, &bucket), &url, Duration::ZERO);
-    let mut b = Pipeline::start(&cp, "3.9.0.1", s3(env, &bucket), &url, Duration::ZERO);
+    let mut a = Pipeline::start(
+        &cp,
+        "3.6.1.4",
+        minio_store(env, &bucket),
+        &url,
+        Duration::ZERO,
+    );
+    let mut b = Pipeline::start(
+        &cp,
+        "3.9.0.1",
+        minio_store(env, &bucket),
+        &url,
+        Duration::ZERO,
+    );
     assert_eq!(a.exported().await.0, "kong/3.6.1.4/config.json");
     assert_eq!(b.exported().await.0, "kong/3.9.0.1/config.json");
     let versions: Vec<String> = cp.data_planes().into_iter().map(|d| d.version).collect();
@@ -174,7 +171,7 @@ async fn a_burst_of_100_pushes_ends_with_the_last_stored_within_the_write_bound(
     let mut p = Pipeline::start(
         &cp,
         "3.6.1.4",
-        s3(env, &bucket),
+        minio_store(env, &bucket),
         &format!("s3://{bucket}/kong"),
         min_interval,
     );
@@ -201,16 +198,11 @@ async fn a_burst_of_100_pushes_ends_with_the_last_stored_within_the_write_bound(
         writes <= bound,
         "{writes} writes for a {burst:?} burst, bound {bound}"
     );
-    let o = env
-        .root_client()
-        .get_object()
-        .bucket(&bucket)
-        .key("kong/3.6.1.4/config.json")
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        &o.body.collect().await.unwrap().into_bytes()[..],
+        &env.read(&bucket, "kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap()[..],
         table(100).as_bytes()
     );
     // History keeps the newest 3 (written just after each export).

@@ -115,16 +115,11 @@ async fn a_read_only_principal_reads_but_its_writes_are_refused() {
     );
 
     // The object is unchanged.
-    let after = env
-        .root_client()
-        .get_object()
-        .bucket(&bucket)
-        .key("kong/3.6.1.4/config.json")
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        &after.body.collect().await.unwrap().into_bytes()[..],
+        &env.read(&bucket, "kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap()[..],
         CONFIG.as_bytes()
     );
 }
@@ -171,6 +166,9 @@ async fn gcs_round_trip_against_fake_gcs_server_with_the_product_client() {
 // ---- The ObjectStore implementations, held to one contract on both real stores. ----
 
 use std::collections::BTreeMap;
+
+#[path = "common/stores.rs"]
+mod stores;
 
 use kong_fallback_operator::storage::gcs::GcsStore;
 use kong_fallback_operator::storage::s3::{PutExtras, S3Store};
@@ -271,16 +269,11 @@ async fn contract(store: &dyn ObjectStore, keeps_content_type: bool) {
 }
 
 fn minio_store(env: &kfo_testenv::MinioEnv, bucket: &str, secret: &str) -> S3Store {
-    let settings = S3Settings {
-        region: "us-east-1".into(),
-        endpoint: Some(env.endpoint.clone()),
-        credentials: StaticCredentials {
-            access_key_id: env.root_user.clone(),
-            secret_access_key: secret.to_owned(),
-            session_token: None,
-        },
-    };
-    S3Store::new(&settings, bucket, PutExtras::default())
+    S3Store::new(
+        &stores::minio_settings(env, secret),
+        bucket,
+        PutExtras::default(),
+    )
 }
 
 #[tokio::test]

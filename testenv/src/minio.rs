@@ -101,6 +101,22 @@ impl MinioEnv {
         aws_sdk_s3::Client::from_conf(config)
     }
 
+    /// The body of `bucket/key`, read with the root credentials; `None` if it is missing.
+    pub async fn read(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        match self
+            .root_client()
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(o.body.collect().await?.into_bytes().to_vec())),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {bucket}/{key}")),
+        }
+    }
+
     /// Creates a fresh bucket named after `prefix` and returns its name.
     pub async fn bucket(&self, prefix: &str) -> Result<String> {
         let name = crate::unique_name(prefix);
