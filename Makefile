@@ -4,7 +4,7 @@ CARGO ?= cargo
 CRD := crds/fallbackconfigpolicies.fallback.kong-dp.io.yaml
 CHART := charts/kong-fallback-operator
 
-.PHONY: all test testenv lint fmt generate demo bench build clean-testenv
+.PHONY: all test testenv lint fmt generate demo bench build fuzz
 
 all: build
 
@@ -17,8 +17,9 @@ testenv:
 	tools/ensure-bin all >/dev/null
 
 ## All tests: formatting, clippy, unit and integration tests against the real components.
+## (Benchmarks are type-checked by clippy; they run only under `make bench`.)
 test: lint testenv
-	$(CARGO) test --workspace --all-targets --no-fail-fast
+	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all --check
@@ -41,3 +42,11 @@ demo: testenv
 ## P1 and P5 exist (export); P2 (failover), P3 (webhook) and P4 (catch-up) come with their issues.
 bench: testenv
 	$(CARGO) bench --bench export -- $(B)
+
+## Fuzz the frame decoder and the storage URL parser (needs a nightly toolchain;
+## installs cargo-fuzz from crates.io on first use). FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in frame_decoder storage_url; do \
+	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
