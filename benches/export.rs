@@ -24,6 +24,8 @@ use kong_fallback_operator::storage::{ObjectStore, Precondition, PutObject};
 mod pipeline;
 #[path = "../tests/common/stores.rs"]
 mod stores;
+#[path = "../tests/common/wait.rs"]
+mod wait;
 use pipeline::Pipeline;
 use stores::minio_store;
 

@@ -16,6 +16,8 @@ use kong_fallback_operator::storage::{ErrorKind, ObjectStore};
 mod pipeline;
 #[path = "common/stores.rs"]
 mod stores;
+#[path = "common/wait.rs"]
+mod wait;
 use pipeline::Pipeline;
 use stores::minio_store;
 

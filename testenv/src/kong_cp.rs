@@ -30,9 +30,7 @@ use anyhow::{Context, Result};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use futures::{SinkExt, StreamExt};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
@@ -487,18 +485,7 @@ impl ClusterPki {
                 })
             }
             Mtls::Pki => {
-                let ca_key = KeyPair::generate()?;
-                let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-                ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-                ca_params
-                    .distinguished_name
-                    .push(DnType::CommonName, "kong-cluster-ca");
-                ca_params.key_usages = vec![
-                    KeyUsagePurpose::KeyCertSign,
-                    KeyUsagePurpose::DigitalSignature,
-                ];
-                let ca = ca_params.self_signed(&ca_key)?;
-                let issuer = Issuer::new(ca_params, ca_key);
+                let (ca_pem, issuer) = crate::pki::ca("kong-cluster-ca")?;
                 let server_name = "kong-cp.kong.svc".to_owned();
                 let cp_key = KeyPair::generate()?;
                 let mut cp_params = CertificateParams::new(vec![server_name.clone()])?;
@@ -520,12 +507,12 @@ impl ClusterPki {
                     cp_cert_der: cp.der().clone(),
                     cp_cert_pem: cp.pem(),
                     cp_key_pem: cp_key.serialize_pem(),
-                    ca_pem: Some(ca.pem()),
+                    ca_pem: Some(ca_pem.clone()),
                     dp_certs: ClusterCerts {
                         mode,
                         cert_pem: dp.pem(),
                         key_pem: dp_key.serialize_pem(),
-                        ca_pem: Some(ca.pem()),
+                        ca_pem: Some(ca_pem.clone()),
                         server_name,
                     },
                 })

@@ -17,9 +17,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 use tokio::sync::OnceCell;
 
 use crate::process::{Proc, binary, free_port, run_dir, wait_until};
@@ -271,19 +269,7 @@ struct Pki {
 
 impl Pki {
     fn generate(dir: &Path) -> Result<Pki> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "kfo-testenv-ca");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
+        let (ca_pem, issuer) = crate::pki::ca("kfo-testenv-ca")?;
 
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![
@@ -300,7 +286,7 @@ impl Pki {
 
         let sa = KeyPair::generate()?;
         let pki = Pki {
-            ca_pem: ca.pem(),
+            ca_pem,
             ca_cert: dir.join("ca.crt"),
             serving_cert: dir.join("apiserver.crt"),
             serving_key: dir.join("apiserver.key"),

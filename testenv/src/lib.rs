@@ -16,6 +16,7 @@ mod gcs;
 mod kong_cp;
 mod kube;
 mod minio;
+mod pki;
 mod process;
 
 pub use gcs::{GcsEnv, gcs};

@@ -59,17 +59,8 @@ impl Pipeline {
         }
     }
 
-    pub async fn until<T>(&mut self, secs: u64, mut f: impl FnMut(Report) -> Option<T>) -> T {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let r = tokio::time::timeout_at(deadline, self.reports.recv())
-                .await
-                .expect("timed out")
-                .expect("stopped");
-            if let Some(v) = f(r) {
-                return v;
-            }
-        }
+    pub async fn until<T>(&mut self, secs: u64, f: impl FnMut(Report) -> Option<T>) -> T {
+        super::wait::next_matching(&mut self.reports, secs, f).await
     }
 
     pub async fn exported(&mut self) -> (String, String) {
