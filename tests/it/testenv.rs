@@ -22,7 +22,7 @@ fn processes_are_reaped_when_a_test_fails() {
         .args([
             "--ignored",
             "--exact",
-            "helper_starts_processes_then_fails",
+            "testenv::helper_starts_processes_then_fails",
             "--nocapture",
         ])
         .output()

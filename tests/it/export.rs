@@ -12,12 +12,7 @@ use kong_fallback_operator::storage::gcs::{GcsCredentials, GcsStore};
 use kong_fallback_operator::storage::s3::{PutExtras, S3Settings, S3Store, StaticCredentials};
 use kong_fallback_operator::storage::{ErrorKind, ObjectStore};
 
-#[path = "common/pipeline.rs"]
-mod pipeline;
-#[path = "common/stores.rs"]
-mod stores;
-#[path = "common/wait.rs"]
-mod wait;
+use crate::{pipeline, stores, wait};
 use pipeline::Pipeline;
 use stores::minio_store;
 

@@ -167,8 +167,7 @@ async fn gcs_round_trip_against_fake_gcs_server_with_the_product_client() {
 
 use std::collections::BTreeMap;
 
-#[path = "common/stores.rs"]
-mod stores;
+use crate::stores;
 
 use kong_fallback_operator::storage::gcs::GcsStore;
 use kong_fallback_operator::storage::s3::{PutExtras, S3Store};

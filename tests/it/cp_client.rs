@@ -10,8 +10,7 @@ use kong_fallback_operator::cp_client::{self, ClientError, ClientSettings, Event
 use kong_fallback_operator::kong::config::config_hashes;
 use tokio::sync::{mpsc, watch};
 
-#[path = "common/wait.rs"]
-mod wait;
+use crate::wait;
 
 const TABLE: &str = r#"{"_format_version":"3.0","_transform":false,"services":[{"id":"9748f662-7711-4a90-8186-dc02f10eb0f5","name":"httpbin","host":"httpbin.org","path":"\/anything","port":443}],"routes":[{"id":"2f55b0b3-04a1-4e47-8c0f-c0d6f0b2b3a2","service":"9748f662-7711-4a90-8186-dc02f10eb0f5","paths":["\/mock"]}],"plugins":[{"id":"p1","name":"key-auth","config":{"key_names":["apikey"]}}]}"#;
 

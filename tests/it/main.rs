@@ -1,0 +1,23 @@
+//! Every integration test, in one test binary.
+//!
+//! One binary instead of one per file: the product, the storage SDKs and kube are linked
+//! once (a debug link of them is large and slow), and the test environment (one
+//! kube-apiserver, one MinIO, one fake-gcs-server, started lazily) is shared by all tests.
+//! Run one group with `cargo test --test it storage::`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../common/pipeline.rs"]
+mod pipeline;
+#[path = "../common/stores.rs"]
+mod stores;
+#[path = "../common/wait.rs"]
+mod wait;
+
+mod api;
+mod controller;
+mod cp_client;
+mod doctor;
+mod export;
+mod generated;
+mod storage;
+mod testenv;
