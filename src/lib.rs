@@ -2,7 +2,8 @@
 //! configuration export and import) declarative on Kubernetes.
 //!
 //! Modules, from pure to I/O: [`api`] and [`kong`] are pure; [`storage`] talks to object
-//! stores; [`controller`] talks to Kubernetes.
+//! stores; [`controller`] talks to Kubernetes; [`metrics`] and [`http`] are what
+//! Prometheus and the kubelet see.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -10,6 +11,8 @@ pub mod controller;
 pub mod cp_client;
 pub mod doctor;
 pub mod export;
+pub mod http;
 pub mod kong;
+pub mod metrics;
 pub mod storage;
 pub mod telemetry;

@@ -1,10 +1,13 @@
 //! The `kong-fallback-operator` command line: a thin shell over the library.
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kong_fallback_operator::kong::{KongVersion, StorageUrl};
-use kong_fallback_operator::{api, controller, doctor, storage, telemetry};
+use kong_fallback_operator::{api, controller, doctor, http, storage, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +39,9 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "KFO_WATCH_NAMESPACE")]
         namespace: Option<String>,
+        /// Where to serve /metrics, /healthz and /readyz (plain HTTP).
+        #[arg(long, env = "KFO_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        http_addr: SocketAddr,
     },
     /// Print the FallbackConfigPolicy CRD as YAML.
     Crd,
@@ -72,11 +78,26 @@ async fn main() -> anyhow::Result<()> {
         Command::Run {
             identity,
             namespace,
+            http_addr,
         } => {
             let client = kube::Client::try_default().await.context(
                 "failed to build a Kubernetes client (no kubeconfig and not in a cluster?)",
             )?;
-            controller::run(client, identity, namespace).await?;
+            let settings = controller::Settings {
+                namespace,
+                ..controller::Settings::new(identity)
+            };
+            let listener = tokio::net::TcpListener::bind(http_addr)
+                .await
+                .with_context(|| format!("cannot serve metrics and probes on {http_addr}"))?;
+            tracing::info!(addr = %http_addr, "serving /metrics, /healthz and /readyz");
+            let server = tokio::spawn(http::serve(
+                listener,
+                settings.metrics.clone(),
+                Arc::clone(&settings.health),
+            ));
+            controller::run(client, settings).await?;
+            server.abort();
         }
         Command::Doctor {
             version,

@@ -17,6 +17,7 @@ use crate::api::FallbackConfigPolicy;
 use crate::cp_client::{self, ClientSettings};
 use crate::export::runner::{self, ExportTarget, Report};
 use crate::kong::StorageUrl;
+use crate::metrics::{ExportLabels, Metrics};
 use crate::storage::{self, Access};
 
 /// `(namespace, name)` of a policy.
@@ -95,18 +96,21 @@ pub struct Exporters {
     states: Arc<Mutex<HashMap<PolicyKey, BTreeMap<String, VersionState>>>>,
     trigger: mpsc::UnboundedSender<ObjectRef<FallbackConfigPolicy>>,
     identity: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Exporters {
     pub fn new(
         identity: String,
         trigger: mpsc::UnboundedSender<ObjectRef<FallbackConfigPolicy>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Exporters {
             running: Mutex::default(),
             states: Arc::default(),
             trigger,
             identity,
+            metrics,
         }
     }
 
@@ -135,10 +139,14 @@ impl Exporters {
             let _ = r.stop.send(true);
             info!(namespace = %key.0, policy = %key.1, "stopped the exporters");
         }
-        self.states
+        let stopped = self
+            .states
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+        for version in stopped.into_iter().flat_map(|m| m.into_keys()) {
+            self.metrics.forget(&labels(key, &version));
+        }
     }
 
     /// Starts `plan` for `key` unless the same plan already runs.
@@ -190,6 +198,8 @@ impl Exporters {
             ));
             let states = self.states.clone();
             let trigger = self.trigger.clone();
+            let metrics = self.metrics.clone();
+            let labels = labels(key, version);
             let (key, version) = (key.clone(), version.clone());
             let obj = ObjectRef::new(&key.1).within(&key.0);
             tokio::spawn(async move {
@@ -199,6 +209,8 @@ impl Exporters {
                         let Some(s) = all.get_mut(&key).and_then(|m| m.get_mut(&version)) else {
                             return;
                         };
+                        // NB: inside the lock, so a report racing `stop` cannot revive the series.
+                        metrics.observe(&labels, &report);
                         let before = s.clone();
                         apply(s, report);
                         *s != before
@@ -218,6 +230,14 @@ impl Exporters {
             },
         );
         Ok(())
+    }
+}
+
+fn labels(key: &PolicyKey, version: &str) -> ExportLabels {
+    ExportLabels {
+        namespace: key.0.clone(),
+        policy: key.1.clone(),
+        version: version.to_owned(),
     }
 }
 

@@ -12,7 +12,7 @@ pub mod plan;
 pub mod status;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -29,6 +29,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::api::{ExporterMode, FIELD_MANAGER, FallbackConfigPolicy, validate};
+use crate::http::Health;
+use crate::metrics::Metrics;
 use exporters::Exporters;
 use status::ExportView;
 
@@ -62,11 +64,41 @@ impl Error {
     }
 }
 
+/// How the controller runs.
+pub struct Settings {
+    /// This replica's identity (the pod name): Event reporter instance, export uploader.
+    pub identity: String,
+    /// Watch one namespace, or (`None`) all of them.
+    pub namespace: Option<String>,
+    pub metrics: Arc<Metrics>,
+    /// Gets [`CACHES_SYNCED`] once the policy cache has its first full list.
+    pub health: Arc<Health>,
+}
+
+impl Settings {
+    /// All namespaces, fresh metrics, a health that waits for [`CACHES_SYNCED`].
+    pub fn new(identity: impl Into<String>) -> Self {
+        Settings {
+            identity: identity.into(),
+            namespace: None,
+            metrics: Arc::default(),
+            health: Arc::new(Health::new(&[CACHES_SYNCED])),
+        }
+    }
+}
+
+/// The readiness check the controller passes once its caches are synced.
+pub const CACHES_SYNCED: &str = "caches";
+
+/// The `controller` label of this controller's reconcile metrics.
+const CONTROLLER: &str = "policy";
+
 struct Context {
     client: Client,
     recorder: Recorder,
     exporters: Exporters,
     identity: String,
+    metrics: Arc<Metrics>,
 }
 
 /// Checks that the CRD is installed and Established, so a missing CRD is one clear error
@@ -88,8 +120,14 @@ pub async fn check_crd(client: &Client) -> Result<(), Error> {
     }
 }
 
-/// Runs the controller until SIGINT/SIGTERM, for one namespace or (`None`) all of them.
-pub async fn run(client: Client, identity: String, namespace: Option<String>) -> Result<(), Error> {
+/// Runs the controller until SIGINT/SIGTERM.
+pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
+    let Settings {
+        identity,
+        namespace,
+        metrics,
+        health,
+    } = settings;
     check_crd(&client).await?;
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
@@ -101,8 +139,9 @@ pub async fn run(client: Client, identity: String, namespace: Option<String>) ->
             },
         ),
         client: client.clone(),
-        exporters: Exporters::new(identity.clone(), trigger),
+        exporters: Exporters::new(identity.clone(), trigger, metrics.clone()),
         identity,
+        metrics,
     });
     let (policies, secrets): (Api<FallbackConfigPolicy>, Api<Secret>) = match &namespace {
         Some(ns) => (
@@ -121,6 +160,26 @@ pub async fn run(client: Client, identity: String, namespace: Option<String>) ->
     let controller = Controller::new(policies, watcher::Config::default().any_semantic());
     let store = controller.store();
     let by_secret = store.clone();
+    let synced = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            // NB: the store's readiness is a oneshot that keeps only its last waiter's waker,
+            // and the controller waits on it too: poll again until it says ready.
+            loop {
+                let wait =
+                    tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready());
+                match wait.await {
+                    Ok(Ok(())) => {
+                        health.set(CACHES_SYNCED, true);
+                        info!("caches synced; ready");
+                        return;
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_elapsed) => {}
+                }
+            }
+        })
+    };
     // NB: without a finalizer a deleted policy is never reconciled again; sweep its exporters.
     let sweeper = {
         let ctx = ctx.clone();
@@ -164,18 +223,27 @@ pub async fn run(client: Client, identity: String, namespace: Option<String>) ->
         })
         .await;
     sweeper.abort();
+    synced.abort();
     info!("controller stopped");
     Ok(())
 }
 
 async fn reconcile(policy: Arc<FallbackConfigPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_policy(&policy, &ctx).await;
+    let error = result.as_ref().err().map(Error::label);
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed(), error);
+    result
+}
+
+async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Result<Action, Error> {
     let name = policy.name_any();
     let namespace = policy.namespace().unwrap_or_default();
     let key = (namespace.clone(), name.clone());
     let problems = validate(&policy.spec);
     let export = if problems.is_empty() && policy.spec.exporter.mode == ExporterMode::Operator {
         let mut view = ExportView::default();
-        match plan::build(&ctx.client, &policy, &ctx.identity).await {
+        match plan::build(&ctx.client, policy, &ctx.identity).await {
             Ok((plan, notes)) => {
                 view.notes = notes;
                 if let Err(e) = ctx.exporters.ensure(&key, plan).await {
@@ -221,7 +289,7 @@ async fn reconcile(policy: Arc<FallbackConfigPolicy>, ctx: Arc<Context>) -> Resu
             source,
         })?;
         for change in status::changes(&current, &desired) {
-            publish(&ctx, &policy, change).await;
+            publish(ctx, policy, change).await;
         }
     }
     let ready = desired

@@ -45,8 +45,10 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
     let ns = env.namespace("ctrl").await.unwrap();
     let running = tokio::spawn(controller::run(
         client.clone(),
-        "test-replica".into(),
-        Some(ns.clone()),
+        controller::Settings {
+            namespace: Some(ns.clone()),
+            ..controller::Settings::new("test-replica")
+        },
     ));
 
     // Valid for the schema, invalid for validate(): S3 without a region, empty selector.
@@ -166,11 +168,26 @@ mod operator_mode {
             )
             .await
             .unwrap();
-        let running = tokio::spawn(controller::run(
-            client.clone(),
-            "kfo-test-0".into(),
-            Some(ns.clone()),
+        let settings = controller::Settings {
+            namespace: Some(ns.clone()),
+            ..controller::Settings::new("kfo-test-0")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(kong_fallback_operator::http::serve(
+            listener,
+            settings.metrics.clone(),
+            settings.health.clone(),
         ));
+        let get = async |path: &str| {
+            let r = reqwest::get(format!("{http_base}{path}")).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        };
+        assert_eq!(get("/healthz").await.0, 200);
+        let (code, body) = get("/readyz").await;
+        assert_eq!(code, 503, "not ready before the caches sync");
+        assert!(body.contains("caches"), "{body}");
+        let running = tokio::spawn(controller::run(client.clone(), settings));
         let policy: FallbackConfigPolicy = serde_json::from_value(json!({
             "apiVersion": "fallback.kong-dp.io/v1alpha1",
             "kind": "FallbackConfigPolicy",
@@ -263,6 +280,32 @@ mod operator_mode {
             TABLE.as_bytes()
         );
 
+        // The export shows in the metrics, labelled with the policy and version.
+        assert_eq!(get("/readyz").await.0, 200);
+        let (code, metrics) = get("/metrics").await;
+        assert_eq!(code, 200);
+        let labels = format!(r#"namespace="{ns}",policy="prod",version="3.6.1.4""#);
+        for line in [
+            format!("kong_fallback_exports_total{{{labels}}} 1"),
+            format!(
+                "kong_fallback_exported_bytes_total{{{labels}}} {}",
+                TABLE.len()
+            ),
+            format!("kong_fallback_control_plane_connected{{{labels}}} 1"),
+            format!("kong_fallback_export_duration_seconds_count{{{labels}}} 1"),
+        ] {
+            assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+        }
+        assert!(
+            metrics
+                .contains(r#"kong_fallback_reconcile_total{controller="policy",result="success"}"#),
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains(&s3.root_password),
+            "a secret in the metrics"
+        );
+
         let events: Api<Event> = Api::namespaced(client.clone(), &ns);
         let reasons: Vec<String> = events
             .list(&ListParams::default())
@@ -340,8 +383,10 @@ mod operator_mode {
         }
         let running = tokio::spawn(controller::run(
             client.clone(),
-            "kfo-test-1".into(),
-            Some(ns.clone()),
+            controller::Settings {
+                namespace: Some(ns.clone()),
+                ..controller::Settings::new("kfo-test-1")
+            },
         ));
         let policy: FallbackConfigPolicy = serde_json::from_value(json!({
             "apiVersion": "fallback.kong-dp.io/v1alpha1",

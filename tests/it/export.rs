@@ -12,7 +12,7 @@ use kong_fallback_operator::storage::gcs::{GcsCredentials, GcsStore};
 use kong_fallback_operator::storage::s3::{PutExtras, S3Settings, S3Store, StaticCredentials};
 use kong_fallback_operator::storage::{ErrorKind, ObjectStore};
 
-use crate::{pipeline, stores, wait};
+use crate::{pipeline, stores};
 use pipeline::Pipeline;
 use stores::minio_store;
 

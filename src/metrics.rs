@@ -1,0 +1,447 @@
+//! Prometheus metrics, served in the OpenMetrics text format at `/metrics` (see [`crate::http`]).
+//!
+//! Names follow Prometheus conventions: a `kong_fallback_` prefix, base units (`_seconds`,
+//! `_bytes`), `_total` on counters. Export metrics carry `namespace`, `policy` and `version`
+//! labels; their series are removed when a policy stops exporting, so a deleted policy does
+//! not linger in dashboards. No label ever holds a secret, a URL with credentials or a
+//! configuration value.
+//!
+//! | metric | type | meaning |
+//! | --- | --- | --- |
+//! | `kong_fallback_exports_total` | counter | `config.json` writes |
+//! | `kong_fallback_export_failures_total{reason}` | counter | failed writes, by cause (`credentials`, `bucket_missing`, `network`, ...) |
+//! | `kong_fallback_export_duration_seconds` | histogram | from receiving a configuration to it being stored |
+//! | `kong_fallback_exported_bytes_total` | counter | bytes written to `config.json` |
+//! | `kong_fallback_config_bytes` | gauge | size of the last exported configuration |
+//! | `kong_fallback_last_export_timestamp_seconds` | gauge | Unix time of the last export |
+//! | `kong_fallback_control_plane_connected` | gauge | 1 while the control-plane session is up |
+//! | `kong_fallback_control_plane_withheld` | gauge | 1 while connected but sent no configuration |
+//! | `kong_fallback_control_plane_disconnects_total{reason}` | counter | sessions lost, by cause |
+//! | `kong_fallback_rejected_frames_total{reason}` | counter | configuration frames refused (too large, bad gzip or JSON...) |
+//! | `kong_fallback_reconcile_total{controller,result}` | counter | reconciles, `result` = `success` or `error` |
+//! | `kong_fallback_reconcile_errors_total{controller,reason}` | counter | failed reconciles, by cause |
+//! | `kong_fallback_reconcile_time_seconds{controller}` | histogram | reconcile time |
+//!
+//! The reconcile metrics are controller-runtime's (`controller_runtime_reconcile_total`,
+//! `_errors_total`, `_time_seconds`, same labels) under our prefix, so dashboards built for
+//! Go operators need only the prefix changed. `controller` is `policy` for the
+//! FallbackConfigPolicy controller.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::export::runner::Report;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One (policy, Kong version) export.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportLabels {
+    pub namespace: String,
+    pub policy: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    namespace: String,
+    policy: String,
+    version: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabels {
+    controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    controller: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    controller: String,
+    reason: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric the operator exports, registered once.
+pub struct Metrics {
+    registry: Registry,
+    exports: Family<ExportLabels, Counter>,
+    export_failures: Family<ReasonLabels, Counter>,
+    export_duration: Family<ExportLabels, Histogram>,
+    exported_bytes: Family<ExportLabels, Counter>,
+    config_bytes: Family<ExportLabels, Gauge>,
+    last_export: Family<ExportLabels, FloatGauge>,
+    connected: Family<ExportLabels, Gauge>,
+    withheld: Family<ExportLabels, Gauge>,
+    disconnects: Family<ReasonLabels, Counter>,
+    rejected_frames: Family<ReasonLabels, Counter>,
+    reconciles: Family<ResultLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_duration: Family<ControllerLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        // 5 ms .. ~20 s: a small config lands in milliseconds, a 50 MB one in seconds.
+        let export_duration = Family::<ExportLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 13))
+        });
+        // 1 ms .. ~4 s.
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 13))
+            });
+        let mut m = Metrics {
+            registry: Registry::with_prefix("kong_fallback"),
+            exports: Family::default(),
+            export_failures: Family::default(),
+            export_duration,
+            exported_bytes: Family::default(),
+            config_bytes: Family::default(),
+            last_export: Family::default(),
+            connected: Family::default(),
+            withheld: Family::default(),
+            disconnects: Family::default(),
+            rejected_frames: Family::default(),
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration,
+        };
+        let r = &mut m.registry;
+        r.register("exports", "Writes of config.json", m.exports.clone());
+        r.register(
+            "export_failures",
+            "Failed writes of config.json, by cause",
+            m.export_failures.clone(),
+        );
+        r.register_with_unit(
+            "export_duration",
+            "Time from receiving a configuration to it being stored",
+            Unit::Seconds,
+            m.export_duration.clone(),
+        );
+        r.register_with_unit(
+            "exported",
+            "Bytes written to config.json",
+            Unit::Bytes,
+            m.exported_bytes.clone(),
+        );
+        r.register_with_unit(
+            "config",
+            "Size of the last exported configuration",
+            Unit::Bytes,
+            m.config_bytes.clone(),
+        );
+        r.register_with_unit(
+            "last_export_timestamp",
+            "Unix time of the last export",
+            Unit::Seconds,
+            m.last_export.clone(),
+        );
+        r.register(
+            "control_plane_connected",
+            "1 while the control-plane session is up",
+            m.connected.clone(),
+        );
+        r.register(
+            "control_plane_withheld",
+            "1 while connected but the control plane sent no configuration",
+            m.withheld.clone(),
+        );
+        r.register(
+            "control_plane_disconnects",
+            "Control-plane sessions lost, by cause",
+            m.disconnects.clone(),
+        );
+        r.register(
+            "rejected_frames",
+            "Configuration frames refused (too large, bad gzip or JSON), by cause",
+            m.rejected_frames.clone(),
+        );
+        r.register(
+            "reconcile",
+            "Reconciles, by controller and result",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Failed reconciles, by controller and cause",
+            m.reconcile_errors.clone(),
+        );
+        r.register_with_unit(
+            "reconcile_time",
+            "Reconcile time",
+            Unit::Seconds,
+            m.reconcile_duration.clone(),
+        );
+        m
+    }
+
+    /// Everything, in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // NB: writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Records one exporter report.
+    pub fn observe(&self, l: &ExportLabels, report: &Report) {
+        let with = |reason: &str| ReasonLabels {
+            namespace: l.namespace.clone(),
+            policy: l.policy.clone(),
+            version: l.version.clone(),
+            reason: snake_case(reason),
+        };
+        match report {
+            Report::Connected => {
+                self.connected.get_or_create(l).set(1);
+                self.withheld.get_or_create(l).set(0);
+            }
+            Report::NoConfig => {
+                self.withheld.get_or_create(l).set(1);
+            }
+            Report::Disconnected { label, .. } => {
+                self.connected.get_or_create(l).set(0);
+                self.withheld.get_or_create(l).set(0);
+                self.disconnects.get_or_create(&with(label)).inc();
+            }
+            Report::Rejected { label, .. } => {
+                self.rejected_frames.get_or_create(&with(label)).inc();
+            }
+            Report::Skipped { .. } => {
+                self.withheld.get_or_create(l).set(0);
+            }
+            Report::Exported {
+                bytes, at, latency, ..
+            } => {
+                self.withheld.get_or_create(l).set(0);
+                self.exports.get_or_create(l).inc();
+                self.exported_bytes.get_or_create(l).inc_by(*bytes);
+                self.config_bytes
+                    .get_or_create(l)
+                    .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+                self.last_export.get_or_create(l).set(unix_seconds(*at));
+                self.export_duration
+                    .get_or_create(l)
+                    .observe(latency.as_secs_f64());
+            }
+            Report::Failed { error, .. } => {
+                self.export_failures
+                    .get_or_create(&with(error.kind.label()))
+                    .inc();
+            }
+        }
+    }
+
+    /// Removes the gauges of an export that stopped (its counters stay: they are totals).
+    pub fn forget(&self, l: &ExportLabels) {
+        self.connected.remove(l);
+        self.withheld.remove(l);
+        self.config_bytes.remove(l);
+        self.last_export.remove(l);
+    }
+
+    /// Records one reconcile of `controller`: its duration and, on failure, the error label.
+    pub fn reconciled(&self, controller: &str, took: Duration, error: Option<&str>) {
+        let result = if error.is_some() { "error" } else { "success" };
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                controller: controller.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        if let Some(reason) = error {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    controller: controller.to_owned(),
+                    reason: reason.to_owned(),
+                })
+                .inc();
+        }
+        self.reconcile_duration
+            .get_or_create(&ControllerLabels {
+                controller: controller.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// `BucketMissing` -> `bucket_missing`: condition reasons are CamelCase, metric labels
+/// snake_case.
+fn snake_case(label: &str) -> String {
+    let mut out = String::with_capacity(label.len() + 4);
+    for (i, c) in label.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{ErrorKind, StoreError};
+
+    fn labels() -> ExportLabels {
+        ExportLabels {
+            namespace: "kong".into(),
+            policy: "prod".into(),
+            version: "3.6.1.4".into(),
+        }
+    }
+
+    const L: &str = r#"namespace="kong",policy="prod",version="3.6.1.4""#;
+
+    fn exported(bytes: u64, ms: u64) -> Report {
+        Report::Exported {
+            key: "p/3.6.1.4/config.json".into(),
+            hash: "h".into(),
+            bytes,
+            at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            latency: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn exports_count_bytes_latency_and_the_last_success() {
+        let m = Metrics::new();
+        m.observe(&labels(), &exported(1000, 20));
+        m.observe(&labels(), &exported(500, 3000));
+        let text = m.encode();
+        for line in [
+            format!("kong_fallback_exports_total{{{L}}} 2"),
+            format!("kong_fallback_exported_bytes_total{{{L}}} 1500"),
+            format!("kong_fallback_config_bytes{{{L}}} 500"),
+            format!("kong_fallback_last_export_timestamp_seconds{{{L}}} 1700000000.0"),
+            format!("kong_fallback_export_duration_seconds_count{{{L}}} 2"),
+            format!("kong_fallback_export_duration_seconds_sum{{{L}}} 3.02"),
+            // 20 ms falls in the 0.02 s bucket and above; 3 s only from 5.12 s up.
+            format!("kong_fallback_export_duration_seconds_bucket{{le=\"0.02\",{L}}} 1"),
+            format!("kong_fallback_export_duration_seconds_bucket{{le=\"5.12\",{L}}} 2"),
+        ] {
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn failures_and_session_changes_are_counted_by_cause() {
+        let m = Metrics::new();
+        let l = labels();
+        m.observe(&l, &Report::Connected);
+        m.observe(&l, &Report::NoConfig);
+        let text = m.encode();
+        assert!(text.contains(&format!("kong_fallback_control_plane_connected{{{L}}} 1")));
+        assert!(text.contains(&format!("kong_fallback_control_plane_withheld{{{L}}} 1")));
+
+        let denied = StoreError {
+            kind: ErrorKind::Credentials,
+            op: "put",
+            bucket: "b".into(),
+            key: "k".into(),
+            detail: "AccessDenied".into(),
+        };
+        for _ in 0..2 {
+            m.observe(
+                &l,
+                &Report::Failed {
+                    error: denied.clone(),
+                    retry_in: Duration::from_secs(1),
+                },
+            );
+        }
+        m.observe(
+            &l,
+            &Report::Rejected {
+                reason: "too large".into(),
+                label: "too_large",
+            },
+        );
+        m.observe(
+            &l,
+            &Report::Disconnected {
+                reason: "refused".into(),
+                label: "connect",
+            },
+        );
+        let text = m.encode();
+        for line in [
+            format!("kong_fallback_export_failures_total{{{L},reason=\"credentials\"}} 2"),
+            format!("kong_fallback_rejected_frames_total{{{L},reason=\"too_large\"}} 1"),
+            format!("kong_fallback_control_plane_disconnects_total{{{L},reason=\"connect\"}} 1"),
+            format!("kong_fallback_control_plane_connected{{{L}}} 0"),
+        ] {
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("AccessDenied"), "messages are not labels");
+    }
+
+    #[test]
+    fn a_stopped_export_leaves_no_gauges_behind() {
+        let m = Metrics::new();
+        m.observe(&labels(), &Report::Connected);
+        m.observe(&labels(), &exported(10, 1));
+        m.forget(&labels());
+        let text = m.encode();
+        assert!(!text.contains(&format!("kong_fallback_control_plane_connected{{{L}}}")));
+        assert!(!text.contains(&format!("kong_fallback_config_bytes{{{L}}}")));
+        assert!(text.contains(&format!("kong_fallback_exports_total{{{L}}} 1")));
+    }
+
+    #[test]
+    fn reasons_are_snake_case_labels() {
+        assert_eq!(snake_case("BucketMissing"), "bucket_missing");
+        assert_eq!(snake_case("Credentials"), "credentials");
+        assert_eq!(snake_case("too_large"), "too_large");
+    }
+
+    #[test]
+    fn reconciles_count_results_and_errors() {
+        let m = Metrics::new();
+        m.reconciled("policy", Duration::from_millis(3), None);
+        m.reconciled("policy", Duration::from_millis(3), Some("status_write"));
+        let text = m.encode();
+        for line in [
+            r#"kong_fallback_reconcile_total{controller="policy",result="success"} 1"#,
+            r#"kong_fallback_reconcile_total{controller="policy",result="error"} 1"#,
+            r#"kong_fallback_reconcile_errors_total{controller="policy",reason="status_write"} 1"#,
+            r#"kong_fallback_reconcile_time_seconds_count{controller="policy"} 2"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}
