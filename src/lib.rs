@@ -10,6 +10,7 @@ pub mod api;
 pub mod controller;
 pub mod cp_client;
 pub mod doctor;
+pub mod election;
 pub mod export;
 pub mod http;
 pub mod kong;

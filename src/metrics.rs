@@ -18,6 +18,9 @@
 //! | `kong_fallback_control_plane_withheld` | gauge | 1 while connected but sent no configuration |
 //! | `kong_fallback_control_plane_disconnects_total{reason}` | counter | sessions lost, by cause |
 //! | `kong_fallback_rejected_frames_total{reason}` | counter | configuration frames refused (too large, bad gzip or JSON...) |
+//! | `kong_fallback_fencing_rejections_total` | counter | writes refused because a newer leader had written |
+//! | `kong_fallback_leader{namespace,policy}` | gauge | 1 while this replica leads the policy (controller-runtime's `leader_election_master_status`) |
+//! | `kong_fallback_leader_transitions_total{namespace,policy}` | counter | this replica gained or lost the lead |
 //! | `kong_fallback_reconcile_total{controller,result}` | counter | reconciles, `result` = `success` or `error` |
 //! | `kong_fallback_reconcile_errors_total{controller,reason}` | counter | failed reconciles, by cause |
 //! | `kong_fallback_reconcile_time_seconds{controller}` | histogram | reconcile time |
@@ -59,6 +62,12 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    namespace: String,
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ControllerLabels {
     controller: String,
 }
@@ -90,6 +99,9 @@ pub struct Metrics {
     withheld: Family<ExportLabels, Gauge>,
     disconnects: Family<ReasonLabels, Counter>,
     rejected_frames: Family<ReasonLabels, Counter>,
+    fenced: Family<ExportLabels, Counter>,
+    leader: Family<PolicyLabels, Gauge>,
+    leader_transitions: Family<PolicyLabels, Counter>,
     reconciles: Family<ResultLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
@@ -124,6 +136,9 @@ impl Metrics {
             withheld: Family::default(),
             disconnects: Family::default(),
             rejected_frames: Family::default(),
+            fenced: Family::default(),
+            leader: Family::default(),
+            leader_transitions: Family::default(),
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
             reconcile_duration,
@@ -178,6 +193,21 @@ impl Metrics {
             "rejected_frames",
             "Configuration frames refused (too large, bad gzip or JSON), by cause",
             m.rejected_frames.clone(),
+        );
+        r.register(
+            "fencing_rejections",
+            "Writes refused because a newer leader had written (this replica stepped down)",
+            m.fenced.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica leads the policy's election",
+            m.leader.clone(),
+        );
+        r.register(
+            "leader_transitions",
+            "Changes of this replica's leadership of the policy (gained or lost)",
+            m.leader_transitions.clone(),
         );
         r.register(
             "reconcile",
@@ -252,6 +282,10 @@ impl Metrics {
                     .get_or_create(&with(error.kind.label()))
                     .inc();
             }
+            Report::Stored { .. } => {}
+            Report::Fenced { .. } => {
+                self.fenced.get_or_create(l).inc();
+            }
         }
     }
 
@@ -261,6 +295,27 @@ impl Metrics {
         self.withheld.remove(l);
         self.config_bytes.remove(l);
         self.last_export.remove(l);
+    }
+
+    /// Records whether this replica leads `policy` now; a change counts as a transition.
+    pub fn leading(&self, namespace: &str, policy: &str, leading: bool) {
+        let l = PolicyLabels {
+            namespace: namespace.to_owned(),
+            policy: policy.to_owned(),
+        };
+        let gauge = self.leader.get_or_create(&l);
+        let now = i64::from(leading);
+        if gauge.set(now) != now {
+            self.leader_transitions.get_or_create(&l).inc();
+        }
+    }
+
+    /// Removes the leader gauge of a policy that is gone.
+    pub fn forget_policy(&self, namespace: &str, policy: &str) {
+        self.leader.remove(&PolicyLabels {
+            namespace: namespace.to_owned(),
+            policy: policy.to_owned(),
+        });
     }
 
     /// Records one reconcile of `controller`: its duration and, on failure, the error label.

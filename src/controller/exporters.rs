@@ -11,12 +11,16 @@ use std::time::SystemTime;
 
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::api::FallbackConfigPolicy;
 use crate::cp_client::{self, ClientSettings};
+use crate::election::Gate;
+use crate::election::mirror::{Flavor, Mirror};
 use crate::export::runner::{self, ExportTarget, Report};
 use crate::kong::StorageUrl;
+use crate::kong::storage_url::Provider;
 use crate::metrics::{ExportLabels, Metrics};
 use crate::storage::{self, Access};
 
@@ -56,6 +60,8 @@ pub struct Plan {
     pub versions: Vec<String>,
     pub min_interval: std::time::Duration,
     pub history_limit: usize,
+    /// Register the leader in the store's `election/` prefix (spec.election.mirrorToStorage).
+    pub mirror: bool,
 }
 
 /// A stable hash of the inputs of a plan.
@@ -87,7 +93,9 @@ pub fn node_id(identity: &str, policy: &PolicyKey, version: &str) -> String {
 
 struct Running {
     fingerprint: u64,
+    gate: Gate,
     stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// The running exporters of every policy.
@@ -133,6 +141,18 @@ impl Exporters {
             .unwrap_or_default()
     }
 
+    /// Stops every exporter and waits (bounded) for them: the mirrors remove their
+    /// registrations on the way out.
+    pub async fn shutdown(&self) {
+        let all: Vec<Running> = self.lock_running().drain().map(|(_, r)| r).collect();
+        for r in &all {
+            let _ = r.stop.send(true);
+        }
+        for task in all.into_iter().flat_map(|r| r.tasks) {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        }
+    }
+
     /// Stops `key`'s exporters (the policy was deleted or no longer exports itself).
     pub fn stop(&self, key: &PolicyKey) {
         if let Some(r) = self.lock_running().remove(key) {
@@ -149,12 +169,12 @@ impl Exporters {
         }
     }
 
-    /// Starts `plan` for `key` unless the same plan already runs.
-    pub async fn ensure(&self, key: &PolicyKey, plan: Plan) -> Result<(), String> {
+    /// Starts `plan` for `key`, writing behind `gate`, unless the same plan already runs.
+    pub async fn ensure(&self, key: &PolicyKey, plan: Plan, gate: &Gate) -> Result<(), String> {
         if self
             .lock_running()
             .get(key)
-            .is_some_and(|r| r.fingerprint == plan.fingerprint)
+            .is_some_and(|r| r.fingerprint == plan.fingerprint && r.gate.same(gate))
         {
             return Ok(());
         }
@@ -162,6 +182,7 @@ impl Exporters {
         let store: Arc<dyn storage::ObjectStore> =
             Arc::from(storage::open(&plan.url, plan.access.clone()).await?);
         let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
         {
             let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
             let entry = states.entry(key.clone()).or_default();
@@ -177,6 +198,19 @@ impl Exporters {
                 .map_err(|e: crate::kong::KongVersionError| e.to_string())?;
             let mut client = plan.client.clone();
             client.node_id = node_id(&self.identity, key, version);
+            if plan.mirror {
+                let mirror = Mirror {
+                    store: store.clone(),
+                    flavor: match plan.url.provider {
+                        Provider::S3 => Flavor::S3,
+                        Provider::Gcs => Flavor::Gcs,
+                    },
+                    url: plan.url.clone(),
+                    version: version.clone(),
+                    node_id: client.node_id.clone(),
+                };
+                tasks.push(tokio::spawn(mirror.run(gate.clone(), stop_rx.clone())));
+            }
             client.plugins = cp_client::plugins::announced(&parsed, &plan.custom_plugins);
             client.version = parsed;
             let target = ExportTarget {
@@ -189,13 +223,14 @@ impl Exporters {
             let (ev_tx, ev_rx) = mpsc::channel(16);
             let (rep_tx, mut rep_rx) = mpsc::channel(64);
             tokio::spawn(cp_client::run(client, ev_tx, stop_rx.clone()));
-            tokio::spawn(runner::run(
+            tasks.push(tokio::spawn(runner::run(
                 target,
                 store.clone(),
                 ev_rx,
                 rep_tx,
+                gate.clone(),
                 stop_rx.clone(),
-            ));
+            )));
             let states = self.states.clone();
             let trigger = self.trigger.clone();
             let metrics = self.metrics.clone();
@@ -226,7 +261,9 @@ impl Exporters {
             key.clone(),
             Running {
                 fingerprint: plan.fingerprint,
+                gate: gate.clone(),
                 stop,
+                tasks,
             },
         );
         Ok(())
@@ -278,6 +315,21 @@ pub fn apply(s: &mut VersionState, report: Report) {
         Report::Failed { error, .. } => {
             s.export_error = Some((error.kind.label().to_owned(), error.to_string()));
         }
+        Report::Stored {
+            key,
+            hash,
+            bytes,
+            at,
+        } => {
+            s.export_error = None;
+            s.last_export = Some(ExportRecord {
+                key,
+                hash,
+                bytes,
+                at,
+            });
+        }
+        Report::Fenced { .. } => {}
     }
 }
 

@@ -8,6 +8,7 @@
 //! and pods (a policy is re-checked every 30 s while not ready instead).
 
 pub mod exporters;
+pub mod leadership;
 pub mod plan;
 pub mod status;
 
@@ -23,15 +24,17 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::ObjectRef;
 
+use crate::api::LeaderStatus;
 use crate::api::{ExporterMode, FIELD_MANAGER, FallbackConfigPolicy, validate};
 use crate::http::Health;
 use crate::metrics::Metrics;
 use exporters::Exporters;
+use leadership::Electors;
 use status::ExportView;
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +100,7 @@ struct Context {
     client: Client,
     recorder: Recorder,
     exporters: Exporters,
+    electors: Electors,
     identity: String,
     metrics: Arc<Metrics>,
 }
@@ -139,7 +143,8 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
             },
         ),
         client: client.clone(),
-        exporters: Exporters::new(identity.clone(), trigger, metrics.clone()),
+        exporters: Exporters::new(identity.clone(), trigger.clone(), metrics.clone()),
+        electors: Electors::new(client.clone(), &identity, trigger, metrics.clone()),
         identity,
         metrics,
     });
@@ -186,10 +191,11 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                for key in ctx.exporters.keys() {
+                for key in ctx.exporters.keys().into_iter().chain(ctx.electors.keys()) {
                     let obj = ObjectRef::<FallbackConfigPolicy>::new(&key.1).within(&key.0);
                     if store.get(&obj).is_none() {
                         ctx.exporters.stop(&key);
+                        ctx.electors.stop(&key);
                     }
                 }
             }
@@ -215,7 +221,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         )
         .reconcile_on(triggers)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "reconcile failed");
@@ -224,6 +230,9 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         .await;
     sweeper.abort();
     synced.abort();
+    // Close the gates and stop the writers, then release the Leases: the next replica takes
+    // over at once instead of after leaseDuration.
+    tokio::join!(ctx.exporters.shutdown(), ctx.electors.shutdown());
     info!("controller stopped");
     Ok(())
 }
@@ -241,12 +250,15 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
     let namespace = policy.namespace().unwrap_or_default();
     let key = (namespace.clone(), name.clone());
     let problems = validate(&policy.spec);
+    let gate = ctx
+        .electors
+        .ensure(policy, leadership::timings(policy, problems.is_empty()));
     let export = if problems.is_empty() && policy.spec.exporter.mode == ExporterMode::Operator {
         let mut view = ExportView::default();
         match plan::build(&ctx.client, policy, &ctx.identity).await {
             Ok((plan, notes)) => {
                 view.notes = notes;
-                if let Err(e) = ctx.exporters.ensure(&key, plan).await {
+                if let Err(e) = ctx.exporters.ensure(&key, plan, &gate).await {
                     view.setup_error = Some(("StorageUnusable".into(), e));
                 }
             }
@@ -261,15 +273,28 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         ctx.exporters.stop(&key);
         None
     };
+    let claim = gate.claim();
+    if !claim.leading(Instant::now()) {
+        // Followers keep their exporters warm but leave status to the leader; a change of
+        // leadership triggers this again.
+        debug!(policy = %name, namespace = %namespace, holder = ?claim.holder, "not leading; status left to the leader");
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
     let current = policy.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
-    let desired = status::desired_status(
+    let mut desired = status::desired_status(
         &current,
         policy.metadata.generation,
         &problems,
         export.as_ref(),
-        now,
+        now.clone(),
     );
+    let leader = claim.holder.clone().map(|identity| LeaderStatus {
+        identity,
+        since: claim.since.map(Time),
+        transitions: claim.epoch,
+    });
+    status::set_leader(&mut desired, leader, policy.metadata.generation, now);
 
     if desired != current {
         let api: Api<FallbackConfigPolicy> = Api::namespaced(ctx.client.clone(), &namespace);

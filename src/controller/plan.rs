@@ -257,7 +257,12 @@ pub async fn build(
         },
     };
 
-    let inputs = serde_json::to_string(&(&spec.exporter, &spec.storage)).unwrap_or_default();
+    let inputs = serde_json::to_string(&(
+        &spec.exporter,
+        &spec.storage,
+        spec.election.mirror_to_storage,
+    ))
+    .unwrap_or_default();
     let fp = fingerprint(&[
         identity,
         &key.0,
@@ -301,6 +306,7 @@ pub async fn build(
         versions,
         min_interval: Duration::from(spec.exporter.min_interval),
         history_limit: spec.exporter.history_limit as usize,
+        mirror: spec.election.mirror_to_storage,
     };
     Ok((plan, notes))
 }

@@ -6,7 +6,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::exporters::VersionState;
-use crate::api::{ConditionType, ExportStatus, FallbackConfigPolicyStatus, Problem, set_condition};
+use crate::api::{
+    ConditionType, ExportStatus, FallbackConfigPolicyStatus, LeaderStatus, Problem, set_condition,
+};
 
 /// What the operator's own exporters look like for one policy.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -103,6 +105,36 @@ pub fn desired_status(
         &message,
     );
     status
+}
+
+/// Sets `status.leader` and the `Leading` condition from the election. Pure.
+pub fn set_leader(
+    status: &mut FallbackConfigPolicyStatus,
+    leader: Option<LeaderStatus>,
+    generation: Option<i64>,
+    now: Time,
+) {
+    let (ok, reason, message) = match &leader {
+        Some(l) => (
+            true,
+            "Elected",
+            format!(
+                "{} holds the Lease (epoch {}) and is the only exporter",
+                l.identity, l.transitions
+            ),
+        ),
+        None => (false, "NoLeader", "no replica holds the Lease".to_owned()),
+    };
+    set_condition(
+        &mut status.conditions,
+        ConditionType::Leading,
+        ok,
+        reason,
+        &message,
+        generation,
+        now,
+    );
+    status.leader = leader;
 }
 
 fn connection(view: &ExportView) -> (bool, String, String) {
@@ -286,6 +318,24 @@ mod tests {
         let first = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
         let again = desired_status(&first, Some(1), &[], Some(&view), at(50));
         assert_eq!(first, again);
+    }
+
+    #[test]
+    fn the_leader_is_in_status_with_a_leading_condition() {
+        let mut s = FallbackConfigPolicyStatus::default();
+        let leader = LeaderStatus {
+            identity: "kfo-0_ab12".into(),
+            since: Some(at(3)),
+            transitions: 4,
+        };
+        set_leader(&mut s, Some(leader.clone()), Some(1), at(5));
+        assert_eq!(s.leader, Some(leader));
+        let c = cond(&s, "Leading").unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Elected"));
+        assert!(c.message.contains("kfo-0_ab12") && c.message.contains("epoch 4"));
+        set_leader(&mut s, None, Some(1), at(6));
+        assert_eq!(s.leader, None);
+        assert_eq!(cond(&s, "Leading").unwrap().reason, "NoLeader");
     }
 
     #[test]

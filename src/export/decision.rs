@@ -117,6 +117,15 @@ impl Exporter {
         }
     }
 
+    /// What the store holds now (read after another writer may have written): a pending
+    /// snapshot with that hash has nothing left to do.
+    pub fn stored(&mut self, hash: Option<String>) {
+        if self.pending.as_ref().map(|p| &p.hash) == hash.as_ref() {
+            self.pending = None;
+        }
+        self.last_written = hash;
+    }
+
     /// Records a successful write of `hash` at `now_ms`.
     pub fn written(&mut self, hash: &str, now_ms: u64) {
         self.last_written = Some(hash.to_owned());
@@ -153,6 +162,22 @@ impl Exporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_another_writer_stored_is_not_written_again() {
+        let mut e = Exporter::new(Duration::ZERO, None);
+        e.offer(snap("a")).unwrap();
+        e.stored(Some(snap("a").hash));
+        assert_eq!(
+            e.next(0),
+            Next::Idle,
+            "the pending snapshot is already stored"
+        );
+        assert_eq!(e.offer(snap("a")), Err(Dropped::Unchanged));
+        e.offer(snap("b")).unwrap();
+        e.stored(Some(snap("c").hash));
+        assert!(matches!(e.next(0), Next::Write(s) if s.hash == snap("b").hash));
+    }
 
     fn snap(hash: &str) -> Snapshot {
         Snapshot {

@@ -11,13 +11,16 @@ use tracing::{debug, info, warn};
 use super::decision::{Exporter, Next, Snapshot};
 use super::history::{history_key, to_prune};
 use crate::cp_client::{ConfigSnapshot, Event};
+use crate::election::Gate;
 use crate::kong::StorageUrl;
-use crate::storage::{ObjectStore, Precondition, PutObject, StoreError};
+use crate::storage::{ErrorKind, Object, ObjectStore, Precondition, PutObject, StoreError};
 
 /// Object metadata naming the writer (Kong's own exporter sets `uploader` to its node id).
 pub const META_UPLOADER: &str = "uploader";
 /// Object metadata with the control plane's hash of the stored configuration.
 pub const META_CONFIG_HASH: &str = "config-hash";
+/// Object metadata with the writer's election epoch (the Lease's `leaseTransitions`).
+pub const META_EPOCH: &str = "fencing-epoch";
 
 /// Where and how one version is exported.
 #[derive(Clone)]
@@ -57,37 +60,93 @@ pub enum Report {
         error: StoreError,
         retry_in: Duration,
     },
+    /// On taking the lead: what another writer stored (nothing to write if it is current).
+    Stored {
+        key: String,
+        hash: String,
+        bytes: u64,
+        at: SystemTime,
+    },
+    /// A write was refused because a newer leader (`epoch`) wrote the object: stepped down.
+    Fenced { mine: i32, epoch: i32 },
 }
 
 /// Runs until `events` closes or `shutdown` fires: feeds snapshots into the decision
-/// state and writes what it says.
+/// state and writes what it says, while `gate` grants it (see [`crate::election`]).
+///
+/// Every write of `config.json` is conditional on the version last seen (or on absence),
+/// so a writer that lost the lead without knowing cannot overwrite a newer leader's write.
 pub async fn run(
     target: ExportTarget,
     store: Arc<dyn ObjectStore>,
     mut events: mpsc::Receiver<Event>,
     reports: mpsc::Sender<Report>,
+    mut gate: Gate,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let key = target.url.config_key(&target.version);
-    // NB: what is already stored is not rewritten after a restart.
-    let stored = match store.get(&key).await {
-        Ok(Some(o)) => o.metadata.get(META_CONFIG_HASH).cloned(),
-        Ok(None) => None,
-        Err(e) => {
-            warn!(key = %key, error = %e, "cannot read the stored configuration; exporting anyway");
-            None
-        }
-    };
-    let mut exporter = Exporter::new(target.min_interval, stored);
+    let mut exporter = Exporter::new(target.min_interval, None);
+    // The stored object's version as last seen, and the epoch it was read under: a new
+    // epoch (we just took the lead) re-reads before writing.
+    let mut seen: Option<Option<String>> = None;
+    let mut seen_epoch: Option<i32> = None;
+    let mut conflicts = 0u32;
     let epoch = Instant::now();
     let now_ms = || epoch.elapsed().as_millis() as u64;
     let mut received: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let wait = match exporter.next(now_ms()) {
             Next::Write(snapshot) => {
+                let Some(permit) = gate.permit() else {
+                    // Not leading: keep the newest snapshot until we are.
+                    wait_for_gate(
+                        &mut gate,
+                        &mut events,
+                        &mut exporter,
+                        &mut received,
+                        &reports,
+                        &mut shutdown,
+                    )
+                    .await;
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    continue;
+                };
+                if seen_epoch != Some(permit.epoch) || seen.is_none() {
+                    match store.get(&key).await {
+                        Ok(o) => {
+                            adopt(&key, o.as_ref(), &mut exporter, &reports).await;
+                            seen = Some(o.map(|o| o.info.version));
+                            seen_epoch = Some(permit.epoch);
+                        }
+                        Err(error) => {
+                            let retry_in = exporter.failed(now_ms());
+                            warn!(key = %key, error = %error, ?retry_in, "cannot read the stored configuration");
+                            let _ = reports.send(Report::Failed { error, retry_in }).await;
+                        }
+                    }
+                    continue;
+                }
                 let started = received.remove(&snapshot.hash).unwrap_or_else(Instant::now);
-                match write(&target, store.as_ref(), &key, &snapshot).await {
-                    Ok(()) => {
+                let precondition = match seen.clone().flatten() {
+                    Some(v) => Precondition::IfVersion(v),
+                    None => Precondition::IfAbsent,
+                };
+                let result = write(
+                    &target,
+                    store.as_ref(),
+                    &key,
+                    &snapshot,
+                    permit.epoch,
+                    precondition,
+                )
+                .await;
+                drop(permit);
+                match result {
+                    Ok(version) => {
+                        seen = Some(Some(version));
+                        conflicts = 0;
                         exporter.written(&snapshot.hash, now_ms());
                         let latency = started.elapsed();
                         info!(key = %key, hash = %snapshot.hash, bytes = snapshot.body.len(), ?latency, "exported");
@@ -103,7 +162,43 @@ pub async fn run(
                         // NB: after the report: the history is a convenience, not part of the export.
                         write_history(&target, store.as_ref(), &snapshot).await;
                     }
+                    Err(error) if error.kind == ErrorKind::PreconditionFailed && conflicts < 3 => {
+                        // Someone else wrote: a newer leader (step down) or not (re-read, retry).
+                        conflicts += 1;
+                        received.insert(snapshot.hash.clone(), started);
+                        match store.get(&key).await {
+                            Ok(o) => {
+                                let theirs = o.as_ref().and_then(stored_epoch);
+                                let mine = seen_epoch.unwrap_or(0);
+                                if theirs.is_some_and(|e| e > mine) {
+                                    let theirs = theirs.unwrap_or(mine);
+                                    warn!(key = %key, mine, theirs, "a newer leader wrote the configuration: stepping down");
+                                    gate.step_down(mine);
+                                    seen_epoch = None;
+                                    let _ = reports
+                                        .send(Report::Fenced {
+                                            mine,
+                                            epoch: theirs,
+                                        })
+                                        .await;
+                                } else {
+                                    debug!(key = %key, "the stored configuration changed under us; retrying on the new version");
+                                    exporter.stored(
+                                        o.as_ref().and_then(|o| {
+                                            o.metadata.get(META_CONFIG_HASH).cloned()
+                                        }),
+                                    );
+                                    seen = Some(o.map(|o| o.info.version));
+                                }
+                            }
+                            Err(_) => seen = None,
+                        }
+                    }
                     Err(error) => {
+                        conflicts = 0;
+                        if error.kind == ErrorKind::PreconditionFailed {
+                            seen = None;
+                        }
                         received.insert(snapshot.hash.clone(), started);
                         let retry_in = exporter.failed(now_ms());
                         warn!(key = %key, error = %error, ?retry_in, "export failed");
@@ -127,6 +222,58 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// While not leading: take events (the newest snapshot stays pending) until the claim
+/// changes or shutdown.
+async fn wait_for_gate(
+    gate: &mut Gate,
+    events: &mut mpsc::Receiver<Event>,
+    exporter: &mut Exporter,
+    received: &mut BTreeMap<String, Instant>,
+    reports: &mpsc::Sender<Report>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    // NB: the permit may also lapse by time alone (renew deadline); look again now and then.
+    let recheck = tokio::time::sleep(Duration::from_millis(500));
+    tokio::select! {
+        _ = gate.changed() => {}
+        ev = events.recv() => match ev {
+            Some(ev) => {
+                if let Some(report) = handle(exporter, received, ev) {
+                    let _ = reports.send(report).await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        },
+        _ = recheck => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// Takes what the store holds as the last written state.
+async fn adopt(
+    key: &str,
+    o: Option<&Object>,
+    exporter: &mut Exporter,
+    reports: &mpsc::Sender<Report>,
+) {
+    let hash = o.and_then(|o| o.metadata.get(META_CONFIG_HASH).cloned());
+    exporter.stored(hash.clone());
+    if let (Some(o), Some(hash)) = (o, hash) {
+        let _ = reports
+            .send(Report::Stored {
+                key: key.to_owned(),
+                hash,
+                bytes: o.info.size,
+                at: o.info.last_modified,
+            })
+            .await;
+    }
+}
+
+fn stored_epoch(o: &Object) -> Option<i32> {
+    o.metadata.get(META_EPOCH)?.parse().ok()
 }
 
 fn handle(
@@ -198,17 +345,20 @@ async fn write(
     store: &dyn ObjectStore,
     key: &str,
     s: &Snapshot,
-) -> Result<(), StoreError> {
+    epoch: i32,
+    precondition: Precondition,
+) -> Result<String, StoreError> {
+    let mut metadata = metadata(target, s);
+    metadata.insert(META_EPOCH.to_owned(), epoch.to_string());
     store
         .put(PutObject {
             key: key.to_owned(),
             body: s.body.clone(),
             content_type: "application/json".to_owned(),
-            metadata: metadata(target, s),
-            precondition: Precondition::None,
+            metadata,
+            precondition,
         })
         .await
-        .map(|_| ())
 }
 
 /// Writes the history entry of `s` and prunes the history to its limit. Failures are
@@ -290,7 +440,7 @@ mod tests {
             min_interval: Duration::ZERO,
             history_limit,
         };
-        tokio::spawn(run(target, store.clone(), rx, tx, stop_rx));
+        tokio::spawn(run(target, store.clone(), rx, tx, Gate::always(), stop_rx));
         Harness {
             store,
             events,

@@ -372,6 +372,26 @@ impl ObjectStore for GcsStore {
         Ok(out)
     }
 
+    async fn touch(&self, key: &str) -> Result<bool, StoreError> {
+        // objects.patch: a metadata change bumps `updated`, keeps `timeCreated` and the data.
+        let now = jiff::Timestamp::now().to_string();
+        let body = serde_json::json!({"metadata": {"refreshed": now}});
+        let resp = self
+            .json_api(
+                "touch",
+                key,
+                self.http.patch(self.object_url(key)).json(&body),
+            )
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        if resp.status().is_success() {
+            return Ok(true);
+        }
+        Err(self.failure("touch", key, resp).await)
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let resp = self
             .json_api("delete", key, self.http.delete(self.object_url(key)))

@@ -137,6 +137,19 @@ impl ObjectStore for MemoryStore {
             .collect())
     }
 
+    async fn touch(&self, key: &str) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        self.check(&state, "touch", key)?;
+        let now = state.now.unwrap_or_else(SystemTime::now);
+        Ok(match state.objects.get_mut(key) {
+            Some(o) => {
+                o.info.last_modified = now;
+                true
+            }
+            None => false,
+        })
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let mut state = self.lock();
         self.check(&state, "delete", key)?;

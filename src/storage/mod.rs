@@ -137,6 +137,10 @@ pub trait ObjectStore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError>;
     /// Lists objects under `prefix` (all pages), sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// Marks an existing object as refreshed: its modification time (S3 `LastModified`, GCS
+    /// `updated`) moves to now, its content and its GCS creation time stay. `false` when the
+    /// object does not exist. (Kong's GCS election reads both times.)
+    async fn touch(&self, key: &str) -> Result<bool, StoreError>;
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 }

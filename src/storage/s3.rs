@@ -240,6 +240,33 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    async fn touch(&self, key: &str) -> Result<bool, StoreError> {
+        // S3 has no touch: copying the object onto itself with replaced metadata is the
+        // documented way to move LastModified without rewriting the data from here.
+        let source = format!("{}/{}", self.bucket, key);
+        let r = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .copy_source(source)
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .metadata("refreshed", jiff::Timestamp::now().to_string())
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let err = self.error("touch", key, e);
+                if err.detail.contains("NoSuchKey") || err.detail.starts_with("HTTP 404") {
+                    Ok(false)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.client
             .delete_object()

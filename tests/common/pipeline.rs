@@ -52,7 +52,14 @@ impl Pipeline {
             min_interval,
             history_limit: 3,
         };
-        tokio::spawn(runner::run(target, store, ev_rx, rep_tx, stop_rx));
+        tokio::spawn(runner::run(
+            target,
+            store,
+            ev_rx,
+            rep_tx,
+            kong_fallback_operator::election::Gate::always(),
+            stop_rx,
+        ));
         Pipeline {
             reports,
             _stop: stop,

@@ -1,0 +1,480 @@
+//! The Lease election: [`Candidate`] decides (pure, on a millisecond monotonic clock), [`run`]
+//! reads and writes the Lease and drives a [`super::Gate`].
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::{Claim, GateControl};
+
+/// client-go's timings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timings {
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The Lease as read: what the decision needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// `None` when nobody holds it (never held, or released).
+    pub holder: Option<String>,
+    pub lease_duration: Duration,
+    pub transitions: i32,
+    pub acquire_time: Option<Timestamp>,
+    /// Compared only to notice a renewal: never against our clock.
+    pub renew_time: Option<Timestamp>,
+}
+
+impl Record {
+    pub fn from_lease(lease: &Lease) -> Record {
+        let spec = lease.spec.clone().unwrap_or_default();
+        Record {
+            holder: spec.holder_identity.filter(|h| !h.is_empty()),
+            lease_duration: Duration::from_secs(
+                u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
+            ),
+            transitions: spec.lease_transitions.unwrap_or(0),
+            acquire_time: spec.acquire_time.map(|t| t.0),
+            renew_time: spec.renew_time.map(|t| t.0),
+        }
+    }
+
+    fn spec(&self) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: self.holder.clone(),
+            lease_duration_seconds: Some(
+                i32::try_from(self.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX),
+            ),
+            lease_transitions: Some(self.transitions),
+            acquire_time: self.acquire_time.map(MicroTime),
+            renew_time: self.renew_time.map(MicroTime),
+            ..LeaseSpec::default()
+        }
+    }
+}
+
+/// What to do next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// No Lease exists: create it, held by me.
+    Create,
+    /// Take it over (nobody holds it, or the holder let it expire): epoch + 1.
+    Acquire,
+    /// I hold it: renew.
+    Renew,
+    /// Someone else holds it and it is fresh: look again later.
+    Wait,
+}
+
+/// One candidate's view of the election. Times are milliseconds of a monotonic clock.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    me: String,
+    record: Option<Record>,
+    /// When the record last changed, by our clock.
+    observed_ms: u64,
+    /// When our last successful write started, while we hold the Lease.
+    renewed_ms: Option<u64>,
+}
+
+impl Candidate {
+    pub fn new(me: impl Into<String>) -> Self {
+        Candidate {
+            me: me.into(),
+            record: None,
+            observed_ms: 0,
+            renewed_ms: None,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn record(&self) -> Option<&Record> {
+        self.record.as_ref()
+    }
+
+    /// Records the Lease as read at `now_ms` (`None`: it does not exist).
+    pub fn observe(&mut self, record: Option<Record>, now_ms: u64) {
+        if record != self.record {
+            self.record = record;
+            self.observed_ms = now_ms;
+        }
+        if !self.holds() {
+            self.renewed_ms = None;
+        }
+    }
+
+    fn holds(&self) -> bool {
+        self.record
+            .as_ref()
+            .is_some_and(|r| r.holder.as_deref() == Some(self.me.as_str()))
+    }
+
+    /// The decision at `now_ms`.
+    pub fn decide(&self, now_ms: u64) -> Step {
+        match &self.record {
+            None => Step::Create,
+            Some(_) if self.holds() => Step::Renew,
+            Some(r) if r.holder.is_none() => Step::Acquire,
+            Some(r) => {
+                let expires = self
+                    .observed_ms
+                    .saturating_add(r.lease_duration.as_millis() as u64);
+                if now_ms >= expires {
+                    Step::Acquire
+                } else {
+                    Step::Wait
+                }
+            }
+        }
+    }
+
+    /// The record to write for `step` at wall time `now`.
+    pub fn desired(&self, step: &Step, t: &Timings, now: Timestamp) -> Record {
+        let old = self.record.as_ref();
+        let held = self.holds();
+        Record {
+            holder: Some(self.me.clone()),
+            lease_duration: t.lease_duration,
+            transitions: match (step, old) {
+                (Step::Renew, Some(r)) if held => r.transitions,
+                (_, Some(r)) => r.transitions.saturating_add(1),
+                (_, None) => 0,
+            },
+            acquire_time: match old {
+                Some(r) if held => r.acquire_time,
+                _ => Some(now),
+            },
+            renew_time: Some(now),
+        }
+    }
+
+    /// Our write of `record`, started at `started_ms`, succeeded.
+    pub fn wrote(&mut self, record: Record, started_ms: u64) {
+        self.record = Some(record);
+        self.observed_ms = started_ms;
+        self.renewed_ms = Some(started_ms);
+    }
+
+    /// Stop leading now (a fenced write, or a release): the next renewal makes us lead again
+    /// only if the Lease still names us.
+    pub fn step_down(&mut self) {
+        self.renewed_ms = None;
+    }
+
+    /// Until when (ms) we may act as leader: our last renewal plus the renew deadline.
+    pub fn leading_until(&self, t: &Timings) -> Option<u64> {
+        if !self.holds() {
+            return None;
+        }
+        self.renewed_ms
+            .map(|r| r.saturating_add(t.renew_deadline.as_millis() as u64))
+    }
+}
+
+/// Where the elector works.
+pub struct Elector {
+    pub api: Api<Lease>,
+    /// The Lease's name (the policy's).
+    pub name: String,
+    /// This replica's holder identity: pod name plus a per-process suffix.
+    pub identity: String,
+    pub timings: Timings,
+    /// The policy, so the Lease goes when it goes.
+    pub owner: Option<OwnerReference>,
+}
+
+/// Runs the election until `shutdown`, then releases the Lease if held (after the writes in
+/// flight end). Publishes every change of the claim to the gate; `changed` is told too.
+pub async fn run(
+    e: Elector,
+    mut control: GateControl,
+    changed: impl Fn() + Send + 'static,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let epoch = Instant::now();
+    let ms = move |i: Instant| i.duration_since(epoch).as_millis() as u64;
+    let mut c = Candidate::new(e.identity.clone());
+    // Lease changes wake a waiting candidate at once (a release hands over immediately).
+    let (wake_tx, mut wake) = mpsc::channel::<()>(1);
+    let watch_task = {
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={}", e.name));
+        let stream = watcher::watcher(e.api.clone(), cfg);
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                if ev.is_ok() {
+                    let _ = wake_tx.try_send(());
+                }
+            }
+        })
+    };
+    loop {
+        let started = Instant::now();
+        match e.api.get_opt(&e.name).await {
+            Ok(lease) => {
+                let resource_version = lease.as_ref().and_then(|l| l.resource_version());
+                c.observe(lease.as_ref().map(Record::from_lease), ms(started));
+                let step = c.decide(ms(started));
+                if step != Step::Wait {
+                    let desired = c.desired(&step, &e.timings, Timestamp::now());
+                    match write(&e, &step, &desired, resource_version.clone()).await {
+                        Ok(()) => {
+                            if step != Step::Renew {
+                                info!(lease = %e.name, holder = %e.identity, epoch = desired.transitions, "acquired the Lease");
+                            }
+                            c.wrote(desired, ms(started));
+                        }
+                        Err(err) => {
+                            debug!(lease = %e.name, error = %err, ?step, "Lease write lost")
+                        }
+                    }
+                }
+            }
+            Err(err) => warn!(lease = %e.name, error = %err, "cannot read the Lease"),
+        }
+        publish(&control, &c, &e.timings, epoch, &changed);
+
+        // The holder renews every retryPeriod; a follower looks again as often (a watch
+        // event wakes it earlier, so a release is taken over at once).
+        let wait = e.timings.retry_period;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            Some(()) = wake.recv() => {}
+            Some(fenced) = control.step_down.recv() => {
+                warn!(lease = %e.name, epoch = fenced, "a newer leader wrote the store: stepping down");
+                c.step_down();
+                publish(&control, &c, &e.timings, epoch, &changed);
+                // NB: do not renew at once: let the Lease say who leads now.
+                tokio::time::sleep(e.timings.retry_period).await;
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    watch_task.abort();
+    release(&e, &mut c, &mut control, &changed).await;
+}
+
+async fn release(e: &Elector, c: &mut Candidate, control: &mut GateControl, changed: &impl Fn()) {
+    let held = c.leading_until(&e.timings).is_some();
+    c.step_down();
+    let mut claim = control.claims.borrow().clone();
+    claim.leading_until = None;
+    let _ = control.claims.send(claim);
+    changed();
+    if !held {
+        return;
+    }
+    // Wait for the writes in flight (bounded: a hung write must not block shutdown).
+    let _inflight = tokio::time::timeout(
+        Duration::from_secs(5),
+        control.inflight.clone().write_owned(),
+    )
+    .await;
+    // Re-read: release only what we still hold, conditioned on what we read.
+    let Ok(Some(lease)) = e.api.get_opt(&e.name).await else {
+        return;
+    };
+    let record = Record::from_lease(&lease);
+    if record.holder.as_deref() != Some(c.me()) {
+        return;
+    }
+    let released = Record {
+        holder: None,
+        lease_duration: Duration::from_secs(1),
+        renew_time: Some(Timestamp::now()),
+        ..record
+    };
+    match write(e, &Step::Renew, &released, lease.resource_version()).await {
+        Ok(()) => info!(lease = %e.name, "released the Lease"),
+        Err(err) => {
+            warn!(lease = %e.name, error = %err, "cannot release the Lease; it expires by itself")
+        }
+    }
+}
+
+fn publish(control: &GateControl, c: &Candidate, t: &Timings, epoch: Instant, changed: &impl Fn()) {
+    let r = c.record();
+    let claim = Claim {
+        holder: r.and_then(|r| r.holder.clone()),
+        epoch: r.map_or(0, |r| r.transitions),
+        since: r.and_then(|r| r.acquire_time),
+        leading_until: c
+            .leading_until(t)
+            .map(|until| epoch + Duration::from_millis(until)),
+    };
+    let before = control.claims.borrow().clone();
+    // NB: a renewal moves leading_until only; that is not news for status.
+    let news = before.holder != claim.holder
+        || before.epoch != claim.epoch
+        || before.leading_until.is_some() != claim.leading_until.is_some();
+    let _ = control.claims.send(claim);
+    if news {
+        changed();
+    }
+}
+
+async fn write(
+    e: &Elector,
+    step: &Step,
+    record: &Record,
+    resource_version: Option<String>,
+) -> Result<(), kube::Error> {
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(e.name.clone()),
+            owner_references: e.owner.clone().map(|o| vec![o]),
+            resource_version: if *step == Step::Create {
+                None
+            } else {
+                resource_version
+            },
+            ..ObjectMeta::default()
+        },
+        spec: Some(record.spec()),
+    };
+    let pp = PostParams {
+        field_manager: Some(crate::api::FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    if *step == Step::Create {
+        e.api.create(&pp, &lease).await.map(|_| ())
+    } else {
+        // NB: the resourceVersion makes this a compare-and-swap: a concurrent writer gets 409.
+        e.api.replace(&e.name, &pp, &lease).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Timings {
+        Timings::default()
+    }
+
+    fn held_by(holder: &str, transitions: i32) -> Record {
+        Record {
+            holder: Some(holder.into()),
+            lease_duration: Duration::from_secs(15),
+            transitions,
+            acquire_time: None,
+            renew_time: Some(Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn no_lease_means_create_at_epoch_zero() {
+        let mut c = Candidate::new("a");
+        c.observe(None, 0);
+        assert_eq!(c.decide(0), Step::Create);
+        let r = c.desired(&Step::Create, &t(), Timestamp::UNIX_EPOCH);
+        assert_eq!((r.holder.as_deref(), r.transitions), (Some("a"), 0));
+        assert_eq!(
+            c.leading_until(&t()),
+            None,
+            "not leading before the write succeeds"
+        );
+        c.wrote(r, 100);
+        assert_eq!(c.leading_until(&t()), Some(10_100));
+    }
+
+    #[test]
+    fn a_fresh_lease_held_by_another_is_left_alone_until_it_expires_by_our_clock() {
+        let mut c = Candidate::new("a");
+        c.observe(Some(held_by("b", 4)), 1_000);
+        assert_eq!(c.decide(1_000), Step::Wait);
+        assert_eq!(c.decide(15_999), Step::Wait);
+        // The same record read again does not restart the clock...
+        c.observe(Some(held_by("b", 4)), 10_000);
+        assert_eq!(c.decide(16_000), Step::Acquire);
+        // ...a renewal does.
+        let mut renewed = held_by("b", 4);
+        renewed.renew_time = Some(Timestamp::UNIX_EPOCH + Duration::from_secs(2));
+        c.observe(Some(renewed), 16_000);
+        assert_eq!(c.decide(16_001), Step::Wait);
+        let r = c.desired(&Step::Acquire, &t(), Timestamp::UNIX_EPOCH);
+        assert_eq!(r.transitions, 5, "taking over is a new epoch");
+    }
+
+    #[test]
+    fn clock_skew_does_not_matter_only_local_observation() {
+        // The holder's renewTime is an hour behind our wall clock: still fresh, because it
+        // just changed by our clock.
+        let mut c = Candidate::new("a");
+        let mut r = held_by("b", 1);
+        r.renew_time = Some(Timestamp::now() - Duration::from_secs(3600));
+        c.observe(Some(r), 50_000);
+        assert_eq!(c.decide(50_001), Step::Wait);
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once() {
+        let mut c = Candidate::new("a");
+        let mut r = held_by("b", 7);
+        r.holder = None;
+        c.observe(Some(r), 0);
+        assert_eq!(c.decide(0), Step::Acquire);
+        assert_eq!(
+            c.desired(&Step::Acquire, &t(), Timestamp::now())
+                .transitions,
+            8
+        );
+    }
+
+    #[test]
+    fn the_holder_renews_and_leads_only_until_its_renew_deadline() {
+        let mut c = Candidate::new("a");
+        c.observe(Some(held_by("a", 2)), 0);
+        assert_eq!(c.decide(0), Step::Renew);
+        assert_eq!(
+            c.leading_until(&t()),
+            None,
+            "read, not yet renewed by this process"
+        );
+        let r = c.desired(&Step::Renew, &t(), Timestamp::now());
+        assert_eq!(r.transitions, 2, "renewing keeps the epoch");
+        c.wrote(r, 1_000);
+        assert_eq!(c.leading_until(&t()), Some(11_000));
+        // Renewals fail from here on (API down): the deadline stays where it was.
+        c.observe(c.record().cloned(), 12_000);
+        assert_eq!(c.leading_until(&t()), Some(11_000));
+    }
+
+    #[test]
+    fn losing_the_lease_or_stepping_down_stops_leading() {
+        let mut c = Candidate::new("a");
+        c.wrote(held_by("a", 2), 0);
+        assert!(c.leading_until(&t()).is_some());
+        c.observe(Some(held_by("b", 3)), 1_000);
+        assert_eq!(c.leading_until(&t()), None);
+
+        let mut c = Candidate::new("a");
+        c.wrote(held_by("a", 2), 0);
+        c.step_down();
+        assert_eq!(c.leading_until(&t()), None);
+        assert_eq!(c.decide(10), Step::Renew, "the Lease still names us");
+    }
+}
