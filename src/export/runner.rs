@@ -91,13 +91,16 @@ pub async fn run(
     let mut seen: Option<Option<String>> = None;
     let mut seen_epoch: Option<i32> = None;
     let mut conflicts = 0u32;
+    // The epoch we were fenced at: no more writes until the Lease gives us a newer one.
+    let mut fenced: Option<i32> = None;
     let epoch = Instant::now();
     let now_ms = || epoch.elapsed().as_millis() as u64;
     let mut received: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let wait = match exporter.next(now_ms()) {
             Next::Write(snapshot) => {
-                let Some(permit) = gate.permit() else {
+                let permit = gate.permit().filter(|p| fenced.is_none_or(|f| p.epoch > f));
+                let Some(permit) = permit else {
                     // Not leading: keep the newest snapshot until we are.
                     wait_for_gate(
                         &mut gate,
@@ -174,6 +177,7 @@ pub async fn run(
                                     let theirs = theirs.unwrap_or(mine);
                                     warn!(key = %key, mine, theirs, "a newer leader wrote the configuration: stepping down");
                                     gate.step_down(mine);
+                                    fenced = Some(mine);
                                     seen_epoch = None;
                                     let _ = reports
                                         .send(Report::Fenced {

@@ -151,6 +151,31 @@ impl Proc {
         Ok(())
     }
 
+    /// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`...) to the process.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(signal)
+            .arg(self.pid().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -s {signal} {} failed: {status}", self.name);
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit; whether it did.
+    pub fn wait_exit(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if matches!(self.child.lock().unwrap().try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();

@@ -6,6 +6,8 @@
 //! Run one group with `cargo test --test it storage::`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../common/fleet.rs"]
+mod fleet;
 #[path = "../common/pipeline.rs"]
 mod pipeline;
 #[path = "../common/stores.rs"]
@@ -17,6 +19,7 @@ mod api;
 mod controller;
 mod cp_client;
 mod doctor;
+mod election;
 mod export;
 mod generated;
 mod storage;

@@ -1,0 +1,218 @@
+//! Several operator processes on one policy, against the test apiserver, MinIO and the
+//! Kong CP double: for the election tests and the failover benchmark. Included with `#[path]`.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kfo_testenv::{KongCp, MinioEnv, Mtls, Proc, kube, minio};
+use kong_fallback_operator::api::FallbackConfigPolicy;
+use kong_fallback_operator::export::runner::{META_CONFIG_HASH, META_UPLOADER};
+use kong_fallback_operator::kong::config::config_hashes;
+use kube::api::{Api, PostParams};
+use kube::{Client, CustomResourceExt};
+use serde_json::json;
+
+pub const VERSION: &str = "3.6.1.4";
+
+/// Lease timings of the fleet's policy, in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Timings {
+    pub lease: u64,
+    pub renew: u64,
+    pub retry: u64,
+}
+
+pub struct Fleet {
+    pub client: Client,
+    pub ns: String,
+    pub bucket: String,
+    pub s3: &'static MinioEnv,
+    pub cp: KongCp,
+    pub timings: Timings,
+    kubeconfig: String,
+    pushes: u64,
+}
+
+/// One operator process.
+pub struct Operator {
+    pub name: String,
+    pub proc: Proc,
+}
+
+/// What `config.json` holds: (config hash, uploader).
+pub type Stored = (String, String);
+
+impl Fleet {
+    /// A namespace with the Secrets and a policy in `mode: Operator`, and no operator yet.
+    pub async fn new(prefix: &str, timings: Timings) -> Fleet {
+        let env = kube().await;
+        env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+        let client = env.client().await.unwrap();
+        let ns = env.namespace(prefix).await.unwrap();
+        let s3 = minio().await;
+        let bucket = s3.bucket(prefix).await.unwrap();
+        let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secret = |name: &str, data: serde_json::Value| -> Secret {
+            serde_json::from_value(
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}),
+            )
+            .unwrap()
+        };
+        for s in [
+            secret(
+                "kong-cluster-cert",
+                json!({"tls.crt": cp.certs.cert_pem, "tls.key": cp.certs.key_pem}),
+            ),
+            secret(
+                "fallback-write",
+                json!({"AWS_ACCESS_KEY_ID": s3.root_user, "AWS_SECRET_ACCESS_KEY": s3.root_password}),
+            ),
+            secret(
+                "fallback-read",
+                json!({"AWS_ACCESS_KEY_ID": "r", "AWS_SECRET_ACCESS_KEY": "r"}),
+            ),
+        ] {
+            secrets.create(&PostParams::default(), &s).await.unwrap();
+        }
+        let policy: FallbackConfigPolicy = serde_json::from_value(json!({
+            "apiVersion": "fallback.kong-dp.io/v1alpha1",
+            "kind": "FallbackConfigPolicy",
+            "metadata": {"name": "prod"},
+            "spec": {
+                "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+                "storage": {
+                    "url": format!("s3://{bucket}/kong"),
+                    "endpoint": s3.endpoint,
+                    "region": "us-east-1",
+                    "readCredentials": {"secretName": "fallback-read"},
+                    "writeCredentials": {"secretName": "fallback-write"}
+                },
+                "exporter": {
+                    "mode": "Operator",
+                    "versions": [VERSION],
+                    "minInterval": "0s",
+                    "historyLimit": 0,
+                    "controlPlane": {"endpoint": cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}
+                },
+                "election": {
+                    "leaseDuration": format!("{}s", timings.lease),
+                    "renewDeadline": format!("{}s", timings.renew),
+                    "retryPeriod": format!("{}s", timings.retry)
+                }
+            }
+        }))
+        .unwrap();
+        Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &policy)
+            .await
+            .unwrap();
+        Fleet {
+            client,
+            ns,
+            bucket,
+            s3,
+            cp,
+            timings,
+            kubeconfig: env.kubeconfig_path().display().to_string(),
+            pushes: 0,
+        }
+    }
+
+    /// Starts an operator process named `name` (its identity and pod name).
+    pub fn start(&self, name: &str) -> Operator {
+        let bin = env!("CARGO_BIN_EXE_kong-fallback-operator");
+        let proc = Proc::start(
+            &kfo_testenv::unique_name(name),
+            std::path::Path::new(bin),
+            &[
+                "run".into(),
+                "--identity".into(),
+                name.into(),
+                "--namespace".into(),
+                self.ns.clone(),
+                "--http-addr".into(),
+                "127.0.0.1:0".into(),
+            ],
+            &[
+                ("KUBECONFIG", self.kubeconfig.as_str()),
+                ("RUST_LOG", "info,kong_fallback_operator=debug"),
+            ],
+        )
+        .unwrap();
+        Operator {
+            name: name.to_owned(),
+            proc,
+        }
+    }
+
+    /// Pushes a new configuration from the CP double; returns its hash.
+    pub fn push(&mut self) -> String {
+        self.pushes += 1;
+        let table = format!(
+            r#"{{"_format_version":"3.0","_transform":false,"services":[{{"id":"9748f662-7711-4a90-8186-dc02f10eb0f5","name":"svc-{}","host":"example.com","port":443}}]}}"#,
+            self.pushes
+        );
+        let hash = config_hashes(&serde_json::from_str(&table).unwrap()).config;
+        self.cp.push(&table, &hash);
+        hash
+    }
+
+    /// What `config.json` holds now.
+    pub async fn stored(&self) -> Option<Stored> {
+        let o = self
+            .s3
+            .root_client()
+            .head_object()
+            .bucket(&self.bucket)
+            .key(format!("kong/{VERSION}/config.json"))
+            .send()
+            .await
+            .ok()?;
+        let m = o.metadata()?;
+        Some((
+            m.get(META_CONFIG_HASH)?.clone(),
+            m.get(META_UPLOADER)?.clone(),
+        ))
+    }
+
+    /// Waits (up to `timeout`) until `config.json` holds `hash`; what it holds then.
+    pub async fn wait_stored(&self, hash: &str, timeout: Duration) -> Option<(Stored, Duration)> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(s) = self.stored().await
+                && s.0 == hash
+            {
+                return Some((s, start.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        None
+    }
+
+    /// The Lease: (holder, transitions).
+    pub async fn lease(&self) -> Option<(Option<String>, i32)> {
+        let lease = Api::<Lease>::namespaced(self.client.clone(), &self.ns)
+            .get_opt("prod")
+            .await
+            .ok()??;
+        let spec = lease.spec?;
+        Some((spec.holder_identity, spec.lease_transitions.unwrap_or(0)))
+    }
+
+    /// Waits until some operator holds the Lease; its name (the identity before `_`).
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<String> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some((Some(holder), _)) = self.lease().await
+                && !holder.is_empty()
+            {
+                return holder.split('_').next().map(str::to_owned);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}

@@ -1,0 +1,423 @@
+//! The election against the real apiserver, MinIO and fake-gcs-server: three operator
+//! processes on one policy, fencing of a stale leader, and a native Kong election peer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use kfo_testenv::{gcs, minio};
+use kong_fallback_operator::cp_client::{ConfigSnapshot, Event};
+use kong_fallback_operator::election::mirror::{Flavor, Mirror};
+use kong_fallback_operator::election::{Claim, Gate};
+use kong_fallback_operator::export::runner::{self, ExportTarget, META_CONFIG_HASH, Report};
+use kong_fallback_operator::kong::StorageUrl;
+use kong_fallback_operator::kong::config::ConfigSummary;
+use kong_fallback_operator::storage::gcs::{GcsCredentials, GcsStore};
+use kong_fallback_operator::storage::{Object, ObjectInfo, ObjectStore, PutObject, StoreError};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::fleet::{Fleet, Timings};
+use crate::stores::minio_store;
+
+#[tokio::test]
+async fn three_replicas_one_exporter_takeover_after_a_kill_and_handover_on_sigterm() {
+    let timings = Timings {
+        lease: 8,
+        renew: 6,
+        retry: 1,
+    };
+    let mut fleet = Fleet::new("election", timings).await;
+    let ops: Vec<_> = ["kfo-a", "kfo-b", "kfo-c"]
+        .iter()
+        .map(|n| fleet.start(n))
+        .collect();
+    let first = fleet
+        .wait_leader(Duration::from_secs(30))
+        .await
+        .expect("a leader");
+
+    // Exactly one exports: every write is the leader's.
+    for _ in 0..3 {
+        let hash = fleet.push();
+        let ((_, uploader), _) = fleet
+            .wait_stored(&hash, Duration::from_secs(20))
+            .await
+            .expect("exported");
+        assert_eq!(uploader, first, "only the Lease holder writes");
+    }
+    let (_, epoch_before) = fleet.lease().await.unwrap();
+
+    // SIGKILL: no release; another replica takes over after the Lease expires.
+    let leader = ops.iter().find(|o| o.name == first).unwrap();
+    leader.proc.signal("KILL").unwrap();
+    let killed_at = Instant::now();
+    let hash = fleet.push();
+    let ((_, second), _) = fleet
+        .wait_stored(
+            &hash,
+            Duration::from_secs(timings.lease + timings.retry + 15),
+        )
+        .await
+        .expect("a new leader exports after the kill");
+    let took = killed_at.elapsed();
+    assert_ne!(second, first);
+    assert!(
+        took >= Duration::from_secs(timings.lease - timings.retry - 1),
+        "took over after {took:?}: before the Lease could expire?"
+    );
+    let (_, epoch_after) = fleet.lease().await.unwrap();
+    assert_eq!(epoch_after, epoch_before + 1, "a new holder is a new epoch");
+
+    // SIGTERM: the leader finishes, releases the Lease and exits; the hand-over does not
+    // wait for the Lease to expire.
+    let leader = ops.iter().find(|o| o.name == second).unwrap();
+    leader.proc.signal("TERM").unwrap();
+    let termed_at = Instant::now();
+    assert!(
+        leader.proc.wait_exit(Duration::from_secs(10)),
+        "SIGTERM ends the operator"
+    );
+    let hash = fleet.push();
+    let ((_, third), _) = fleet
+        .wait_stored(&hash, Duration::from_secs(20))
+        .await
+        .expect("the last replica exports after the hand-over");
+    let took = termed_at.elapsed();
+    assert_ne!(third, second);
+    assert_ne!(third, first);
+    assert!(
+        took < Duration::from_secs(timings.renew),
+        "hand-over took {took:?}: the Lease was not released?\n{}",
+        leader.proc.log_tail(30)
+    );
+    assert!(
+        leader.proc.log_tail(200).contains("released the Lease"),
+        "{}",
+        leader.proc.log_tail(40)
+    );
+}
+
+/// A store whose `config.json` writes can be held, like a process paused between its
+/// leadership check and its request.
+struct Pausable {
+    inner: Arc<dyn ObjectStore>,
+    paused: watch::Receiver<bool>,
+    entered: Notify,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Pausable {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+    async fn put(&self, object: PutObject) -> Result<String, StoreError> {
+        if object.key.ends_with("config.json") && *self.paused.borrow() {
+            self.entered.notify_one();
+            let mut paused = self.paused.clone();
+            let _ = paused.wait_for(|p| !*p).await;
+        }
+        self.inner.put(object).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn touch(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.touch(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+fn snapshot(n: u32) -> Event {
+    let config = format!(r#"{{"_format_version":"3.0","services":[{{"name":"s{n}"}}]}}"#);
+    Event::Snapshot(ConfigSnapshot {
+        hash: format!("{n:0>32}"),
+        config: Bytes::from(config),
+        summary: ConfigSummary {
+            format_version: "3.0".into(),
+            entities: vec![("services".into(), 1)],
+        },
+        timestamp: None,
+    })
+}
+
+fn leading(epoch: i32) -> Claim {
+    Claim {
+        holder: Some(format!("leader-{epoch}")),
+        epoch,
+        since: None,
+        leading_until: Some(Instant::now() + Duration::from_secs(3600)),
+    }
+}
+
+async fn next_report(rx: &mut mpsc::Receiver<Report>, f: impl Fn(&Report) -> bool) -> Report {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let r = rx.recv().await.expect("the runner reports");
+            if f(&r) {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("the expected report")
+}
+
+/// A leader paused after its permit wakes up after a newer leader wrote: its write is
+/// refused by the store and it steps down; the newer configuration stays.
+async fn a_stale_leader_is_fenced(store: Arc<dyn ObjectStore>, bucket: &str, url_scheme: &str) {
+    let url = StorageUrl::parse(&format!("{url_scheme}://{bucket}/kong")).unwrap();
+    let key = url.config_key("3.6.1.4");
+    let target = |uploader: &str| ExportTarget {
+        url: url.clone(),
+        version: "3.6.1.4".into(),
+        uploader: uploader.into(),
+        min_interval: Duration::ZERO,
+        history_limit: 0,
+    };
+    let (pause, paused) = watch::channel(false);
+    let stale_store = Arc::new(Pausable {
+        inner: store.clone(),
+        paused,
+        entered: Notify::new(),
+    });
+    let (_stop, stop_rx) = watch::channel(false);
+
+    // Replica A leads at epoch 1 and exports.
+    let (gate_a, mut control_a) = Gate::new();
+    control_a.claims.send(leading(1)).unwrap();
+    let (ev_a, ev_rx) = mpsc::channel(8);
+    let (rep_tx, mut rep_a) = mpsc::channel(64);
+    tokio::spawn(runner::run(
+        target("a"),
+        stale_store.clone(),
+        ev_rx,
+        rep_tx,
+        gate_a,
+        stop_rx.clone(),
+    ));
+    ev_a.send(snapshot(1)).await.unwrap();
+    next_report(&mut rep_a, |r| matches!(r, Report::Exported { .. })).await;
+
+    // A gets its permit for the next write, then "pauses" before the request goes out.
+    pause.send(true).unwrap();
+    ev_a.send(snapshot(2)).await.unwrap();
+    stale_store.entered.notified().await;
+
+    // Meanwhile the Lease moved: B leads at epoch 2 and exports a newer configuration.
+    let (gate_b, control_b) = Gate::new();
+    control_b.claims.send(leading(2)).unwrap();
+    let (ev_b, ev_rx) = mpsc::channel(8);
+    let (rep_tx, mut rep_b) = mpsc::channel(64);
+    tokio::spawn(runner::run(
+        target("b"),
+        store.clone(),
+        ev_rx,
+        rep_tx,
+        gate_b,
+        stop_rx.clone(),
+    ));
+    ev_b.send(snapshot(3)).await.unwrap();
+    next_report(&mut rep_b, |r| matches!(r, Report::Exported { .. })).await;
+
+    // A wakes up: its conditional write fails, it sees epoch 2 and steps down.
+    pause.send(false).unwrap();
+    let fenced = next_report(&mut rep_a, |r| {
+        matches!(r, Report::Fenced { .. } | Report::Exported { .. })
+    })
+    .await;
+    assert_eq!(fenced, Report::Fenced { mine: 1, epoch: 2 });
+    let step_down = tokio::time::timeout(Duration::from_secs(5), control_a.step_down.recv())
+        .await
+        .unwrap();
+    assert_eq!(step_down, Some(1), "the elector is told to step down");
+    // Even while its claim still says it leads (the elector has not acted yet), the fenced
+    // writer does not write again at the old epoch.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let stored = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(
+        stored.metadata.get(META_CONFIG_HASH),
+        Some(&format!("{:0>32}", 3)),
+        "the newer leader's configuration stays"
+    );
+    assert_eq!(
+        stored.metadata.get("uploader").map(String::as_str),
+        Some("b")
+    );
+}
+
+#[tokio::test]
+async fn a_stale_leader_is_fenced_on_minio() {
+    let env = minio().await;
+    let bucket = env.bucket("fence").await.unwrap();
+    a_stale_leader_is_fenced(minio_store(env, &bucket), &bucket, "s3").await;
+}
+
+#[tokio::test]
+async fn a_stale_leader_is_fenced_on_fake_gcs_server() {
+    let env = gcs().await;
+    let bucket = env.bucket("fence").await.unwrap();
+    let store = GcsStore::new(Some(&env.endpoint), &GcsCredentials::Anonymous, &bucket)
+        .await
+        .unwrap();
+    a_stale_leader_is_fenced(Arc::new(store), &bucket, "gcs").await;
+}
+
+/// A native Kong 3.6+ backup node's election (DOMAIN.md §4), written here from the
+/// description and not from the product's code: register once with the time of the first
+/// registration, re-PUT every round, elect the smallest register time among registrations
+/// refreshed within `interval + 5 s`, ties to the smallest node id.
+struct NativePeer {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+    node_id: String,
+    register_time: String,
+    interval: Duration,
+}
+
+impl NativePeer {
+    /// One round; the elected node id.
+    async fn round(&self) -> Option<String> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(format!(
+                "{}{}-{}",
+                self.prefix, self.register_time, self.node_id
+            ))
+            .content_type("text/plain")
+            .body(ByteStream::from_static(b""))
+            .send()
+            .await
+            .unwrap();
+        let listed = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .max_keys(1000)
+            .send()
+            .await
+            .unwrap();
+        let now = SystemTime::now();
+        let mut best: Option<(f64, String)> = None;
+        for o in listed.contents() {
+            let name = &o.key().unwrap()[self.prefix.len()..];
+            let Some((time, node)) = name.split_once('-') else {
+                continue;
+            };
+            let Ok(time) = time.parse::<f64>() else {
+                continue;
+            };
+            let modified = SystemTime::try_from(*o.last_modified().unwrap()).unwrap();
+            if now > modified + self.interval + Duration::from_secs(5) {
+                continue;
+            }
+            let candidate = (time, node.to_owned());
+            if best
+                .as_ref()
+                .is_none_or(|b| candidate.0 < b.0 || (candidate.0 == b.0 && candidate.1 < b.1))
+            {
+                best = Some(candidate);
+            }
+        }
+        best.map(|b| b.1)
+    }
+}
+
+#[tokio::test]
+async fn a_native_kong_peer_defers_to_the_mirrored_leader_and_takes_over_when_it_is_gone() {
+    let env = minio().await;
+    let bucket = env.bucket("mirror").await.unwrap();
+    let url = StorageUrl::parse(&format!("s3://{bucket}/kong")).unwrap();
+    let store: Arc<dyn ObjectStore> = minio_store(env, &bucket);
+    let peer = NativePeer {
+        client: env.root_client(),
+        bucket: bucket.clone(),
+        prefix: url.election_prefix("3.6.1.4"),
+        node_id: "0000-native".into(),
+        // Registered long before the operator (and with a node id that sorts first).
+        register_time: format!(
+            "{}.25",
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                - 86_400
+        ),
+        interval: Duration::from_secs(1),
+    };
+    assert_eq!(
+        peer.round().await.as_deref(),
+        Some("0000-native"),
+        "alone, it leads"
+    );
+
+    let mirror = |node: &str| Mirror {
+        store: store.clone(),
+        flavor: Flavor::S3,
+        url: url.clone(),
+        version: "3.6.1.4".into(),
+        node_id: node.into(),
+    };
+    let (gate, control) = Gate::new();
+    control.claims.send(leading(1)).unwrap();
+    let (stop, stop_rx) = watch::channel(false);
+    let first = tokio::spawn(mirror("operator-leader-1").run(gate, stop_rx.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Over many rounds (longer than the mirror's refresh), the peer never elects itself.
+    let mut elected = BTreeMap::<String, u32>::new();
+    for _ in 0..12 {
+        let e = peer.round().await.unwrap();
+        *elected.entry(e).or_default() += 1;
+        tokio::time::sleep(peer.interval).await;
+    }
+    assert_eq!(
+        elected.keys().collect::<Vec<_>>(),
+        ["operator-leader-1"],
+        "{elected:?}"
+    );
+
+    // A new leader (epoch 2, another replica) takes over: the peer follows it within one
+    // round, although the old registration has not gone stale.
+    let (gate2, control2) = Gate::new();
+    control2.claims.send(leading(2)).unwrap();
+    let second = tokio::spawn(mirror("operator-leader-2").run(gate2, stop_rx.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    control
+        .claims
+        .send(Claim {
+            leading_until: None,
+            ..leading(1)
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(peer.round().await.as_deref(), Some("operator-leader-2"));
+
+    // The operator goes away (graceful stop removes its registration): the peer leads.
+    stop.send(true).unwrap();
+    first.await.unwrap();
+    second.await.unwrap();
+    assert_eq!(peer.round().await.as_deref(), Some("0000-native"));
+    let left: Vec<String> = store
+        .list(&url.election_prefix("3.6.1.4"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "only the peer's registration is left: {left:?}"
+    );
+}
