@@ -235,6 +235,19 @@ pub fn changes(old: &FallbackConfigPolicyStatus, new: &FallbackConfigPolicyStatu
             });
         }
     }
+    let holder = |s: &FallbackConfigPolicyStatus| s.leader.as_ref().map(|l| l.identity.clone());
+    if let Some(l) = &new.leader
+        && holder(old) != holder(new)
+    {
+        out.push(Change {
+            warning: false,
+            reason: "LeaderElected".into(),
+            note: format!(
+                "{} holds the Lease (epoch {}) and is now the exporter",
+                l.identity, l.transitions
+            ),
+        });
+    }
     out
 }
 
@@ -336,6 +349,25 @@ mod tests {
         set_leader(&mut s, None, Some(1), at(6));
         assert_eq!(s.leader, None);
         assert_eq!(cond(&s, "Leading").unwrap().reason, "NoLeader");
+    }
+
+    #[test]
+    fn a_new_leader_is_an_event_and_a_renewal_is_not() {
+        let mut old = FallbackConfigPolicyStatus::default();
+        let leader = |id: &str, t: i32| LeaderStatus {
+            identity: id.into(),
+            since: None,
+            transitions: t,
+        };
+        let mut new = old.clone();
+        new.leader = Some(leader("kfo-0_aa", 0));
+        let c = changes(&old, &new);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].reason, "LeaderElected");
+        old = new.clone();
+        assert!(changes(&old, &new).is_empty());
+        new.leader = Some(leader("kfo-1_bb", 1));
+        assert!(changes(&old, &new)[0].note.contains("kfo-1_bb"));
     }
 
     #[test]

@@ -271,6 +271,24 @@ mod operator_mode {
             "Connected"
         );
         assert_eq!(condition(&p, "Exporting").unwrap().1, "Exported");
+        // The only replica holds the policy's Lease, owned by the policy.
+        let leader = p.status.as_ref().unwrap().leader.clone().unwrap();
+        assert!(leader.identity.starts_with("kfo-test-0_"), "{leader:?}");
+        assert_eq!(condition(&p, "Leading").unwrap().1, "Elected");
+        let lease =
+            Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns)
+                .get("prod")
+                .await
+                .unwrap();
+        assert_eq!(
+            lease.spec.unwrap().holder_identity.as_deref(),
+            Some(leader.identity.as_str())
+        );
+        let owner = &lease.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("FallbackConfigPolicy", "prod")
+        );
 
         assert_eq!(
             &s3.read(&bucket, "kong/3.6.1.4/config.json")
@@ -293,6 +311,7 @@ mod operator_mode {
             ),
             format!("kong_fallback_control_plane_connected{{{labels}}} 1"),
             format!("kong_fallback_export_duration_seconds_count{{{labels}}} 1"),
+            format!(r#"kong_fallback_leader{{namespace="{ns}",policy="prod"}} 1"#),
         ] {
             assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
         }
@@ -317,7 +336,8 @@ mod operator_mode {
             .collect();
         assert!(
             reasons.contains(&"SecretMissing".to_owned())
-                && reasons.contains(&"Exported".to_owned()),
+                && reasons.contains(&"Exported".to_owned())
+                && reasons.contains(&"LeaderElected".to_owned()),
             "{reasons:?}"
         );
 
