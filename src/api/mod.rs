@@ -438,7 +438,7 @@ pub struct FallbackConfigPolicyStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaderStatus {
-    /// The Lease holder: an operator replica (`mode: Operator`) or a backup pod.
+    /// The Lease holder: the operator replica that leads (pod name and a per-process suffix).
     pub identity: String,
     /// When the current holder acquired the Lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -446,6 +446,13 @@ pub struct LeaderStatus {
     /// How many times the Lease changed hands.
     #[serde(default)]
     pub transitions: i32,
+    /// `mode: BackupPods`: the backup pod the leader designated as Kong's exporter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_pod: Option<String>,
+    /// `mode: BackupPods`: the Kong node id registered in the store's `election/` prefix,
+    /// the designated backup pod's `KONG_NODE_ID` (its pod UID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -169,6 +169,53 @@ impl Exporters {
         }
     }
 
+    /// `mode: BackupPods`: mirrors the designated backup pod's node id for each version,
+    /// behind `gate`, unless the same plan already runs. No control-plane session: the
+    /// backup pods export themselves.
+    pub async fn ensure_mirrors(
+        &self,
+        key: &PolicyKey,
+        plan: super::backup::BackupPlan,
+        gate: &Gate,
+    ) -> Result<(), String> {
+        if self
+            .lock_running()
+            .get(key)
+            .is_some_and(|r| r.fingerprint == plan.fingerprint && r.gate.same(gate))
+        {
+            return Ok(());
+        }
+        self.stop(key);
+        let store: Arc<dyn storage::ObjectStore> =
+            Arc::from(storage::open(&plan.url, plan.access.clone()).await?);
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = plan
+            .versions
+            .iter()
+            .map(|version| {
+                let mirror = Mirror {
+                    store: store.clone(),
+                    flavor: flavor(&plan.url),
+                    url: plan.url.clone(),
+                    version: version.clone(),
+                    node_id: plan.node_id.clone(),
+                };
+                tokio::spawn(mirror.run(gate.clone(), stop_rx.clone()))
+            })
+            .collect();
+        info!(namespace = %key.0, policy = %key.1, pod = %plan.pod, versions = ?plan.versions, "mirroring the designated backup pod");
+        self.lock_running().insert(
+            key.clone(),
+            Running {
+                fingerprint: plan.fingerprint,
+                gate: gate.clone(),
+                stop,
+                tasks,
+            },
+        );
+        Ok(())
+    }
+
     /// Starts `plan` for `key`, writing behind `gate`, unless the same plan already runs.
     pub async fn ensure(&self, key: &PolicyKey, plan: Plan, gate: &Gate) -> Result<(), String> {
         if self
@@ -201,10 +248,7 @@ impl Exporters {
             if plan.mirror {
                 let mirror = Mirror {
                     store: store.clone(),
-                    flavor: match plan.url.provider {
-                        Provider::S3 => Flavor::S3,
-                        Provider::Gcs => Flavor::Gcs,
-                    },
+                    flavor: flavor(&plan.url),
                     url: plan.url.clone(),
                     version: version.clone(),
                     node_id: client.node_id.clone(),
@@ -267,6 +311,13 @@ impl Exporters {
             },
         );
         Ok(())
+    }
+}
+
+fn flavor(url: &StorageUrl) -> Flavor {
+    match url.provider {
+        Provider::S3 => Flavor::S3,
+        Provider::Gcs => Flavor::Gcs,
     }
 }
 

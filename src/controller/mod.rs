@@ -7,6 +7,7 @@
 //! Not built yet: injection, pod counts, the election, finalizers and watches on Secrets
 //! and pods (a policy is re-checked every 30 s while not ready instead).
 
+pub mod backup;
 pub mod exporters;
 pub mod leadership;
 pub mod plan;
@@ -270,9 +271,36 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         view.states = ctx.exporters.states(&key);
         Some(view)
     } else {
-        ctx.exporters.stop(&key);
         None
     };
+    // mode: BackupPods: designate a backup pod and mirror its node id.
+    let mut designated: Option<(String, String)> = None;
+    let mut backup_problem: Option<(String, String)> = None;
+    if problems.is_empty() && policy.spec.exporter.mode == ExporterMode::BackupPods {
+        let current = policy
+            .status
+            .as_ref()
+            .and_then(|s| s.leader.as_ref())
+            .and_then(|l| l.backup_pod.as_deref());
+        match backup::build(&ctx.client, policy, current).await {
+            Ok(plan) => {
+                let chosen = (plan.pod.clone(), plan.node_id.clone());
+                if let Some(note) = plan.notes.first() {
+                    warn!(policy = %name, namespace = %namespace, "{note}");
+                }
+                match ctx.exporters.ensure_mirrors(&key, plan, &gate).await {
+                    Ok(()) => designated = Some(chosen),
+                    Err(e) => backup_problem = Some(("StorageUnusable".into(), e)),
+                }
+            }
+            Err(e) => {
+                ctx.exporters.stop(&key);
+                backup_problem = Some(e);
+            }
+        }
+    } else if export.is_none() {
+        ctx.exporters.stop(&key);
+    }
     let claim = gate.claim();
     if !claim.leading(Instant::now()) {
         // Followers keep their exporters warm but leave status to the leader; a change of
@@ -293,8 +321,16 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         identity,
         since: claim.since.map(Time),
         transitions: claim.epoch,
+        backup_pod: designated.as_ref().map(|d| d.0.clone()),
+        node_id: designated.as_ref().map(|d| d.1.clone()),
     });
-    status::set_leader(&mut desired, leader, policy.metadata.generation, now);
+    status::set_leader(
+        &mut desired,
+        leader,
+        backup_problem.as_ref(),
+        policy.metadata.generation,
+        now,
+    );
 
     if desired != current {
         let api: Api<FallbackConfigPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -322,11 +358,16 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True");
     info!(policy = %name, namespace = %namespace, problems = problems.len(), ready, "reconciled");
-    Ok(Action::requeue(Duration::from_secs(if ready {
-        300
-    } else {
-        30
-    })))
+    // NB: no pod watch yet: in BackupPods mode a designated pod that stops being Ready is
+    // noticed by this requeue.
+    let backup_mode = policy.spec.exporter.mode == ExporterMode::BackupPods;
+    Ok(Action::requeue(Duration::from_secs(
+        match (backup_mode, ready) {
+            (true, _) => 10,
+            (false, true) => 300,
+            (false, false) => 30,
+        },
+    )))
 }
 
 fn error_policy(policy: Arc<FallbackConfigPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -135,6 +135,80 @@ fn require(secret: &Secret, ns: &str, key: &str) -> Result<String, SetupError> {
     })
 }
 
+/// The write access of `spec.storage` and the resource versions of the Secrets it read.
+pub async fn write_access(
+    client: &Client,
+    ns: &str,
+    spec: &crate::api::FallbackConfigPolicySpec,
+    url: &StorageUrl,
+) -> Result<(Access, Vec<String>), SetupError> {
+    let ns = ns.to_owned();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let creds = spec.storage.write_credentials.as_ref().ok_or_else(|| {
+        (
+            "InvalidSpec".to_owned(),
+            "spec.storage.writeCredentials is required".to_owned(),
+        )
+    })?;
+    let mut versions_of_secrets = Vec::new();
+    let access = match (url.provider, creds.secret_name.as_deref()) {
+        (Provider::S3, Some(name)) => {
+            let s = secret(&secrets, &ns, name, "spec.storage.writeCredentials").await?;
+            versions_of_secrets.push(s.resource_version().unwrap_or_default());
+            let p = spec.storage.put_options.as_ref();
+            Access::S3 {
+                settings: S3Settings {
+                    region: spec
+                        .storage
+                        .region
+                        .clone()
+                        .unwrap_or_else(|| "us-east-1".into()),
+                    endpoint: spec.storage.endpoint.clone(),
+                    credentials: StaticCredentials {
+                        access_key_id: require(&s, &ns, env::AWS_ACCESS_KEY_ID)?,
+                        secret_access_key: require(&s, &ns, env::AWS_SECRET_ACCESS_KEY)?,
+                        session_token: text(&s, env::AWS_SESSION_TOKEN),
+                    },
+                },
+                extras: PutExtras {
+                    server_side_encryption: p.and_then(|p| p.server_side_encryption).map(
+                        |e| match e {
+                            ServerSideEncryption::Aes256 => "AES256".to_owned(),
+                            ServerSideEncryption::AwsKms => "aws:kms".to_owned(),
+                        },
+                    ),
+                    kms_key_id: p.and_then(|p| p.kms_key_id.clone()),
+                    storage_class: p.and_then(|p| p.storage_class.clone()),
+                },
+            }
+        }
+        (Provider::S3, None) => {
+            return Err((
+                "Unsupported".into(),
+                "ambient write credentials for S3 are not supported yet: set spec.storage.writeCredentials.secretName".into(),
+            ));
+        }
+        (Provider::Gcs, Some(name)) => {
+            let s = secret(&secrets, &ns, name, "spec.storage.writeCredentials").await?;
+            versions_of_secrets.push(s.resource_version().unwrap_or_default());
+            Access::Gcs {
+                endpoint: spec.storage.endpoint.clone(),
+                credentials: GcsCredentials::ServiceAccountJson(require(
+                    &s,
+                    &ns,
+                    env::GCP_SERVICE_ACCOUNT,
+                )?),
+            }
+        }
+        (Provider::Gcs, None) => Access::Gcs {
+            endpoint: spec.storage.endpoint.clone(),
+            credentials: GcsCredentials::Ambient,
+        },
+    };
+
+    Ok((access, versions_of_secrets))
+}
+
 /// Reads everything the exporters of `policy` need. `Err` names what is missing.
 pub async fn build(
     client: &Client,
@@ -195,68 +269,9 @@ pub async fn build(
         MtlsMode::Pki => Some(require(&cert, &ns, "ca.crt")?),
         MtlsMode::Shared => None,
     };
-    let creds = spec.storage.write_credentials.as_ref().ok_or_else(|| {
-        (
-            "InvalidSpec".to_owned(),
-            "spec.storage.writeCredentials is required".to_owned(),
-        )
-    })?;
+    let (access, secret_versions) = write_access(client, &ns, spec, &url).await?;
     let mut versions_of_secrets = vec![cert.resource_version().unwrap_or_default()];
-    let access = match (url.provider, creds.secret_name.as_deref()) {
-        (Provider::S3, Some(name)) => {
-            let s = secret(&secrets, &ns, name, "spec.storage.writeCredentials").await?;
-            versions_of_secrets.push(s.resource_version().unwrap_or_default());
-            let p = spec.storage.put_options.as_ref();
-            Access::S3 {
-                settings: S3Settings {
-                    region: spec
-                        .storage
-                        .region
-                        .clone()
-                        .unwrap_or_else(|| "us-east-1".into()),
-                    endpoint: spec.storage.endpoint.clone(),
-                    credentials: StaticCredentials {
-                        access_key_id: require(&s, &ns, env::AWS_ACCESS_KEY_ID)?,
-                        secret_access_key: require(&s, &ns, env::AWS_SECRET_ACCESS_KEY)?,
-                        session_token: text(&s, env::AWS_SESSION_TOKEN),
-                    },
-                },
-                extras: PutExtras {
-                    server_side_encryption: p.and_then(|p| p.server_side_encryption).map(
-                        |e| match e {
-                            ServerSideEncryption::Aes256 => "AES256".to_owned(),
-                            ServerSideEncryption::AwsKms => "aws:kms".to_owned(),
-                        },
-                    ),
-                    kms_key_id: p.and_then(|p| p.kms_key_id.clone()),
-                    storage_class: p.and_then(|p| p.storage_class.clone()),
-                },
-            }
-        }
-        (Provider::S3, None) => {
-            return Err((
-                "Unsupported".into(),
-                "ambient write credentials for S3 are not supported yet: set spec.storage.writeCredentials.secretName".into(),
-            ));
-        }
-        (Provider::Gcs, Some(name)) => {
-            let s = secret(&secrets, &ns, name, "spec.storage.writeCredentials").await?;
-            versions_of_secrets.push(s.resource_version().unwrap_or_default());
-            Access::Gcs {
-                endpoint: spec.storage.endpoint.clone(),
-                credentials: GcsCredentials::ServiceAccountJson(require(
-                    &s,
-                    &ns,
-                    env::GCP_SERVICE_ACCOUNT,
-                )?),
-            }
-        }
-        (Provider::Gcs, None) => Access::Gcs {
-            endpoint: spec.storage.endpoint.clone(),
-            credentials: GcsCredentials::Ambient,
-        },
-    };
-
+    versions_of_secrets.extend(secret_versions);
     let inputs = serde_json::to_string(&(
         &spec.exporter,
         &spec.storage,

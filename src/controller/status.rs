@@ -111,11 +111,23 @@ pub fn desired_status(
 pub fn set_leader(
     status: &mut FallbackConfigPolicyStatus,
     leader: Option<LeaderStatus>,
+    problem: Option<&(String, String)>,
     generation: Option<i64>,
     now: Time,
 ) {
-    let (ok, reason, message) = match &leader {
-        Some(l) => (
+    let (ok, reason, message) = match (&leader, problem) {
+        (_, Some((reason, message))) => (false, reason.as_str(), message.clone()),
+        (Some(l), None) if l.backup_pod.is_some() => (
+            true,
+            "Elected",
+            format!(
+                "{} holds the Lease (epoch {}) and designated backup pod {} as Kong's exporter",
+                l.identity,
+                l.transitions,
+                l.backup_pod.as_deref().unwrap_or_default()
+            ),
+        ),
+        (Some(l), None) => (
             true,
             "Elected",
             format!(
@@ -123,7 +135,7 @@ pub fn set_leader(
                 l.identity, l.transitions
             ),
         ),
-        None => (false, "NoLeader", "no replica holds the Lease".to_owned()),
+        (None, None) => (false, "NoLeader", "no replica holds the Lease".to_owned()),
     };
     set_condition(
         &mut status.conditions,
@@ -340,15 +352,24 @@ mod tests {
             identity: "kfo-0_ab12".into(),
             since: Some(at(3)),
             transitions: 4,
+            backup_pod: None,
+            node_id: None,
         };
-        set_leader(&mut s, Some(leader.clone()), Some(1), at(5));
-        assert_eq!(s.leader, Some(leader));
+        set_leader(&mut s, Some(leader.clone()), None, Some(1), at(5));
+        assert_eq!(s.leader, Some(leader.clone()));
         let c = cond(&s, "Leading").unwrap();
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Elected"));
         assert!(c.message.contains("kfo-0_ab12") && c.message.contains("epoch 4"));
-        set_leader(&mut s, None, Some(1), at(6));
+        set_leader(&mut s, None, None, Some(1), at(6));
         assert_eq!(s.leader, None);
         assert_eq!(cond(&s, "Leading").unwrap().reason, "NoLeader");
+        let problem = ("NoBackupPod".to_owned(), "no Ready pod".to_owned());
+        set_leader(&mut s, Some(leader), Some(&problem), Some(1), at(7));
+        let c = cond(&s, "Leading").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NoBackupPod")
+        );
     }
 
     #[test]
@@ -358,6 +379,8 @@ mod tests {
             identity: id.into(),
             since: None,
             transitions: t,
+            backup_pod: None,
+            node_id: None,
         };
         let mut new = old.clone();
         new.leader = Some(leader("kfo-0_aa", 0));

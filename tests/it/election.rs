@@ -421,3 +421,127 @@ async fn a_native_kong_peer_defers_to_the_mirrored_leader_and_takes_over_when_it
         "only the peer's registration is left: {left:?}"
     );
 }
+
+mod backup_pods {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kfo_testenv::kube;
+    use kong_fallback_operator::api::FallbackConfigPolicy;
+    use kong_fallback_operator::controller;
+    use kong_fallback_operator::election::mirror::{kong_elect, parse};
+    use kube::CustomResourceExt;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use serde_json::json;
+
+    async fn backup_pod(pods: &Api<Pod>, name: &str) -> String {
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "kong-backup"}},
+            "spec": {"containers": [{"name": "proxy", "image": "kong/kong-gateway:3.6.1.4"}]}
+        }))
+        .unwrap();
+        let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+        set_ready(pods, name, true).await;
+        created.metadata.uid.unwrap()
+    }
+
+    async fn set_ready(pods: &Api<Pod>, name: &str, ready: bool) {
+        let status = json!({"status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]
+        }});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+
+    /// What Kong's own election elects in the prefix now (interval 10 s).
+    async fn kong_elected(store: &dyn ObjectStore, prefix: &str) -> Option<String> {
+        let regs: Vec<_> = store
+            .list(prefix)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|o| parse(Flavor::S3, prefix, o))
+            .collect();
+        kong_elect(&regs, SystemTime::now(), Duration::from_secs(10)).map(|r| r.node_id.clone())
+    }
+
+    #[tokio::test]
+    async fn the_lease_holder_designates_one_backup_pod_and_kongs_election_agrees() {
+        let env = kube().await;
+        env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+        let client = env.client().await.unwrap();
+        let ns = env.namespace("backup-pods").await.unwrap();
+        let s3 = minio().await;
+        let bucket = s3.bucket("backup-pods").await.unwrap();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let first = backup_pod(&pods, "kong-backup-0").await;
+        let second = backup_pod(&pods, "kong-backup-1").await;
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fallback-write"},
+            "stringData": {"AWS_ACCESS_KEY_ID": s3.root_user, "AWS_SECRET_ACCESS_KEY": s3.root_password}
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        let policy: FallbackConfigPolicy = serde_json::from_value(json!({
+            "apiVersion": "fallback.kong-dp.io/v1alpha1",
+            "kind": "FallbackConfigPolicy",
+            "metadata": {"name": "prod"},
+            "spec": {
+                "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+                "backup": {"selector": {"matchLabels": {"app": "kong-backup"}}},
+                "storage": {
+                    "url": format!("s3://{bucket}/kong"),
+                    "endpoint": s3.endpoint,
+                    "region": "us-east-1",
+                    "readCredentials": {"secretName": "fallback-read"},
+                    "writeCredentials": {"secretName": "fallback-write"}
+                },
+                "exporter": {"mode": "BackupPods"}
+            }
+        }))
+        .unwrap();
+        let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+        api.create(&PostParams::default(), &policy).await.unwrap();
+        let running = tokio::spawn(controller::run(
+            client.clone(),
+            controller::Settings {
+                namespace: Some(ns.clone()),
+                ..controller::Settings::new("kfo-backup-test")
+            },
+        ));
+
+        let store = minio_store(s3, &bucket);
+        let prefix = StorageUrl::parse(&format!("s3://{bucket}/kong"))
+            .unwrap()
+            .election_prefix("3.6.1.4");
+        let wait_designated = async |uid: &str| {
+            for _ in 0..150 {
+                let p = api.get("prod").await.unwrap();
+                let leader = p.status.and_then(|s| s.leader);
+                if leader.as_ref().and_then(|l| l.node_id.as_deref()) == Some(uid)
+                    && kong_elected(store.as_ref(), &prefix).await.as_deref() == Some(uid)
+                {
+                    return leader.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("{uid} was not designated and elected");
+        };
+        // The oldest Ready backup pod is designated; Kong's election on every backup pod
+        // elects its node id (its UID, which the injection gives it as KONG_NODE_ID).
+        let leader = wait_designated(&first).await;
+        assert_eq!(leader.backup_pod.as_deref(), Some("kong-backup-0"));
+        assert!(leader.identity.starts_with("kfo-backup-test_"));
+
+        // It stops being Ready: the other one is designated, and Kong's election follows.
+        set_ready(&pods, "kong-backup-0", false).await;
+        let leader = wait_designated(&second).await;
+        assert_eq!(leader.backup_pod.as_deref(), Some("kong-backup-1"));
+        running.abort();
+    }
+}
