@@ -478,6 +478,27 @@ mod tests {
     }
 
     #[test]
+    fn leadership_changes_count_as_transitions_and_fencing_is_counted() {
+        let m = Metrics::new();
+        m.leading("kong", "prod", false);
+        m.leading("kong", "prod", true);
+        m.leading("kong", "prod", true);
+        m.leading("kong", "prod", false);
+        m.observe(&labels(), &Report::Fenced { mine: 1, epoch: 2 });
+        let text = m.encode();
+        let p = r#"namespace="kong",policy="prod""#;
+        for line in [
+            format!("kong_fallback_leader{{{p}}} 0"),
+            format!("kong_fallback_leader_transitions_total{{{p}}} 2"),
+            format!("kong_fallback_fencing_rejections_total{{{L}}} 1"),
+        ] {
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+        m.forget_policy("kong", "prod");
+        assert!(!m.encode().contains(&format!("kong_fallback_leader{{{p}}}")));
+    }
+
+    #[test]
     fn reasons_are_snake_case_labels() {
         assert_eq!(snake_case("BucketMissing"), "bucket_missing");
         assert_eq!(snake_case("Credentials"), "credentials");
