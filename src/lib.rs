@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod election;
 pub mod export;
 pub mod http;
+pub mod inject;
 pub mod kong;
 pub mod metrics;
 pub mod storage;
