@@ -18,3 +18,4 @@ pub mod kong;
 pub mod metrics;
 pub mod storage;
 pub mod telemetry;
+pub mod webhook;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kong_fallback_operator::kong::{KongVersion, StorageUrl};
-use kong_fallback_operator::{api, controller, doctor, http, storage, telemetry};
+use kong_fallback_operator::{api, controller, doctor, http, storage, telemetry, webhook};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +42,8 @@ enum Command {
         /// Where to serve /metrics, /healthz and /readyz (plain HTTP).
         #[arg(long, env = "KFO_HTTP_ADDR", default_value = "0.0.0.0:8080")]
         http_addr: SocketAddr,
+        #[command(flatten)]
+        webhook: WebhookArgs,
     },
     /// Print the FallbackConfigPolicy CRD as YAML.
     Crd,
@@ -63,6 +65,108 @@ enum Command {
     },
 }
 
+/// The injection webhook.
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// Serve the pod injection webhook and keep its MutatingWebhookConfiguration current.
+    #[arg(long = "webhook", env = "KFO_WEBHOOK")]
+    enabled: bool,
+    /// Where to serve the webhook (HTTPS).
+    #[arg(
+        long = "webhook-addr",
+        env = "KFO_WEBHOOK_ADDR",
+        default_value = "0.0.0.0:9443"
+    )]
+    addr: SocketAddr,
+    /// The URL the apiserver calls, for an operator outside the cluster. Default: the
+    /// Service `--webhook-service` in the operator's namespace, port 443.
+    #[arg(long = "webhook-url", env = "KFO_WEBHOOK_URL")]
+    url: Option<String>,
+    /// The webhook's Service, in the operator's namespace.
+    #[arg(
+        long = "webhook-service",
+        env = "KFO_WEBHOOK_SERVICE",
+        default_value = "kong-fallback-operator-webhook"
+    )]
+    service: String,
+    /// The operator's namespace (the downward API's metadata.namespace).
+    #[arg(
+        long = "operator-namespace",
+        env = "POD_NAMESPACE",
+        default_value = "kong-fallback-operator"
+    )]
+    namespace: String,
+    /// Read tls.crt, tls.key and ca.crt from this directory (cert-manager) instead of
+    /// managing a CA and certificate in a Secret.
+    #[arg(long = "webhook-cert-dir", env = "KFO_WEBHOOK_CERT_DIR")]
+    cert_dir: Option<std::path::PathBuf>,
+    /// The Secret of the self-managed CA and certificate, in the operator's namespace.
+    #[arg(
+        long = "webhook-secret",
+        default_value = "kong-fallback-operator-webhook-tls"
+    )]
+    secret: String,
+    /// What the apiserver does when the webhook cannot answer: ignore (the pod starts
+    /// without the injection and the status reports it) or fail (the pod is refused).
+    #[arg(long = "webhook-failure-policy", value_enum, default_value = "ignore")]
+    failure_policy: webhook::registration::FailurePolicy,
+    /// The MutatingWebhookConfiguration's name.
+    #[arg(
+        long = "webhook-configuration",
+        default_value = "kong-fallback-operator"
+    )]
+    configuration: String,
+}
+
+impl WebhookArgs {
+    fn settings(self) -> Option<webhook::Settings> {
+        if !self.enabled {
+            return None;
+        }
+        let svc = &self.service;
+        let ns = &self.namespace;
+        let mut hosts = vec![
+            svc.clone(),
+            format!("{svc}.{ns}"),
+            format!("{svc}.{ns}.svc"),
+        ];
+        let target = match &self.url {
+            Some(url) => {
+                if let Some(host) = url
+                    .strip_prefix("https://")
+                    .and_then(|r| r.split(['/', ':']).next())
+                {
+                    hosts.push(host.to_owned());
+                }
+                webhook::registration::Target::Url(url.clone())
+            }
+            None => webhook::registration::Target::Service {
+                namespace: ns.clone(),
+                name: svc.clone(),
+                port: 443,
+            },
+        };
+        let source = match self.cert_dir {
+            Some(dir) => webhook::certs::Source::Files { dir },
+            None => webhook::certs::Source::Managed {
+                namespace: ns.clone(),
+                name: self.secret,
+                hosts,
+                validity: std::time::Duration::from_secs(90 * 86_400),
+            },
+        };
+        Some(webhook::Settings {
+            addr: self.addr,
+            source,
+            configuration: self.configuration,
+            target,
+            failure_policy: self.failure_policy,
+            timeout_seconds: 5,
+            cert_check: std::time::Duration::from_secs(60),
+        })
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -79,12 +183,14 @@ async fn main() -> anyhow::Result<()> {
             identity,
             namespace,
             http_addr,
+            webhook,
         } => {
             let client = kube::Client::try_default().await.context(
                 "failed to build a Kubernetes client (no kubeconfig and not in a cluster?)",
             )?;
             let settings = controller::Settings {
                 namespace,
+                webhook: webhook.settings(),
                 ..controller::Settings::new(identity)
             };
             let listener = tokio::net::TcpListener::bind(http_addr)

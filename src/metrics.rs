@@ -21,6 +21,8 @@
 //! | `kong_fallback_fencing_rejections_total` | counter | writes refused because a newer leader had written |
 //! | `kong_fallback_leader{namespace,policy}` | gauge | 1 while this replica leads the policy (controller-runtime's `leader_election_master_status`) |
 //! | `kong_fallback_leader_transitions_total{namespace,policy}` | counter | this replica gained or lost the lead |
+//! | `kong_fallback_webhook_requests_total{result}` | counter | admission reviews answered: `injected`, `unchanged`, `skipped`, `malformed`, `error` |
+//! | `kong_fallback_webhook_latency_seconds` | histogram | time to answer a review, inside the webhook |
 //! | `kong_fallback_reconcile_total{controller,result}` | counter | reconciles, `result` = `success` or `error` |
 //! | `kong_fallback_reconcile_errors_total{controller,reason}` | counter | failed reconciles, by cause |
 //! | `kong_fallback_reconcile_time_seconds{controller}` | histogram | reconcile time |
@@ -59,6 +61,11 @@ struct ReasonLabels {
     policy: String,
     version: String,
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,6 +109,8 @@ pub struct Metrics {
     fenced: Family<ExportLabels, Counter>,
     leader: Family<PolicyLabels, Gauge>,
     leader_transitions: Family<PolicyLabels, Counter>,
+    webhook_requests: Family<WebhookLabels, Counter>,
+    webhook_latency: Histogram,
     reconciles: Family<ResultLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
@@ -139,6 +148,9 @@ impl Metrics {
             fenced: Family::default(),
             leader: Family::default(),
             leader_transitions: Family::default(),
+            webhook_requests: Family::default(),
+            // 50 µs .. ~200 ms.
+            webhook_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 12)),
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
             reconcile_duration,
@@ -208,6 +220,17 @@ impl Metrics {
             "leader_transitions",
             "Changes of this replica's leadership of the policy (gained or lost)",
             m.leader_transitions.clone(),
+        );
+        r.register(
+            "webhook_requests",
+            "Admission reviews answered, by result (injected, unchanged, skipped, malformed, error)",
+            m.webhook_requests.clone(),
+        );
+        r.register_with_unit(
+            "webhook_latency",
+            "Time to answer an admission review, in the webhook",
+            Unit::Seconds,
+            m.webhook_latency.clone(),
         );
         r.register(
             "reconcile",
@@ -316,6 +339,16 @@ impl Metrics {
             namespace: namespace.to_owned(),
             policy: policy.to_owned(),
         });
+    }
+
+    /// Records one admission review answered with `result` in `took`.
+    pub fn webhook(&self, result: &str, took: Duration) {
+        self.webhook_requests
+            .get_or_create(&WebhookLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+        self.webhook_latency.observe(took.as_secs_f64());
     }
 
     /// Records one reconcile of `controller`: its duration and, on failure, the error label.

@@ -75,8 +75,11 @@ pub struct Settings {
     /// Watch one namespace, or (`None`) all of them.
     pub namespace: Option<String>,
     pub metrics: Arc<Metrics>,
-    /// Gets [`CACHES_SYNCED`] once the policy cache has its first full list.
+    /// Gets [`CACHES_SYNCED`] once the policy cache has its first full list (and
+    /// [`crate::webhook::CERT_LOADED`] once the webhook serves).
     pub health: Arc<Health>,
+    /// Serve the injection webhook from the policy cache.
+    pub webhook: Option<crate::webhook::Settings>,
 }
 
 impl Settings {
@@ -87,6 +90,7 @@ impl Settings {
             namespace: None,
             metrics: Arc::default(),
             health: Arc::new(Health::new(&[CACHES_SYNCED])),
+            webhook: None,
         }
     }
 }
@@ -132,6 +136,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         namespace,
         metrics,
         health,
+        webhook,
     } = settings;
     check_crd(&client).await?;
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
@@ -147,14 +152,14 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         exporters: Exporters::new(identity.clone(), trigger.clone(), metrics.clone()),
         electors: Electors::new(client.clone(), &identity, trigger, metrics.clone()),
         identity,
-        metrics,
+        metrics: metrics.clone(),
     });
     let (policies, secrets): (Api<FallbackConfigPolicy>, Api<Secret>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
+            Api::namespaced(client.clone(), ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     info!(
         namespace = namespace.as_deref().unwrap_or("(all)"),
@@ -166,6 +171,18 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let controller = Controller::new(policies, watcher::Config::default().any_semantic());
     let store = controller.store();
     let by_secret = store.clone();
+    let (stop_webhook, webhook_stopped) = tokio::sync::watch::channel(false);
+    let webhook = webhook.map(|ws| {
+        health.set(crate::webhook::CERT_LOADED, false);
+        tokio::spawn(crate::webhook::run(
+            client.clone(),
+            ws,
+            store.clone(),
+            metrics.clone(),
+            health.clone(),
+            webhook_stopped,
+        ))
+    });
     let synced = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -234,6 +251,14 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     // Close the gates and stop the writers, then release the Leases: the next replica takes
     // over at once instead of after leaseDuration.
     tokio::join!(ctx.exporters.shutdown(), ctx.electors.shutdown());
+    let _ = stop_webhook.send(true);
+    if let Some(task) = webhook {
+        match task.await {
+            Ok(Err(e)) => warn!(error = %e, "the webhook failed"),
+            Err(e) => warn!(error = %e, "the webhook task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     info!("controller stopped");
     Ok(())
 }

@@ -24,3 +24,4 @@ mod export;
 mod generated;
 mod storage;
 mod testenv;
+mod webhook;

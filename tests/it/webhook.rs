@@ -1,0 +1,256 @@
+//! The injection webhook with the real apiserver calling it over HTTPS.
+
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{EnvVar, Pod, Secret};
+use kfo_testenv::kube;
+use kong_fallback_operator::api::FallbackConfigPolicy;
+use kong_fallback_operator::controller;
+use kong_fallback_operator::inject::{ANNOTATION, Role, recorded};
+use kong_fallback_operator::webhook::{self, certs, registration};
+use kube::CustomResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn pod(name: &str, app: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"containers": [{"name": "proxy", "image": "kong/kong-gateway:3.6.1.4",
+                                  "env": [{"name": "KONG_ROLE", "value": "data_plane"}]}]}
+    }))
+    .unwrap()
+}
+
+fn env(p: &Pod) -> Vec<EnvVar> {
+    p.spec.as_ref().unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+}
+
+fn find<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a EnvVar> {
+    env.iter().find(|e| e.name == name)
+}
+
+fn requests(metrics: &kong_fallback_operator::metrics::Metrics) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("kong_fallback_webhook_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn wait<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..150 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
+    let env_ = kube().await;
+    env_.install_crd(&FallbackConfigPolicy::crd())
+        .await
+        .unwrap();
+    let client = env_.client().await.unwrap();
+    let ns = env_.namespace("webhook").await.unwrap();
+    let policy: FallbackConfigPolicy = serde_json::from_value(json!({
+        "apiVersion": "fallback.kong-dp.io/v1alpha1",
+        "kind": "FallbackConfigPolicy",
+        "metadata": {"name": "prod"},
+        "spec": {
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "backup": {"selector": {"matchLabels": {"app": "kong-backup"}}},
+            "storage": {
+                "url": "s3://fallback/kong", "region": "eu-west-1",
+                "endpoint": "http://minio.storage:9000",
+                "readCredentials": {"secretName": "fallback-read"},
+                "writeCredentials": {"secretName": "fallback-write"}
+            },
+            "exporter": {"mode": "None"}
+        }
+    }))
+    .unwrap();
+    Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+
+    let port = free_port();
+    let configuration = kfo_testenv::unique_name("kfo-webhook");
+    let settings = controller::Settings {
+        namespace: Some(ns.clone()),
+        webhook: Some(webhook::Settings {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            source: certs::Source::Managed {
+                namespace: ns.clone(),
+                name: "webhook-tls".into(),
+                hosts: vec!["127.0.0.1".into()],
+                validity: Duration::from_secs(3600),
+            },
+            configuration: configuration.clone(),
+            target: registration::Target::Url(format!("https://127.0.0.1:{port}/mutate")),
+            // Fail, so that a webhook the apiserver cannot reach or trust fails the test.
+            failure_policy: registration::FailurePolicy::Fail,
+            timeout_seconds: 5,
+            cert_check: Duration::from_secs(1),
+        }),
+        ..controller::Settings::new("kfo-webhook-test")
+    };
+    let metrics = settings.metrics.clone();
+    let health = settings.health.clone();
+    let running = tokio::spawn(controller::run(client.clone(), settings));
+
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    wait("the webhook registration", async || {
+        let c = mwcs.get_opt(&configuration).await.ok()??;
+        let w = c.webhooks?.into_iter().next()?;
+        let cond = w.match_conditions?.into_iter().next()?;
+        (cond.expression.contains(&ns) && w.client_config.ca_bundle.is_some()).then_some(())
+    })
+    .await;
+    wait(
+        "ready: caches synced and the certificate loaded",
+        async || health.pending().is_empty().then_some(()),
+    )
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let importer = pods
+        .create(&PostParams::default(), &pod("dp-0", "kong-dp"))
+        .await
+        .unwrap();
+    let e = env(&importer);
+    assert_eq!(e[0].name, "KONG_ROLE", "the user's env stays first");
+    assert_eq!(
+        find(&e, "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT").and_then(|v| v.value.as_deref()),
+        Some("on")
+    );
+    assert_eq!(
+        find(&e, "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE").and_then(|v| v.value.as_deref()),
+        Some("s3://fallback/kong")
+    );
+    let key = find(&e, "AWS_SECRET_ACCESS_KEY").unwrap();
+    assert_eq!(key.value, None, "a reference, never a value");
+    let r = key
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (r.name.as_str(), r.key.as_str()),
+        ("fallback-read", "AWS_SECRET_ACCESS_KEY")
+    );
+    assert!(find(&e, "KONG_CLUSTER_FALLBACK_CONFIG_EXPORT").is_none());
+    let injected = recorded(&importer).unwrap();
+    assert_eq!(injected.policy, format!("{ns}/prod"));
+    assert_eq!(injected.role, Role::Importer);
+
+    let backup = pods
+        .create(&PostParams::default(), &pod("backup-0", "kong-backup"))
+        .await
+        .unwrap();
+    let e = env(&backup);
+    assert_eq!(
+        find(&e, "KONG_CLUSTER_FALLBACK_CONFIG_EXPORT").and_then(|v| v.value.as_deref()),
+        Some("on")
+    );
+    let node = find(&e, "KONG_NODE_ID").unwrap();
+    assert_eq!(
+        node.value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "metadata.uid"
+    );
+    let r = find(&e, "AWS_ACCESS_KEY_ID")
+        .unwrap()
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .clone()
+        .unwrap();
+    assert_eq!(r.name, "fallback-write");
+
+    // An unrelated pod is untouched and never reaches the webhook.
+    let before = requests(&metrics);
+    let other = pods
+        .create(&PostParams::default(), &pod("web-0", "web"))
+        .await
+        .unwrap();
+    assert_eq!(env(&other).len(), 1);
+    assert!(
+        !other
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(ANNOTATION)
+    );
+    assert_eq!(
+        requests(&metrics),
+        before,
+        "the apiserver did not call the webhook"
+    );
+
+    // Rotation: the certificate is due; a new CA and certificate are written, loaded and
+    // registered, and admission keeps working.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let old_ca = secrets.get("webhook-tls").await.unwrap().data.unwrap()["ca.crt"].clone();
+    secrets
+        .patch(
+            "webhook-tls",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {certs::NOT_AFTER: "2000-01-01T00:00:00Z"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let new_ca = wait("a rotated CA", async || {
+        let s = secrets.get("webhook-tls").await.ok()?;
+        let ca = s.data?.get("ca.crt")?.clone();
+        (ca != old_ca).then_some(ca)
+    })
+    .await;
+    wait("the new CA in the caBundle", async || {
+        let c = mwcs.get_opt(&configuration).await.ok()??;
+        let bundle = c.webhooks?.into_iter().next()?.client_config.ca_bundle?;
+        String::from_utf8_lossy(&bundle.0)
+            .contains(String::from_utf8_lossy(&new_ca.0).trim())
+            .then_some(())
+    })
+    .await;
+    // Give the server a moment to load the new certificate, then admit through it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = pods
+        .create(&PostParams::default(), &pod("dp-1", "kong-dp"))
+        .await
+        .unwrap();
+    assert!(find(&env(&after), "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT").is_some());
+
+    running.abort();
+    mwcs.delete(&configuration, &DeleteParams::default())
+        .await
+        .unwrap();
+}
