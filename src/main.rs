@@ -95,7 +95,7 @@ struct WebhookArgs {
         env = "POD_NAMESPACE",
         default_value = "kong-fallback-operator"
     )]
-    namespace: String,
+    operator_namespace: String,
     /// Read tls.crt, tls.key and ca.crt from this directory (cert-manager) instead of
     /// managing a CA and certificate in a Secret.
     #[arg(long = "webhook-cert-dir", env = "KFO_WEBHOOK_CERT_DIR")]
@@ -124,7 +124,7 @@ impl WebhookArgs {
             return None;
         }
         let svc = &self.service;
-        let ns = &self.namespace;
+        let ns = &self.operator_namespace;
         let mut hosts = vec![
             svc.clone(),
             format!("{svc}.{ns}"),
@@ -234,4 +234,42 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_webhook_is_off_by_default_and_targets_its_service() {
+        let cli = Cli::try_parse_from(["kfo", "run"]).unwrap();
+        let Command::Run { webhook, .. } = cli.command else {
+            panic!("run");
+        };
+        assert!(webhook.settings().is_none());
+        let cli = Cli::try_parse_from(["kfo", "run", "--webhook", "--operator-namespace", "kfo"])
+            .unwrap();
+        let Command::Run { webhook, .. } = cli.command else {
+            panic!("run");
+        };
+        let s = webhook.settings().unwrap();
+        assert_eq!(
+            s.target,
+            webhook::registration::Target::Service {
+                namespace: "kfo".into(),
+                name: "kong-fallback-operator-webhook".into(),
+                port: 443
+            }
+        );
+        assert_eq!(
+            s.failure_policy,
+            webhook::registration::FailurePolicy::Ignore
+        );
+    }
 }
