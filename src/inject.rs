@@ -1,7 +1,7 @@
 //! What a pod gets from the policies of its namespace: a pure function from (pod, policies)
 //! to a JSON patch, for the webhook and for the controller's drift check.
 //!
-//! - **Who claims a pod.** A policy claims the pods its `dataPlanes.selector` matches
+//! - **Who claims a pod.** A valid policy claims the pods its `dataPlanes.selector` matches
 //!   (importers) or its `backup.selector` matches (backup pods). A pod matching both
 //!   selectors of one policy is a conflict and gets nothing (importer or exporter is not
 //!   ours to guess). A pod claimed by several policies goes to the oldest policy (then by
@@ -274,7 +274,10 @@ pub fn claim<'a>(
     let mut remarks = Vec::new();
     let mut claims: Vec<(&FallbackConfigPolicy, Role)> = Vec::new();
     for p in policies.iter().filter(|p| {
-        p.namespace().unwrap_or_default() == ns && p.metadata.deletion_timestamp.is_none()
+        p.namespace().unwrap_or_default() == ns
+                && p.metadata.deletion_timestamp.is_none()
+                // NB: an invalid policy injects nothing: its status says why.
+                && crate::api::validate(&p.spec).is_empty()
     }) {
         match role(p, labels) {
             Ok(Some(r)) => claims.push((p, r)),
@@ -680,11 +683,26 @@ mod tests {
     }
 
     #[test]
+    fn an_invalid_policy_injects_nothing() {
+        // BackupPods mode needs write credentials.
+        let p = policy(
+            "prod",
+            "2026-01-01T00:00:00Z",
+            json!({"storage": {"writeCredentials": null}}),
+        );
+        assert!(!crate::api::validate(&p.spec).is_empty());
+        let pod = pod(json!({"app": "kong-dp"}), proxy());
+        assert_eq!(inject(&pod, std::slice::from_ref(&p)), Outcome::default());
+    }
+
+    #[test]
     fn both_roles_of_one_policy_is_a_conflict_with_nothing_injected() {
         let p = policy(
             "prod",
             "2026-01-01T00:00:00Z",
-            json!({"backup": {"selector": {"matchLabels": {"app": "kong-dp"}}}}),
+            json!({"backup": {"selector": {"matchLabels": null, "matchExpressions": [
+                {"key": "app", "operator": "In", "values": ["kong-dp", "kong-backup"]}
+            ]}}}),
         );
         let pod = pod(json!({"app": "kong-dp"}), proxy());
         let o = inject(&pod, std::slice::from_ref(&p));

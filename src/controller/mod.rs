@@ -11,6 +11,7 @@ pub mod backup;
 pub mod exporters;
 pub mod leadership;
 pub mod plan;
+pub mod pods;
 pub mod status;
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -103,6 +104,10 @@ const CONTROLLER: &str = "policy";
 
 struct Context {
     client: Client,
+    /// The metadata of the pods in scope (labels and the injection annotation).
+    pods: kube::runtime::reflector::Store<
+        kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>,
+    >,
     recorder: Recorder,
     exporters: Exporters,
     electors: Electors,
@@ -140,6 +145,19 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     } = settings;
     check_crd(&client).await?;
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
+    // NB: an Api of PartialObjectMeta makes metadata-only requests: labels and annotations
+    // are all the pod report needs, and the cache stays small with thousands of pods.
+    type PodMeta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>;
+    let pods_api: Api<PodMeta> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (pod_store, pod_writer) = kube::runtime::reflector::store();
+    let pod_events = kube::runtime::reflector(
+        pod_writer,
+        watcher::watcher(pods_api, watcher::Config::default().any_semantic()),
+    )
+    .applied_objects();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -149,6 +167,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
             },
         ),
         client: client.clone(),
+        pods: pod_store,
         exporters: Exporters::new(identity.clone(), trigger.clone(), metrics.clone()),
         electors: Electors::new(client.clone(), &identity, trigger, metrics.clone()),
         identity,
@@ -171,6 +190,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let controller = Controller::new(policies, watcher::Config::default().any_semantic());
     let store = controller.store();
     let by_secret = store.clone();
+    let by_pod = store.clone();
     let (stop_webhook, webhook_stopped) = tokio::sync::watch::channel(false);
     let webhook = webhook.map(|ws| {
         health.set(crate::webhook::CERT_LOADED, false);
@@ -232,6 +252,21 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
                     .into_iter()
                     .filter(|p| {
                         p.namespace().as_deref() == Some(ns.as_str()) && references(&p.spec, &name)
+                    })
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
+        )
+        // A pod (created, relabelled, deleted) re-triggers the policies that select it.
+        .watches_stream(
+            pod_events,
+            move |pod: kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>| {
+                by_pod
+                    .state()
+                    .into_iter()
+                    .filter(|p| {
+                        p.namespace() == pod.namespace()
+                            && !matches!(crate::inject::role(p, pod.labels()), Ok(None))
                     })
                     .map(|p| ObjectRef::from_obj(&*p))
                     .collect::<Vec<_>>()
@@ -354,8 +389,12 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         leader,
         backup_problem.as_ref(),
         policy.metadata.generation,
-        now,
+        now.clone(),
     );
+    if problems.is_empty() {
+        let report = pods::report(policy, &ctx.pods.state());
+        status::set_pods(&mut desired, &report, policy.metadata.generation, now);
+    }
 
     if desired != current {
         let api: Api<FallbackConfigPolicy> = Api::namespaced(ctx.client.clone(), &namespace);

@@ -131,7 +131,7 @@ pub fn set_leader(
             true,
             "Elected",
             format!(
-                "{} holds the Lease (epoch {}) and is the only exporter",
+                "{} holds the Lease (epoch {}) and leads this policy",
                 l.identity, l.transitions
             ),
         ),
@@ -147,6 +147,77 @@ pub fn set_leader(
         now,
     );
     status.leader = leader;
+}
+
+/// Sets `status.pods` and the `PodsInjected` condition; pods without a current injection
+/// make `Ready` False too. Pure.
+pub fn set_pods(
+    status: &mut FallbackConfigPolicyStatus,
+    report: &super::pods::PodReport,
+    generation: Option<i64>,
+    now: Time,
+) {
+    let n = report.not_injected.len();
+    let (ok, reason, message) = if !report.conflicts.is_empty() {
+        (
+            false,
+            "SelectorConflict",
+            format!(
+                "{} pod(s) match both dataPlanes.selector and backup.selector and get nothing ({}); make the selectors disjoint",
+                report.conflicts.len(),
+                report
+                    .conflicts
+                    .iter()
+                    .take(super::pods::LISTED)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    } else if n > 0 {
+        (
+            false,
+            "NotInjected",
+            format!(
+                "{n} pod(s) lack the current injection ({}): created before the policy, while the webhook was unavailable, or before a policy change; restart them, or set spec.dataPlanes.rollout: true",
+                report.counts.not_injected_pods.join(", ")
+            ),
+        )
+    } else {
+        (
+            true,
+            "AllInjected",
+            format!(
+                "{} importer(s) and {} backup pod(s), all injected",
+                report.counts.importers, report.counts.backups
+            ),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        ConditionType::PodsInjected,
+        ok,
+        reason,
+        &message,
+        generation,
+        now.clone(),
+    );
+    status.pods = Some(report.counts.clone());
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ConditionType::Ready.as_str() && c.status == "True");
+    if !ok && ready {
+        set_condition(
+            &mut status.conditions,
+            ConditionType::Ready,
+            false,
+            reason,
+            &message,
+            generation,
+            now,
+        );
+    }
 }
 
 fn connection(view: &ExportView) -> (bool, String, String) {
@@ -229,6 +300,7 @@ pub fn changes(old: &FallbackConfigPolicyStatus, new: &FallbackConfigPolicyStatu
         ConditionType::Valid,
         ConditionType::ControlPlaneConnected,
         ConditionType::Exporting,
+        ConditionType::PodsInjected,
     ] {
         let (before, Some(after)) = (find(&old.conditions, t), find(&new.conditions, t)) else {
             continue;
@@ -370,6 +442,34 @@ mod tests {
             (c.status.as_str(), c.reason.as_str()),
             ("False", "NoBackupPod")
         );
+    }
+
+    #[test]
+    fn pods_without_the_injection_make_ready_false_and_are_listed() {
+        use super::super::pods::PodReport;
+        let view = ExportView {
+            states: [exported("3.6.1.4")].into(),
+            ..Default::default()
+        };
+        let mut s = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        let mut r = PodReport::default();
+        r.counts.importers = 2;
+        set_pods(&mut s, &r, Some(1), at(5));
+        assert_eq!(cond(&s, "PodsInjected").unwrap().reason, "AllInjected");
+        assert_eq!(cond(&s, "Ready").unwrap().status, "True");
+
+        r.not_injected = vec!["dp-1".into()];
+        r.counts.not_injected = 1;
+        r.counts.not_injected_pods = vec!["dp-1".into()];
+        set_pods(&mut s, &r, Some(1), at(6));
+        let c = cond(&s, "PodsInjected").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NotInjected")
+        );
+        assert!(c.message.contains("dp-1"));
+        assert_eq!(cond(&s, "Ready").unwrap().reason, "NotInjected");
+        assert_eq!(s.pods.as_ref().unwrap().not_injected, 1);
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub fn selector_cel(selector: &LabelSelector) -> Option<String> {
 pub fn match_condition(policies: &[FallbackConfigPolicy]) -> String {
     let clauses: Vec<String> = policies
         .iter()
+        .filter(|p| crate::api::validate(&p.spec).is_empty())
         .flat_map(|p| {
             let ns = p.namespace().unwrap_or_default();
             let selectors = std::iter::once(&p.spec.data_planes.selector)
@@ -187,11 +188,18 @@ mod tests {
             "spec": {
                 "dataPlanes": {"selector": selector},
                 "backup": {"selector": {"matchLabels": {"app": "kong-backup"}}},
-                "storage": {"url": "s3://fallback/kong", "readCredentials": {"ambient": true}},
-                "exporter": {"mode": "None"}
+                "storage": {"url": "s3://fallback/kong", "region": "eu-west-1",
+                            "readCredentials": {"ambient": true}, "writeCredentials": {"ambient": true}},
+                "exporter": {"mode": "BackupPods"}
             }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn the_test_policy_is_valid() {
+        let p = policy("kong", json!({"matchLabels": {"app": "kong-dp"}}));
+        assert_eq!(crate::api::validate(&p.spec), []);
     }
 
     #[test]

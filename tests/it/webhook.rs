@@ -82,12 +82,19 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
                 "readCredentials": {"secretName": "fallback-read"},
                 "writeCredentials": {"secretName": "fallback-write"}
             },
-            "exporter": {"mode": "None"}
+            "exporter": {"mode": "BackupPods"},
+            "election": {"mirrorToStorage": false}
         }
     }))
     .unwrap();
     Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+
+    // A pod created before the operator runs: no webhook, no injection.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod("dp-early", "kong-dp"))
         .await
         .unwrap();
 
@@ -130,7 +137,6 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
     )
     .await;
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let importer = pods
         .create(&PostParams::default(), &pod("dp-0", "kong-dp"))
         .await
@@ -248,6 +254,38 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
         .await
         .unwrap();
     assert!(find(&env(&after), "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT").is_some());
+
+    // The status counts the pods and names the one created without the injection...
+    let policies: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+    let condition = |p: &FallbackConfigPolicy, t: &str| {
+        p.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let p = wait("dp-early reported", async || {
+        let p = policies.get("prod").await.ok()?;
+        let counts = p.status.as_ref()?.pods.clone()?;
+        (counts.importers == 3).then_some(p)
+    })
+    .await;
+    let counts = p.status.as_ref().unwrap().pods.clone().unwrap();
+    assert_eq!((counts.backups, counts.not_injected), (1, 1));
+    assert_eq!(counts.not_injected_pods, ["dp-early"]);
+    let (status, reason, message) = condition(&p, "PodsInjected").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NotInjected"));
+    assert!(message.contains("dp-early"), "{message}");
+    // ...until it is gone (a restart would bring it back injected).
+    pods.delete("dp-early", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait("all pods injected", async || {
+        let p = policies.get("prod").await.ok()?;
+        (condition(&p, "PodsInjected")?.1 == "AllInjected").then_some(())
+    })
+    .await;
 
     running.abort();
     mwcs.delete(&configuration, &DeleteParams::default())

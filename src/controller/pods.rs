@@ -1,0 +1,176 @@
+//! Which pods a policy covers, and which of them lack a current injection: created before
+//! the policy, during a webhook outage (`failurePolicy: Ignore` lets them start), or before
+//! a policy change. Read from the pods' metadata only (labels and the injection
+//! annotation), so the cache stays small. Pure.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
+
+use crate::api::{FallbackConfigPolicy, PodCounts};
+use crate::inject::{self, Role};
+
+/// At most this many pod names are listed in status.
+pub const LISTED: usize = 20;
+
+/// What a policy's pods look like.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodReport {
+    pub counts: PodCounts,
+    /// Every pod without a current injection, sorted by name.
+    pub not_injected: Vec<String>,
+    /// Pods both selectors of the policy match.
+    pub conflicts: Vec<String>,
+}
+
+/// The report of `policy` over the pods of the cluster (others' namespaces are skipped).
+pub fn report(policy: &FallbackConfigPolicy, pods: &[Arc<PartialObjectMeta<Pod>>]) -> PodReport {
+    let ns = policy.namespace().unwrap_or_default();
+    let key = format!("{ns}/{}", policy.name_any());
+    let mut r = PodReport::default();
+    let hash = |role| inject::env_hash(&inject::desired_env(policy, role));
+    let (importer_hash, backup_hash) = (hash(Role::Importer), hash(Role::Backup));
+    for pod in pods
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let role = match inject::role(policy, pod.labels()) {
+            Ok(Some(role)) => role,
+            Ok(None) => continue,
+            Err(_) => {
+                r.conflicts.push(pod.name_any());
+                continue;
+            }
+        };
+        let expected = match role {
+            Role::Importer => {
+                r.counts.importers += 1;
+                &importer_hash
+            }
+            Role::Backup => {
+                r.counts.backups += 1;
+                &backup_hash
+            }
+        };
+        let recorded = pod
+            .annotations()
+            .get(inject::ANNOTATION)
+            .and_then(|a| serde_json::from_str::<inject::Injected>(a).ok());
+        let current =
+            recorded.is_some_and(|i| i.policy == key && i.role == role && &i.hash == expected);
+        if !current {
+            r.not_injected.push(pod.name_any());
+        }
+    }
+    r.not_injected.sort();
+    r.conflicts.sort();
+    r.counts.not_injected = i32::try_from(r.not_injected.len()).unwrap_or(i32::MAX);
+    r.counts.not_injected_pods = r.not_injected.iter().take(LISTED).cloned().collect();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy() -> FallbackConfigPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
+            "metadata": {"name": "prod", "namespace": "kong", "generation": 2},
+            "spec": {
+                "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+                "backup": {"selector": {"matchLabels": {"app": "kong-backup"}}},
+                "storage": {"url": "s3://fallback/kong", "region": "eu-west-1",
+                            "readCredentials": {"secretName": "r"}, "writeCredentials": {"secretName": "w"}},
+                "exporter": {"mode": "BackupPods"}
+            }
+        }))
+        .unwrap()
+    }
+
+    fn meta(
+        name: &str,
+        ns: &str,
+        app: &str,
+        annotation: Option<String>,
+    ) -> Arc<PartialObjectMeta<Pod>> {
+        let mut annotations = serde_json::Map::new();
+        if let Some(a) = annotation {
+            annotations.insert(inject::ANNOTATION.into(), json!(a));
+        }
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": name, "namespace": ns, "labels": {"app": app}, "annotations": annotations}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn injected(p: &FallbackConfigPolicy, role: Role) -> String {
+        serde_json::to_string(&inject::Injected {
+            policy: "kong/prod".into(),
+            generation: 2,
+            role,
+            hash: inject::env_hash(&inject::desired_env(p, role)),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn counts_roles_and_lists_pods_without_a_current_injection() {
+        let p = policy();
+        let mut stale: inject::Injected =
+            serde_json::from_str(&injected(&p, Role::Importer)).unwrap();
+        stale.hash = "0123456789ab".into();
+        let pods = [
+            meta(
+                "dp-ok",
+                "kong",
+                "kong-dp",
+                Some(injected(&p, Role::Importer)),
+            ),
+            meta("dp-none", "kong", "kong-dp", None),
+            meta(
+                "dp-stale",
+                "kong",
+                "kong-dp",
+                Some(serde_json::to_string(&stale).unwrap()),
+            ),
+            meta(
+                "bk-ok",
+                "kong",
+                "kong-backup",
+                Some(injected(&p, Role::Backup)),
+            ),
+            meta(
+                "bk-wrong-role",
+                "kong",
+                "kong-backup",
+                Some(injected(&p, Role::Importer)),
+            ),
+            meta("web", "kong", "web", None),
+            meta("dp-elsewhere", "other", "kong-dp", None),
+        ];
+        let r = report(&p, &pods);
+        assert_eq!((r.counts.importers, r.counts.backups), (3, 2));
+        assert_eq!(r.not_injected, ["bk-wrong-role", "dp-none", "dp-stale"]);
+        assert_eq!(r.counts.not_injected, 3);
+        assert_eq!(r.counts.not_injected_pods, r.not_injected);
+    }
+
+    #[test]
+    fn the_list_in_status_is_bounded() {
+        let p = policy();
+        let pods: Vec<_> = (0..50)
+            .map(|i| meta(&format!("dp-{i:02}"), "kong", "kong-dp", None))
+            .collect();
+        let r = report(&p, &pods);
+        assert_eq!(r.counts.not_injected, 50);
+        assert_eq!(r.counts.not_injected_pods.len(), LISTED);
+    }
+}
