@@ -12,6 +12,7 @@ pub mod exporters;
 pub mod leadership;
 pub mod plan;
 pub mod pods;
+pub mod probe;
 pub mod status;
 
 use std::sync::Arc;
@@ -111,6 +112,7 @@ struct Context {
     recorder: Recorder,
     exporters: Exporters,
     electors: Electors,
+    probes: probe::Probes,
     identity: String,
     metrics: Arc<Metrics>,
 }
@@ -170,6 +172,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         pods: pod_store,
         exporters: Exporters::new(identity.clone(), trigger.clone(), metrics.clone()),
         electors: Electors::new(client.clone(), &identity, trigger, metrics.clone()),
+        probes: probe::Probes::default(),
         identity,
         metrics: metrics.clone(),
     });
@@ -234,6 +237,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
                     if store.get(&obj).is_none() {
                         ctx.exporters.stop(&key);
                         ctx.electors.stop(&key);
+                        ctx.probes.forget(&key);
                     }
                 }
             }
@@ -392,6 +396,13 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         now.clone(),
     );
     if problems.is_empty() {
+        let storage = ctx.probes.check(&ctx.client, policy).await;
+        status::set_storage(
+            &mut desired,
+            &storage,
+            policy.metadata.generation,
+            now.clone(),
+        );
         let report = pods::report(policy, &ctx.pods.state());
         status::set_pods(&mut desired, &report, policy.metadata.generation, now);
     }

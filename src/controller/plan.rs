@@ -142,18 +142,43 @@ pub async fn write_access(
     spec: &crate::api::FallbackConfigPolicySpec,
     url: &StorageUrl,
 ) -> Result<(Access, Vec<String>), SetupError> {
+    access(client, ns, spec, url, true).await
+}
+
+/// The read access of `spec.storage` (what importers get), as [`write_access`].
+pub async fn read_access(
+    client: &Client,
+    ns: &str,
+    spec: &crate::api::FallbackConfigPolicySpec,
+    url: &StorageUrl,
+) -> Result<(Access, Vec<String>), SetupError> {
+    access(client, ns, spec, url, false).await
+}
+
+async fn access(
+    client: &Client,
+    ns: &str,
+    spec: &crate::api::FallbackConfigPolicySpec,
+    url: &StorageUrl,
+    write: bool,
+) -> Result<(Access, Vec<String>), SetupError> {
     let ns = ns.to_owned();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let creds = spec.storage.write_credentials.as_ref().ok_or_else(|| {
-        (
-            "InvalidSpec".to_owned(),
-            "spec.storage.writeCredentials is required".to_owned(),
-        )
-    })?;
+    let field = if write {
+        "spec.storage.writeCredentials"
+    } else {
+        "spec.storage.readCredentials"
+    };
+    let creds = if write {
+        spec.storage.write_credentials.as_ref()
+    } else {
+        Some(&spec.storage.read_credentials)
+    };
+    let creds = creds.ok_or_else(|| ("InvalidSpec".to_owned(), format!("{field} is required")))?;
     let mut versions_of_secrets = Vec::new();
     let access = match (url.provider, creds.secret_name.as_deref()) {
         (Provider::S3, Some(name)) => {
-            let s = secret(&secrets, &ns, name, "spec.storage.writeCredentials").await?;
+            let s = secret(&secrets, &ns, name, field).await?;
             versions_of_secrets.push(s.resource_version().unwrap_or_default());
             let p = spec.storage.put_options.as_ref();
             Access::S3 {
@@ -185,11 +210,13 @@ pub async fn write_access(
         (Provider::S3, None) => {
             return Err((
                 "Unsupported".into(),
-                "ambient write credentials for S3 are not supported yet: set spec.storage.writeCredentials.secretName".into(),
+                format!(
+                    "the operator cannot use ambient S3 credentials yet: set {field}.secretName"
+                ),
             ));
         }
         (Provider::Gcs, Some(name)) => {
-            let s = secret(&secrets, &ns, name, "spec.storage.writeCredentials").await?;
+            let s = secret(&secrets, &ns, name, field).await?;
             versions_of_secrets.push(s.resource_version().unwrap_or_default());
             Access::Gcs {
                 endpoint: spec.storage.endpoint.clone(),

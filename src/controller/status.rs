@@ -149,6 +149,52 @@ pub fn set_leader(
     status.leader = leader;
 }
 
+/// Sets `StorageReachable` from the probe; a failing probe makes `Ready` False too. Pure.
+pub fn set_storage(
+    status: &mut FallbackConfigPolicyStatus,
+    outcome: &super::probe::Outcome,
+    generation: Option<i64>,
+    now: Time,
+) {
+    let (ok, reason, message) = outcome;
+    set_condition(
+        &mut status.conditions,
+        ConditionType::StorageReachable,
+        *ok,
+        reason,
+        message,
+        generation,
+        now.clone(),
+    );
+    if !ok {
+        downgrade_ready(status, reason, message, generation, now);
+    }
+}
+
+fn downgrade_ready(
+    status: &mut FallbackConfigPolicyStatus,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Time,
+) {
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ConditionType::Ready.as_str() && c.status == "True");
+    if ready {
+        set_condition(
+            &mut status.conditions,
+            ConditionType::Ready,
+            false,
+            reason,
+            message,
+            generation,
+            now,
+        );
+    }
+}
+
 /// Sets `status.pods` and the `PodsInjected` condition; pods without a current injection
 /// make `Ready` False too. Pure.
 pub fn set_pods(
@@ -203,20 +249,8 @@ pub fn set_pods(
         now.clone(),
     );
     status.pods = Some(report.counts.clone());
-    let ready = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == ConditionType::Ready.as_str() && c.status == "True");
-    if !ok && ready {
-        set_condition(
-            &mut status.conditions,
-            ConditionType::Ready,
-            false,
-            reason,
-            &message,
-            generation,
-            now,
-        );
+    if !ok {
+        downgrade_ready(status, reason, &message, generation, now);
     }
 }
 
@@ -301,6 +335,7 @@ pub fn changes(old: &FallbackConfigPolicyStatus, new: &FallbackConfigPolicyStatu
         ConditionType::ControlPlaneConnected,
         ConditionType::Exporting,
         ConditionType::PodsInjected,
+        ConditionType::StorageReachable,
     ] {
         let (before, Some(after)) = (find(&old.conditions, t), find(&new.conditions, t)) else {
             continue;

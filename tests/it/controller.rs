@@ -88,11 +88,64 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
     assert_eq!(warning.type_.as_deref(), Some("Warning"));
     assert_eq!(warning.involved_object.name.as_deref(), Some("prod"));
 
+    let s3 = kfo_testenv::minio().await;
+    let bucket = s3.bucket("ctrl").await.unwrap();
     let fix = json!({"spec": {
         "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
-        "storage": {"region": "us-east-1"}
+        "storage": {"url": format!("s3://{bucket}/kong"), "region": "us-east-1", "endpoint": s3.endpoint}
     }});
     api.patch("prod", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+
+    // Valid now, but the read-credentials Secret is missing: Ready says which.
+    let (_, reason, message, _) = wait_for("SecretMissing", async || {
+        ready(&api.get("prod").await.ok()?).filter(|r| r.1 == "SecretMissing")
+    })
+    .await;
+    assert_eq!(reason, "SecretMissing");
+    assert!(
+        message.contains(&format!("Secret {ns}/fallback-read")),
+        "{message}"
+    );
+    wait_for("a SecretMissing event", async || {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("SecretMissing"))
+    })
+    .await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let secret = |data: serde_json::Value| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fallback-read"}, "stringData": data
+        }))
+        .unwrap()
+    };
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret(json!({"AWS_ACCESS_KEY_ID": "x"})),
+        )
+        .await
+        .unwrap();
+    let (_, _, message, _) = wait_for("SecretKeyMissing", async || {
+        ready(&api.get("prod").await.ok()?).filter(|r| r.1 == "SecretKeyMissing")
+    })
+    .await;
+    assert!(message.contains("AWS_SECRET_ACCESS_KEY"), "{message}");
+    // The read-only credentials a data plane would get: the store answers, Ready.
+    let ro = s3.read_only_credentials(&bucket).await.unwrap();
+    secrets
+        .replace(
+            "fallback-read",
+            &PostParams::default(),
+            &secret(json!({
+                "AWS_ACCESS_KEY_ID": ro.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": ro.secret_access_key,
+                "AWS_SESSION_TOKEN": ro.session_token
+            })),
+        )
         .await
         .unwrap();
     let (status, _, _, generation) = wait_for("Ready=True", async || {
@@ -153,6 +206,7 @@ mod operator_mode {
         let ns = env.namespace("ctrl-export").await.unwrap();
         let s3 = minio().await;
         let bucket = s3.bucket("ctrl-export").await.unwrap();
+        let ro = s3.read_only_credentials(&bucket).await.unwrap();
         let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
         let hash = config_hashes(&serde_json::from_str(TABLE).unwrap()).config;
         cp.push(TABLE, &hash);
@@ -163,7 +217,11 @@ mod operator_mode {
                 &PostParams::default(),
                 &secret(
                     "fallback-read",
-                    &[("AWS_ACCESS_KEY_ID", "r"), ("AWS_SECRET_ACCESS_KEY", "r")],
+                    &[
+                        ("AWS_ACCESS_KEY_ID", &ro.access_key_id),
+                        ("AWS_SECRET_ACCESS_KEY", &ro.secret_access_key),
+                        ("AWS_SESSION_TOKEN", &ro.session_token),
+                    ],
                 ),
             )
             .await
@@ -372,6 +430,7 @@ mod operator_mode {
         let ns = env.namespace("ctrl-creds").await.unwrap();
         let s3 = minio().await;
         let bucket = s3.bucket("ctrl-creds").await.unwrap();
+        let ro = s3.read_only_credentials(&bucket).await.unwrap();
         let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
         cp.push(
             TABLE,
@@ -382,7 +441,11 @@ mod operator_mode {
         for s in [
             secret(
                 "fallback-read",
-                &[("AWS_ACCESS_KEY_ID", "r"), ("AWS_SECRET_ACCESS_KEY", "r")],
+                &[
+                    ("AWS_ACCESS_KEY_ID", &ro.access_key_id),
+                    ("AWS_SECRET_ACCESS_KEY", &ro.secret_access_key),
+                    ("AWS_SESSION_TOKEN", &ro.session_token),
+                ],
             ),
             secret(
                 "kong-cluster-cert",

@@ -1,0 +1,113 @@
+//! `StorageReachable`: can a data plane read the store with the credentials it is given?
+//! Every reconcile reads the read-credentials Secret (a missing Secret or key shows at
+//! once); every `spec.storage.validationInterval` (and whenever the storage settings or the
+//! Secret change) the operator reads, with those credentials, what an importer would read:
+//! `config.json` of the first version in `exporter.versions` (else of the last export in
+//! status), or lists the prefix when no version is known. An absent object is fine: the
+//! store answered.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kube::{Client, ResourceExt};
+
+use super::exporters::{PolicyKey, fingerprint};
+use super::plan::read_access;
+use crate::api::FallbackConfigPolicy;
+use crate::kong::StorageUrl;
+use crate::storage;
+
+/// (ok, reason, message) for the condition.
+pub type Outcome = (bool, String, String);
+
+/// The last probe of every policy.
+#[derive(Default)]
+pub struct Probes {
+    last: Mutex<HashMap<PolicyKey, (u64, Instant, Outcome)>>,
+}
+
+impl Probes {
+    /// The policy's storage check, probing the store only when due.
+    pub async fn check(&self, client: &Client, policy: &FallbackConfigPolicy) -> Outcome {
+        let key: PolicyKey = (policy.namespace().unwrap_or_default(), policy.name_any());
+        let spec = &policy.spec;
+        let url = match StorageUrl::parse(&spec.storage.url) {
+            Ok(u) => u,
+            Err(e) => return (false, "InvalidSpec".into(), e.to_string()),
+        };
+        let (access, secret_versions) = match read_access(client, &key.0, spec, &url).await {
+            Ok(a) => a,
+            Err((reason, message)) => return (false, reason, message),
+        };
+        let inputs = serde_json::to_string(&spec.storage).unwrap_or_default();
+        let fp = fingerprint(&[&inputs, &secret_versions.join(",")]);
+        let interval: Duration = spec.storage.validation_interval.into();
+        if let Some((f, at, outcome)) = self.lock().get(&key)
+            && *f == fp
+            && at.elapsed() < interval
+        {
+            return outcome.clone();
+        }
+        let version = spec.exporter.versions.first().cloned().or_else(|| {
+            policy
+                .status
+                .as_ref()
+                .and_then(|s| s.exports.first())
+                .map(|e| e.version.clone())
+        });
+        let outcome = probe(&url, access, version.as_deref()).await;
+        self.lock()
+            .insert(key, (fp, Instant::now(), outcome.clone()));
+        outcome
+    }
+
+    /// Forgets a policy that is gone.
+    pub fn forget(&self, key: &PolicyKey) {
+        self.lock().remove(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PolicyKey, (u64, Instant, Outcome)>> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+async fn probe(url: &StorageUrl, access: storage::Access, version: Option<&str>) -> Outcome {
+    let store = match storage::open(url, access).await {
+        Ok(s) => s,
+        Err(e) => return (false, "StorageUnusable".into(), e),
+    };
+    let bucket = &url.bucket;
+    let result = match version {
+        Some(v) => {
+            let key = url.config_key(v);
+            store.get(&key).await.map(|o| {
+                format!(
+                    "the read credentials read {bucket}/{key} ({})",
+                    if o.is_some() {
+                        "present"
+                    } else {
+                        "not exported yet"
+                    }
+                )
+            })
+        }
+        None => {
+            let prefix = if url.prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", url.prefix)
+            };
+            store.list(&prefix).await.map(|l| {
+                format!(
+                    "the read credentials list {bucket}/{prefix} ({} objects)",
+                    l.len()
+                )
+            })
+        }
+    };
+    match result {
+        Ok(message) => (true, "Reachable".into(), message),
+        Err(e) => (false, e.kind.label().to_owned(), e.to_string()),
+    }
+}
