@@ -153,6 +153,17 @@ impl Exporters {
         }
     }
 
+    /// Stops `key`'s exporters and waits (up to `limit`) for them to end.
+    pub async fn stop_and_wait(&self, key: &PolicyKey, limit: std::time::Duration) {
+        let running = self.lock_running().remove(key);
+        if let Some(r) = running {
+            let _ = r.stop.send(true);
+            let all = futures::future::join_all(r.tasks);
+            let _ = tokio::time::timeout(limit, all).await;
+        }
+        self.stop(key);
+    }
+
     /// Stops `key`'s exporters (the policy was deleted or no longer exports itself).
     pub fn stop(&self, key: &PolicyKey) {
         if let Some(r) = self.lock_running().remove(key) {

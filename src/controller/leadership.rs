@@ -118,6 +118,16 @@ impl Electors {
         }
     }
 
+    /// Stops `key`'s elector and waits (up to `limit`) for its release.
+    pub async fn stop_and_wait(&self, key: &PolicyKey, limit: Duration) {
+        let running = self.lock().remove(key);
+        if let Some(r) = running {
+            let _ = r.stop.send(true);
+            self.metrics.forget_policy(&key.0, &key.1);
+            let _ = tokio::time::timeout(limit, r.task).await;
+        }
+    }
+
     /// Stops every elector and waits (bounded) for their releases.
     pub async fn shutdown(&self) {
         let all: Vec<Running> = self.lock().drain().map(|(_, r)| r).collect();

@@ -56,6 +56,8 @@ pub enum Error {
     },
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
 }
 
 impl Error {
@@ -66,6 +68,7 @@ impl Error {
             Error::CrdNotEstablished => "crd_not_established",
             Error::Status { .. } => "status_write",
             Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
         }
     }
 }
@@ -302,12 +305,52 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     Ok(())
 }
 
+/// The finalizer that lets the operator remove what it created for a policy.
+pub const FINALIZER: &str = "fallback.kong-dp.io/cleanup";
+
 async fn reconcile(policy: Arc<FallbackConfigPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    use kube::runtime::finalizer::{Event as Finalizer, finalizer};
     let started = Instant::now();
-    let result = reconcile_policy(&policy, &ctx).await;
+    let api: Api<FallbackConfigPolicy> =
+        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, policy, |event| async {
+        match event {
+            Finalizer::Apply(p) => reconcile_policy(&p, &ctx).await,
+            Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
     let error = result.as_ref().err().map(Error::label);
     ctx.metrics.reconciled(CONTROLLER, started.elapsed(), error);
     result
+}
+
+/// A deleted policy: stop its work (the mirror removes the leader's registrations, the
+/// elector releases), then delete the Lease. Bounded: storage that cannot be reached does
+/// not hold up the deletion (a registration left behind goes stale by itself).
+async fn cleanup(policy: &FallbackConfigPolicy, ctx: &Context) -> Result<Action, Error> {
+    let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+    ctx.exporters
+        .stop_and_wait(&key, Duration::from_secs(10))
+        .await;
+    ctx.electors
+        .stop_and_wait(&key, Duration::from_secs(10))
+        .await;
+    ctx.probes.forget(&key);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(ctx.client.clone(), &key.0);
+    match leases.delete(&key.1, &Default::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    info!(policy = %key.1, namespace = %key.0, "cleaned up after a deleted policy");
+    Ok(Action::await_change())
 }
 
 async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Result<Action, Error> {

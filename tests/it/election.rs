@@ -542,6 +542,38 @@ mod backup_pods {
         set_ready(&pods, "kong-backup-0", false).await;
         let leader = wait_designated(&second).await;
         assert_eq!(leader.backup_pod.as_deref(), Some("kong-backup-1"));
+
+        // Deleting the policy removes what the operator created: the registration and the
+        // Lease, then the finalizer.
+        let p = api.get("prod").await.unwrap();
+        assert!(
+            p.metadata
+                .finalizers
+                .unwrap_or_default()
+                .contains(&controller::FINALIZER.to_owned())
+        );
+        api.delete("prod", &Default::default()).await.unwrap();
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(client.clone(), &ns);
+        for _ in 0..150 {
+            if api.get_opt("prod").await.unwrap().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            api.get_opt("prod").await.unwrap().is_none(),
+            "the finalizer was removed"
+        );
+        assert!(
+            leases.get_opt("prod").await.unwrap().is_none(),
+            "the Lease is gone"
+        );
+        assert_eq!(
+            store.list(&prefix).await.unwrap(),
+            [],
+            "no registration is left"
+        );
         running.abort();
     }
 }
