@@ -13,6 +13,7 @@ pub mod leadership;
 pub mod plan;
 pub mod pods;
 pub mod probe;
+pub mod rollout;
 pub mod status;
 
 use std::sync::Arc;
@@ -116,6 +117,7 @@ struct Context {
     exporters: Exporters,
     electors: Electors,
     probes: probe::Probes,
+    rollouts: rollout::Rollouts,
     identity: String,
     metrics: Arc<Metrics>,
 }
@@ -176,6 +178,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         exporters: Exporters::new(identity.clone(), trigger.clone(), metrics.clone()),
         electors: Electors::new(client.clone(), &identity, trigger, metrics.clone()),
         probes: probe::Probes::default(),
+        rollouts: rollout::Rollouts::default(),
         identity,
         metrics: metrics.clone(),
     });
@@ -446,8 +449,30 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             policy.metadata.generation,
             now.clone(),
         );
-        let report = pods::report(policy, &ctx.pods.state());
+        let all_pods = ctx.pods.state();
+        let report = pods::report(policy, &all_pods);
         status::set_pods(&mut desired, &report, policy.metadata.generation, now);
+        if policy.spec.data_planes.rollout && !report.not_injected.is_empty() {
+            match ctx
+                .rollouts
+                .restart(&ctx.client, &all_pods, &report.not_injected)
+                .await
+            {
+                Ok(restarted) => {
+                    for (kind, _, workload) in restarted {
+                        let change = status::Change {
+                            warning: false,
+                            reason: "RolloutRestarted".into(),
+                            note: format!(
+                                "restarted {kind} {workload}: its pods lack the current injection"
+                            ),
+                        };
+                        publish(ctx, policy, change).await;
+                    }
+                }
+                Err(e) => warn!(policy = %name, error = %e, "cannot restart a workload"),
+            }
+        }
     }
 
     if desired != current {

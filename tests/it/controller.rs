@@ -532,3 +532,102 @@ mod operator_mode {
         running.abort();
     }
 }
+
+#[tokio::test]
+async fn with_rollout_the_owner_of_a_pod_without_the_injection_is_restarted() {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::core::v1::Pod;
+    let env = kube().await;
+    env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+    let client = env.client().await.unwrap();
+    let ns = env.namespace("rollout").await.unwrap();
+    let pp = PostParams::default();
+    let template = json!({
+        "metadata": {"labels": {"app": "kong-dp"}},
+        "spec": {"containers": [{"name": "proxy", "image": "kong/kong-gateway:3.6.1.4"}]}
+    });
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kong-dp"},
+        "spec": {"selector": {"matchLabels": {"app": "kong-dp"}}, "template": template}
+    }))
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let d = deployments.create(&pp, &deployment).await.unwrap();
+    // No controller-manager runs here: make the ReplicaSet and pod it would have made.
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "kong-dp-7d9f", "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": "kong-dp",
+            "uid": d.metadata.uid, "controller": true}]},
+        "spec": {"selector": {"matchLabels": {"app": "kong-dp"}}, "template": template}
+    }))
+    .unwrap();
+    let rs = Api::<ReplicaSet>::namespaced(client.clone(), &ns)
+        .create(&pp, &rs)
+        .await
+        .unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "kong-dp-7d9f-x1", "labels": {"app": "kong-dp"}, "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "kong-dp-7d9f",
+            "uid": rs.metadata.uid, "controller": true}]},
+        "spec": template["spec"]
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&pp, &pod)
+        .await
+        .unwrap();
+
+    let policy: FallbackConfigPolicy = serde_json::from_value(json!({
+        "apiVersion": "fallback.kong-dp.io/v1alpha1",
+        "kind": "FallbackConfigPolicy",
+        "metadata": {"name": "prod"},
+        "spec": {
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}, "rollout": true},
+            "storage": {"url": "gcs://fallback/kong", "readCredentials": {"ambient": true}},
+            "exporter": {"mode": "None"}
+        }
+    }))
+    .unwrap();
+    Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
+        .create(&pp, &policy)
+        .await
+        .unwrap();
+    let running = tokio::spawn(controller::run(
+        client.clone(),
+        controller::Settings {
+            namespace: Some(ns.clone()),
+            ..controller::Settings::new("kfo-rollout-test")
+        },
+    ));
+    let restarted = wait_for("the Deployment restarted", async || {
+        let d = deployments.get("kong-dp").await.ok()?;
+        d.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("kubectl.kubernetes.io/restartedAt")
+            .cloned()
+    })
+    .await;
+    assert!(
+        restarted.parse::<k8s_openapi::jiff::Timestamp>().is_ok(),
+        "{restarted}"
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let event = wait_for("a RolloutRestarted event", async || {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("RolloutRestarted"))
+    })
+    .await;
+    assert!(
+        event
+            .message
+            .unwrap_or_default()
+            .contains("Deployment kong-dp")
+    );
+    running.abort();
+}
