@@ -39,9 +39,9 @@ demo: testenv
 	$(CARGO) run -q -p kfo-testenv --bin kfo-demo
 
 ## Benchmarks: each prints `bench: <ID> key=value ...` lines. `make bench B=P1` runs one.
-## P1 and P5 (export), P2 (failover); P3 (webhook) and P4 (catch-up) come with their issues.
+## P1 and P5 (export), P2 (failover), P3 (webhook latency), P4 (memory and catch-up).
 bench: testenv
-	$(CARGO) bench --bench export --bench election -- $(B)
+	$(CARGO) bench --bench export --bench election --bench webhook -- $(B)
 
 ## Fuzz the frame decoder and the storage URL parser (needs a nightly toolchain;
 ## installs cargo-fuzz from crates.io on first use). FUZZ_SECONDS per target.
