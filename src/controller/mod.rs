@@ -113,6 +113,8 @@ struct Context {
     pods: kube::runtime::reflector::Store<
         kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>,
     >,
+    /// Every policy in scope (to tell which policy claims a pod).
+    policies: kube::runtime::reflector::Store<FallbackConfigPolicy>,
     recorder: Recorder,
     exporters: Exporters,
     electors: Electors,
@@ -165,23 +167,6 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         watcher::watcher(pods_api, watcher::Config::default().any_semantic()),
     )
     .applied_objects();
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.to_owned(),
-                instance: Some(identity.clone()),
-            },
-        ),
-        client: client.clone(),
-        pods: pod_store,
-        exporters: Exporters::new(identity.clone(), trigger.clone(), metrics.clone()),
-        electors: Electors::new(client.clone(), &identity, trigger, metrics.clone()),
-        probes: probe::Probes::default(),
-        rollouts: rollout::Rollouts::default(),
-        identity,
-        metrics: metrics.clone(),
-    });
     let (policies, secrets): (Api<FallbackConfigPolicy>, Api<Secret>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -198,6 +183,24 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     });
     let controller = Controller::new(policies, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        client: client.clone(),
+        pods: pod_store,
+        policies: store.clone(),
+        exporters: Exporters::new(identity.clone(), trigger.clone(), metrics.clone()),
+        electors: Electors::new(client.clone(), &identity, trigger, metrics.clone()),
+        probes: probe::Probes::default(),
+        rollouts: rollout::Rollouts::default(),
+        identity,
+        metrics: metrics.clone(),
+    });
     let by_secret = store.clone();
     let by_pod = store.clone();
     let (stop_webhook, webhook_stopped) = tokio::sync::watch::channel(false);
@@ -450,7 +453,9 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             now.clone(),
         );
         let all_pods = ctx.pods.state();
-        let report = pods::report(policy, &all_pods);
+        let policies: Vec<FallbackConfigPolicy> =
+            ctx.policies.state().iter().map(|p| (**p).clone()).collect();
+        let report = pods::report(policy, &policies, &all_pods);
         status::set_pods(&mut desired, &report, policy.metadata.generation, now);
         if policy.spec.data_planes.rollout && !report.not_injected.is_empty() {
             match ctx

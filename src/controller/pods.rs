@@ -23,10 +23,17 @@ pub struct PodReport {
     pub not_injected: Vec<String>,
     /// Pods both selectors of the policy match.
     pub conflicts: Vec<String>,
+    /// Pods this policy selects that an older policy claims: (pod, that policy).
+    pub claimed_by_others: Vec<(String, String)>,
 }
 
-/// The report of `policy` over the pods of the cluster (others' namespaces are skipped).
-pub fn report(policy: &FallbackConfigPolicy, pods: &[Arc<PartialObjectMeta<Pod>>]) -> PodReport {
+/// The report of `policy` over the pods of the cluster (others' namespaces are skipped);
+/// `policies` are all the policies, to tell which pods an older one claims.
+pub fn report(
+    policy: &FallbackConfigPolicy,
+    policies: &[FallbackConfigPolicy],
+    pods: &[Arc<PartialObjectMeta<Pod>>],
+) -> PodReport {
     let ns = policy.namespace().unwrap_or_default();
     let key = format!("{ns}/{}", policy.name_any());
     let mut r = PodReport::default();
@@ -45,6 +52,18 @@ pub fn report(policy: &FallbackConfigPolicy, pods: &[Arc<PartialObjectMeta<Pod>>
                 continue;
             }
         };
+        // Another (older) policy claims this pod: it is that policy's, not ours.
+        let as_pod = Pod {
+            metadata: pod.metadata.clone(),
+            ..Pod::default()
+        };
+        if let (Some((winner, _)), _) = inject::claim(&as_pod, policies)
+            && winner.name_any() != policy.name_any()
+        {
+            r.claimed_by_others
+                .push((pod.name_any(), format!("{ns}/{}", winner.name_any())));
+            continue;
+        }
         let expected = match role {
             Role::Importer => {
                 r.counts.importers += 1;
@@ -66,6 +85,7 @@ pub fn report(policy: &FallbackConfigPolicy, pods: &[Arc<PartialObjectMeta<Pod>>
         }
     }
     r.not_injected.sort();
+    r.claimed_by_others.sort();
     r.conflicts.sort();
     r.counts.not_injected = i32::try_from(r.not_injected.len()).unwrap_or(i32::MAX);
     r.counts.not_injected_pods = r.not_injected.iter().take(LISTED).cloned().collect();
@@ -156,11 +176,38 @@ mod tests {
             meta("web", "kong", "web", None),
             meta("dp-elsewhere", "other", "kong-dp", None),
         ];
-        let r = report(&p, &pods);
+        let r = report(&p, std::slice::from_ref(&p), &pods);
         assert_eq!((r.counts.importers, r.counts.backups), (3, 2));
         assert_eq!(r.not_injected, ["bk-wrong-role", "dp-none", "dp-stale"]);
         assert_eq!(r.counts.not_injected, 3);
         assert_eq!(r.counts.not_injected_pods, r.not_injected);
+    }
+
+    #[test]
+    fn pods_an_older_policy_claims_are_reported_not_counted() {
+        let old = {
+            let mut p = policy();
+            p.metadata.name = Some("old".into());
+            p.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
+            p
+        };
+        let mut new = policy();
+        new.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        let all = [old.clone(), new.clone()];
+        let pods = [meta("dp-0", "kong", "kong-dp", None)];
+        let r = report(&new, &all, &pods);
+        assert_eq!(
+            r.claimed_by_others,
+            [("dp-0".to_owned(), "kong/old".to_owned())]
+        );
+        assert_eq!(r.counts.importers, 0);
+        assert_eq!(report(&old, &all, &pods).counts.importers, 1);
     }
 
     #[test]
@@ -169,7 +216,7 @@ mod tests {
         let pods: Vec<_> = (0..50)
             .map(|i| meta(&format!("dp-{i:02}"), "kong", "kong-dp", None))
             .collect();
-        let r = report(&p, &pods);
+        let r = report(&p, std::slice::from_ref(&p), &pods);
         assert_eq!(r.counts.not_injected, 50);
         assert_eq!(r.counts.not_injected_pods.len(), LISTED);
     }

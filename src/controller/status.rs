@@ -204,7 +204,23 @@ pub fn set_pods(
     now: Time,
 ) {
     let n = report.not_injected.len();
-    let (ok, reason, message) = if !report.conflicts.is_empty() {
+    let (ok, reason, message) = if !report.claimed_by_others.is_empty() {
+        let listed: Vec<String> = report
+            .claimed_by_others
+            .iter()
+            .take(super::pods::LISTED)
+            .map(|(pod, other)| format!("{pod} by {other}"))
+            .collect();
+        (
+            false,
+            "PolicyConflict",
+            format!(
+                "{} pod(s) this policy selects are claimed by an older policy and get its settings ({}); make the policies' selectors disjoint",
+                report.claimed_by_others.len(),
+                listed.join(", ")
+            ),
+        )
+    } else if !report.conflicts.is_empty() {
         (
             false,
             "SelectorConflict",

@@ -631,3 +631,70 @@ async fn with_rollout_the_owner_of_a_pod_without_the_injection_is_restarted() {
     );
     running.abort();
 }
+
+#[tokio::test]
+async fn a_pod_two_policies_select_is_a_conflict_in_the_newer_ones_status() {
+    use k8s_openapi::api::core::v1::Pod;
+    let env = kube().await;
+    env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+    let client = env.client().await.unwrap();
+    let ns = env.namespace("overlap").await.unwrap();
+    let pp = PostParams::default();
+    let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+    for name in ["first", "second"] {
+        let p: FallbackConfigPolicy = serde_json::from_value(json!({
+            "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+                "storage": {"url": format!("gcs://{name}/kong"), "readCredentials": {"ambient": true}},
+                "exporter": {"mode": "None"}
+            }
+        }))
+        .unwrap();
+        api.create(&pp, &p).await.unwrap();
+        // creationTimestamp has a one-second resolution: make "first" the older one.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "dp-0", "labels": {"app": "kong-dp"}},
+        "spec": {"containers": [{"name": "proxy", "image": "kong:3.9.1"}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&pp, &pod)
+        .await
+        .unwrap();
+    let running = tokio::spawn(controller::run(
+        client.clone(),
+        controller::Settings {
+            namespace: Some(ns.clone()),
+            ..controller::Settings::new("kfo-overlap-test")
+        },
+    ));
+    let condition = async |name: &str| {
+        let p = api.get(name).await.ok()?;
+        let c = p
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "PodsInjected")?;
+        Some((c.reason, c.message))
+    };
+    let (reason, message) = wait_for("the conflict", async || {
+        condition("second")
+            .await
+            .filter(|c| c.0 == "PolicyConflict")
+    })
+    .await;
+    assert_eq!(reason, "PolicyConflict");
+    assert!(
+        message.contains(&format!("dp-0 by {ns}/first")),
+        "{message}"
+    );
+    // The older policy owns the pod (not injected here: no webhook runs in this test).
+    let (reason, message) = wait_for("the owner's report", async || condition("first").await).await;
+    assert_eq!(reason, "NotInjected", "{message}");
+    running.abort();
+}
