@@ -32,6 +32,7 @@ fmt:
 generate:
 	$(CARGO) run -q --bin kong-fallback-operator -- crd > $(CRD)
 	cp $(CRD) $(CHART)/crds/
+	tools/render-deploy > deploy/kong-fallback-operator.yaml
 
 ## The embedded demo: a local control plane and MinIO with the operator running on them.
 demo: testenv

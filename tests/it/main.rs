@@ -22,6 +22,7 @@ mod doctor;
 mod election;
 mod export;
 mod generated;
+mod install;
 mod storage;
 mod testenv;
 mod webhook;

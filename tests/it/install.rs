@@ -1,0 +1,400 @@
+//! Installing from deploy/ (the chart rendered with default values) on the real apiserver
+//! with RBAC enforced, then running the operator as the chart's ServiceAccount through
+//! every capability: the RBAC is sufficient, and it grants nothing the code does not use.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use kfo_testenv::{KongCp, Mtls, kube, minio};
+use kong_fallback_operator::api::FallbackConfigPolicy;
+use kong_fallback_operator::controller;
+use kong_fallback_operator::kong::config::config_hashes;
+use kong_fallback_operator::webhook::{self, certs, registration};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+const DEPLOY: &str = "deploy/kong-fallback-operator.yaml";
+const NS: &str = "kong-fallback-operator";
+const SA: &str = "kong-fallback-operator";
+
+/// The API calls the operator makes: (API group, resource, verb). Keep in step with the
+/// code; the chart must grant exactly these.
+const USED: &[(&str, &str, &str)] = &[
+    ("apiextensions.k8s.io", "customresourcedefinitions", "get"), // check_crd
+    ("fallback.kong-dp.io", "fallbackconfigpolicies", "get"),     // finalizer helper
+    ("fallback.kong-dp.io", "fallbackconfigpolicies", "list"),    // controller
+    ("fallback.kong-dp.io", "fallbackconfigpolicies", "watch"),   // controller
+    ("fallback.kong-dp.io", "fallbackconfigpolicies", "patch"),   // finalizer add/remove
+    (
+        "fallback.kong-dp.io",
+        "fallbackconfigpolicies/status",
+        "patch",
+    ), // status (SSA)
+    ("", "pods", "list"),                                         // pod report (metadata)
+    ("", "pods", "watch"),
+    ("", "secrets", "get"),  // credentials, cluster certificate, webhook TLS
+    ("", "secrets", "list"), // Secret watch re-triggers policies
+    ("", "secrets", "watch"),
+    ("", "secrets", "create"), // webhook TLS (operator namespace)
+    ("", "secrets", "update"), // webhook TLS rotation (operator namespace)
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "list"), // elector watch
+    ("coordination.k8s.io", "leases", "watch"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"), // renew, release (compare-and-swap)
+    ("coordination.k8s.io", "leases", "delete"), // finalizer
+    ("events.k8s.io", "events", "create"),
+    ("events.k8s.io", "events", "patch"),
+    ("apps", "replicasets", "get"), // rollout: a pod's Deployment
+    ("apps", "deployments", "patch"),
+    ("apps", "statefulsets", "patch"),
+    ("apps", "daemonsets", "patch"),
+    (
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "patch",
+    ), // SSA
+];
+
+/// One install per test binary: the tests below share it.
+static INSTALLED: Mutex<bool> = Mutex::const_new(false);
+
+async fn install() {
+    let mut done = INSTALLED.lock().await;
+    if *done {
+        return;
+    }
+    let env = kube().await;
+    // NB: a server-side dry run cannot create the namespace its other objects go into.
+    let _ = env.kubectl(&["create", "namespace", NS]).await.unwrap();
+    for dry_run in [true, false] {
+        let mut args = vec![
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=install-test",
+            "-f",
+            DEPLOY,
+        ];
+        if dry_run {
+            args.push("--dry-run=server");
+        }
+        let out = env.kubectl(&args).await.unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    *done = true;
+}
+
+fn documents() -> Vec<Value> {
+    let text = std::fs::read_to_string(kfo_testenv::repo_root().join(DEPLOY)).unwrap();
+    serde_norway::Deserializer::from_str(&text)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn deploy_is_the_chart_rendered_with_default_values() {
+    let out = std::process::Command::new(kfo_testenv::repo_root().join("tools/render-deploy"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = std::fs::read(kfo_testenv::repo_root().join(DEPLOY)).unwrap();
+    assert!(
+        out.stdout == file,
+        "{DEPLOY} differs from the chart: run `make generate`"
+    );
+}
+
+#[test]
+fn the_chart_grants_exactly_what_the_code_uses() {
+    let mut granted = BTreeSet::new();
+    for doc in documents() {
+        if !matches!(doc["kind"].as_str(), Some("ClusterRole" | "Role")) {
+            continue;
+        }
+        for rule in doc["rules"].as_array().unwrap() {
+            for group in rule["apiGroups"].as_array().unwrap() {
+                for resource in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        granted.insert((
+                            group.as_str().unwrap().to_owned(),
+                            resource.as_str().unwrap().to_owned(),
+                            verb.as_str().unwrap().to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let used: BTreeSet<_> = USED
+        .iter()
+        .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
+        .collect();
+    let extra: Vec<_> = granted.difference(&used).collect();
+    let missing: Vec<_> = used.difference(&granted).collect();
+    assert!(extra.is_empty(), "granted but unused: {extra:?}");
+    assert!(missing.is_empty(), "used but not granted: {missing:?}");
+}
+
+#[test]
+fn the_deployment_runs_restricted() {
+    let docs = documents();
+    let d = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+}
+
+async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out: {what}");
+}
+
+#[tokio::test]
+async fn the_operator_as_the_charts_service_account_does_everything() {
+    install().await;
+    let env = kube().await;
+    let admin = env.client().await.unwrap();
+    // The ServiceAccount's own token: every call below is authorized by the chart's RBAC.
+    let out = env
+        .kubectl(&["create", "token", SA, "-n", NS, "--duration=1h"])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let as_sa = env.client_with_token(&token).await.unwrap();
+
+    let ns = env.namespace("install").await.unwrap();
+    let s3 = minio().await;
+    let bucket = s3.bucket("install").await.unwrap();
+    let ro = s3.read_only_credentials(&bucket).await.unwrap();
+    let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    let pp = PostParams::default();
+    let secret = |name: &str, data: Value| -> Secret {
+        serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}),
+        )
+        .unwrap()
+    };
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    for s in [
+        secret(
+            "kong-cluster-cert",
+            json!({"tls.crt": cp.certs.cert_pem, "tls.key": cp.certs.key_pem}),
+        ),
+        secret(
+            "fallback-write",
+            json!({"AWS_ACCESS_KEY_ID": s3.root_user, "AWS_SECRET_ACCESS_KEY": s3.root_password}),
+        ),
+        secret(
+            "fallback-read",
+            json!({"AWS_ACCESS_KEY_ID": ro.access_key_id, "AWS_SECRET_ACCESS_KEY": ro.secret_access_key, "AWS_SESSION_TOKEN": ro.session_token}),
+        ),
+    ] {
+        secrets.create(&pp, &s).await.unwrap();
+    }
+    // A Deployment whose pod predates the policy (no controller-manager: made by hand).
+    let template = json!({"metadata": {"labels": {"app": "kong-dp"}},
+        "spec": {"containers": [{"name": "proxy", "image": "kong/kong-gateway:3.6.1.4"}]}});
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    let d = deployments
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "kong-dp"},
+            "spec": {"selector": {"matchLabels": {"app": "kong-dp"}}, "template": template}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let rs = Api::<ReplicaSet>::namespaced(admin.clone(), &ns)
+        .create(&pp, &serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "kong-dp-1", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                "name": "kong-dp", "uid": d.metadata.uid, "controller": true}]},
+            "spec": {"selector": {"matchLabels": {"app": "kong-dp"}}, "template": template}})).unwrap())
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    pods.create(&pp, &serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "kong-dp-1-old", "labels": {"app": "kong-dp"}, "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "kong-dp-1", "uid": rs.metadata.uid, "controller": true}]},
+        "spec": template["spec"]})).unwrap())
+        .await
+        .unwrap();
+
+    let policy: FallbackConfigPolicy = serde_json::from_value(json!({
+        "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
+        "metadata": {"name": "prod"},
+        "spec": {
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}, "rollout": true},
+            "storage": {"url": format!("s3://{bucket}/kong"), "endpoint": s3.endpoint, "region": "us-east-1",
+                        "readCredentials": {"secretName": "fallback-read"},
+                        "writeCredentials": {"secretName": "fallback-write"}},
+            "exporter": {"mode": "Operator", "versions": ["3.6.1.4"], "minInterval": "0s",
+                         "controlPlane": {"endpoint": cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}}
+        }
+    }))
+    .unwrap();
+    let policies: Api<FallbackConfigPolicy> = Api::namespaced(admin.clone(), &ns);
+    policies.create(&pp, &policy).await.unwrap();
+    let table = r#"{"_format_version":"3.0","_transform":false,"services":[{"id":"9748f662-7711-4a90-8186-dc02f10eb0f5","name":"svc","host":"example.com","port":443}]}"#;
+    let hash = config_hashes(&serde_json::from_str(table).unwrap()).config;
+    cp.push(table, &hash);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = controller::Settings {
+        namespace: Some(ns.clone()),
+        webhook: Some(webhook::Settings {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            source: certs::Source::Managed {
+                namespace: NS.into(),
+                name: "kong-fallback-operator-webhook-tls".into(),
+                hosts: vec!["127.0.0.1".into()],
+                validity: Duration::from_secs(3600),
+            },
+            configuration: "kong-fallback-operator".into(),
+            target: registration::Target::Url(format!("https://127.0.0.1:{port}/mutate")),
+            failure_policy: registration::FailurePolicy::Ignore,
+            timeout_seconds: 5,
+            cert_check: Duration::from_secs(5),
+        }),
+        ..controller::Settings::new("kfo-install-test")
+    };
+    // The operator runs outside the cluster here: point the chart's registration at its
+    // URL instead of the Service (as the install's field manager, so the service goes).
+    let mut mwc: Value = documents()
+        .into_iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .unwrap();
+    mwc["webhooks"][0]["clientConfig"] = json!({"url": format!("https://127.0.0.1:{port}/mutate")});
+    let path = std::env::temp_dir().join(format!("kfo-install-mwc-{}.json", std::process::id()));
+    std::fs::write(&path, mwc.to_string()).unwrap();
+    let out = env
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=install-test",
+            "-f",
+            path.to_str().unwrap(),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let health = settings.health.clone();
+    let running = tokio::spawn(controller::run(as_sa, settings));
+
+    // Exported, with status, leader and Events written as the ServiceAccount.
+    until("Exporting in status", async || {
+        let Ok(p) = policies.get("prod").await else {
+            return false;
+        };
+        p.status
+            .is_some_and(|s| s.exports.iter().any(|e| e.config_hash == hash) && s.leader.is_some())
+    })
+    .await;
+    assert_eq!(
+        &s3.read(&bucket, "kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap()[..],
+        table.as_bytes()
+    );
+    until("ready", async || health.pending().is_empty()).await;
+    // The webhook: registered (SSA patch), serving with its Secret (create), injecting.
+    let mut injected = false;
+    for i in 0..50 {
+        let p = pods
+            .create(
+                &pp,
+                &serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("kong-dp-new-{i}"), "labels": {"app": "kong-dp"}},
+                "spec": template["spec"]}))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        if p.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(kong_fallback_operator::inject::ANNOTATION)
+        {
+            injected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(injected, "a new pod was injected");
+    // The rollout: the old pod's Deployment is restarted.
+    until("the Deployment restarted", async || {
+        deployments
+            .get("kong-dp")
+            .await
+            .ok()
+            .and_then(|d| d.spec?.template.metadata?.annotations)
+            .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "Exported"), "{reasons:?}");
+    // Deletion: the finalizer deletes the Lease as the ServiceAccount, then goes.
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), &ns);
+    assert!(leases.get_opt("prod").await.unwrap().is_some());
+    policies.delete("prod", &Default::default()).await.unwrap();
+    until("the policy gone", async || {
+        policies.get_opt("prod").await.is_ok_and(|p| p.is_none())
+    })
+    .await;
+    assert!(leases.get_opt("prod").await.unwrap().is_none());
+    running.abort();
+}
