@@ -97,6 +97,42 @@ async fn three_replicas_one_exporter_takeover_after_a_kill_and_handover_on_sigte
         "{}",
         leader.proc.log_tail(40)
     );
+
+    // No secret value in any replica's log (debug level), nor in the status or Events.
+    let secrets = [
+        fleet.s3.root_password.as_str(),
+        fleet.cp.certs.key_pem.lines().nth(1).unwrap(),
+    ];
+    for op in &ops {
+        let log = std::fs::read_to_string(op.proc.log_path()).unwrap();
+        assert!(log.len() > 1000, "{} logged little: {log}", op.name);
+        for secret in secrets {
+            assert!(!log.contains(secret), "a secret value in {}'s log", op.name);
+        }
+    }
+    let policy = kube::Api::<kong_fallback_operator::api::FallbackConfigPolicy>::namespaced(
+        fleet.client.clone(),
+        &fleet.ns,
+    )
+    .get("prod")
+    .await
+    .unwrap();
+    let events =
+        kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(fleet.client.clone(), &fleet.ns)
+            .list(&Default::default())
+            .await
+            .unwrap();
+    let seen = format!(
+        "{}{}",
+        serde_json::to_string(&policy).unwrap(),
+        serde_json::to_string(&events).unwrap()
+    );
+    for secret in secrets {
+        assert!(
+            !seen.contains(secret),
+            "a secret value in the status or an Event"
+        );
+    }
 }
 
 /// A store whose `config.json` writes can be held, like a process paused between its
