@@ -1,12 +1,14 @@
 //! `make demo`: the operator at work on an embedded default, on this machine only.
 //!
 //! Starts a local Kubernetes control plane (etcd + kube-apiserver), MinIO and the Kong
-//! control plane test double, installs the CRD with the real kubectl, creates a `kong`
-//! namespace with the cluster certificate and read/write credentials (a read-only MinIO
-//! principal and the root key), applies the MinIO example policy pointed at them, runs
-//! `kong-fallback-operator run`, pushes a configuration from the CP double, and shows what
-//! a person would look at: the exported object, what a new data plane would load
-//! (`doctor`), and `kubectl get fcp`. Runs until Ctrl-C; everything stops with it.
+//! control plane test double, installs deploy/ with the real kubectl (CRD, RBAC, webhook
+//! registration), creates a `kong` namespace with the cluster certificate and read/write
+//! credentials (a read-only MinIO principal and the root key), applies the MinIO example
+//! policy pointed at them, runs two operator replicas (the first also serving the webhook),
+//! creates data-plane pods, pushes a configuration from the CP double, and shows what a
+//! person would look at: a pod's injected env, the leader, the exported object, what a new
+//! data plane would load (`doctor`), and `kubectl get fcp`. Runs until Ctrl-C; everything
+//! stops with it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
@@ -39,8 +41,36 @@ async fn main() -> Result<()> {
     let cp = kfo_testenv::KongCp::start(kfo_testenv::Mtls::Shared, "3.10.0.0").await?;
     eprintln!("    cluster endpoint {}", cp.endpoint);
 
-    step("installing the CRD with kubectl apply -f crds/");
-    kubectl(kube, &["apply", "--server-side", "-f", "crds/"]).await?;
+    step("installing deploy/kong-fallback-operator.yaml with kubectl apply --server-side");
+    kubectl(kube, &["create", "namespace", "kong-fallback-operator"]).await?;
+    kubectl(
+        kube,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            "deploy/kong-fallback-operator.yaml",
+        ],
+    )
+    .await?;
+    // The operator runs on this machine, not in a pod: point the registration at its URL.
+    let webhook_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let webhook_url = format!("https://127.0.0.1:{webhook_port}/mutate");
+    kubectl(
+        kube,
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "kong-fallback-operator",
+            "--type=json",
+            &format!(
+                r#"-p=[{{"op":"replace","path":"/webhooks/0/clientConfig","value":{{"url":"{webhook_url}"}}}}]"#
+            ),
+        ],
+    )
+    .await?;
     kubectl(
         kube,
         &[
@@ -127,7 +157,7 @@ async fn main() -> Result<()> {
     std::fs::write(&policy, example)?;
     kubectl(kube, &["apply", "-f", &policy.display().to_string()]).await?;
 
-    step("running kong-fallback-operator run");
+    step("running two replicas: kong-fallback-operator run (kfo-0 also serves the webhook)");
     let bin = std::env::var_os("KFO_OPERATOR_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/debug/kong-fallback-operator"));
@@ -139,12 +169,85 @@ async fn main() -> Result<()> {
     }
     let kubeconfig = kube.kubeconfig_path().display().to_string();
     let operator = Proc::start(
-        "operator",
+        "kfo-0",
         &bin,
-        &["run".into()],
+        &[
+            "run".into(),
+            "--identity=kfo-0".into(),
+            "--http-addr=127.0.0.1:0".into(),
+            "--webhook".into(),
+            format!("--webhook-addr=127.0.0.1:{webhook_port}"),
+            format!("--webhook-url={webhook_url}"),
+            "--operator-namespace=kong-fallback-operator".into(),
+        ],
         &[("KUBECONFIG", &kubeconfig)],
     )?;
-    eprintln!("    logs: {}", operator.log_path().display());
+    let standby = Proc::start(
+        "kfo-1",
+        &bin,
+        &[
+            "run".into(),
+            "--identity=kfo-1".into(),
+            "--http-addr=127.0.0.1:0".into(),
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    )?;
+    eprintln!(
+        "    logs: {} and {}",
+        operator.log_path().display(),
+        standby.log_path().display()
+    );
+
+    step(
+        "creating two Kong data-plane pods (app=kong-dp; no kubelet runs here, they stay Pending)",
+    );
+    let pod = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"kong","labels":{{"app":"kong-dp"}}}},"spec":{{"containers":[{{"name":"proxy","image":"kong/kong-gateway:3.6.1.4","env":[{{"name":"KONG_ROLE","value":"data_plane"}}]}}]}}}}"#
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    let mut injected = 0;
+    while injected < 2 {
+        operator.check_alive()?;
+        let name = format!("kong-dp-{n}");
+        n += 1;
+        let file = repo_root().join(format!("target/kfo-demo-{name}.json"));
+        std::fs::write(&file, pod(&name))?;
+        kubectl(kube, &["create", "-f", &file.display().to_string()]).await?;
+        std::fs::remove_file(&file)?;
+        let annotation = kubectl_out(
+            kube,
+            &[
+                "-n",
+                "kong",
+                "get",
+                "pod",
+                &name,
+                "-o",
+                "jsonpath={.metadata.annotations.fallback\\.kong-dp\\.io/injected}",
+            ],
+        )
+        .await?;
+        if annotation.trim().is_empty() {
+            // The webhook is not registered yet: this pod is reported as not injected.
+            kubectl(
+                kube,
+                &["-n", "kong", "delete", "pod", &name, "--grace-period=0"],
+            )
+            .await?;
+            if Instant::now() > deadline {
+                bail!(
+                    "the webhook did not inject within 60s:\n{}",
+                    operator.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        } else {
+            injected += 1;
+        }
+    }
 
     step("pushing a configuration from the control plane (1 service, 1 route, key-auth)");
     let table = r#"{"_format_version":"3.0","_transform":false,"services":[{"id":"9748f662-7711-4a90-8186-dc02f10eb0f5","name":"httpbin","host":"httpbin.org","port":443,"protocol":"https"}],"routes":[{"id":"2f55b0b3-04a1-4e47-8c0f-c0d6f0b2b3a2","service":"9748f662-7711-4a90-8186-dc02f10eb0f5","paths":["\/mock"]}],"plugins":[{"id":"0b1d3c3e-7b7e-4c52-a0f6-3d2f1e0c9a11","name":"key-auth","config":{"key_names":["apikey"]},"enabled":true}]}"#;
@@ -179,6 +282,35 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    let first = format!("kong-dp-{}", n - 2);
+    step(&format!(
+        "the env the webhook injected into pod {first} (credentials are Secret references)"
+    ));
+    let pod: serde_json::Value = serde_json::from_str(
+        &kubectl_out(kube, &["-n", "kong", "get", "pod", &first, "-o", "json"]).await?,
+    )?;
+    for e in pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let name = e["name"].as_str().unwrap_or_default();
+        match (&e["value"], &e["valueFrom"]["secretKeyRef"]) {
+            (serde_json::Value::String(v), _) => println!("    {name}={v}"),
+            (_, r) if r.is_object() => println!(
+                "    {name}  <- Secret {}, key {}",
+                r["name"].as_str().unwrap_or_default(),
+                r["key"].as_str().unwrap_or_default()
+            ),
+            _ => println!("    {name}  <- {}", e["valueFrom"]),
+        }
+    }
+    step("the leader: the policy's Lease");
+    println!(
+        "{}",
+        kubectl_out(kube, &["-n", "kong", "get", "lease", "prod", "-o",
+            "jsonpath=holder={.spec.holderIdentity}  transitions={.spec.leaseTransitions}  renewed={.spec.renewTime}{\"\\n\"}"]).await?
+    );
     step("kubectl get fcp -n kong -o wide");
     println!(
         "{}",
@@ -221,13 +353,14 @@ async fn main() -> Result<()> {
     );
 
     step(&format!(
-        "ready in {:.0}s. Not built yet: injection into pods, the election (leader column), metrics.\n    Try: KUBECONFIG={kubeconfig} kubectl get fcp -A\n    Ctrl-C stops everything.",
+        "ready in {:.0}s.\n    Try: KUBECONFIG={kubeconfig} kubectl get fcp,lease,pods -n kong\n    Ctrl-C stops everything.",
         started.elapsed().as_secs_f64()
     ));
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
     step("stopping");
+    drop(standby);
     drop(operator);
     Ok(())
 }
