@@ -85,3 +85,52 @@ fn helm_lints_and_renders_the_chart() {
         "{rendered}"
     );
 }
+
+fn helm_template(args: &[&str]) -> std::process::Output {
+    let helm = kfo_testenv::binary("helm").unwrap();
+    Command::new(&helm)
+        .args(["template", "kfo", CHART, "--namespace", "kfo"])
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_typo_in_values_fails_at_install_and_cert_manager_is_an_option() {
+    let typo = helm_template(&["--set", "webhok.enabled=false"]);
+    assert!(!typo.status.success(), "a misspelt value was accepted");
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("webhok"),
+        "{}",
+        String::from_utf8_lossy(&typo.stderr)
+    );
+    let bad = helm_template(&["--set", "webhook.failurePolicy=Sometimes"]);
+    assert!(
+        !bad.status.success(),
+        "an unknown failurePolicy was accepted"
+    );
+
+    let cm = helm_template(&["--set", "webhook.certManager.enabled=true"]);
+    assert!(
+        cm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cm.stderr)
+    );
+    let rendered = String::from_utf8(cm.stdout).unwrap();
+    assert!(rendered.contains("kind: Certificate"), "{rendered}");
+    assert!(
+        rendered
+            .contains("cert-manager.io/inject-ca-from: kfo/kfo-kong-fallback-operator-webhook-tls")
+    );
+    assert!(rendered.contains("--webhook-cert-dir="));
+    assert!(
+        !rendered.contains("kind: Role\n"),
+        "no Secret-writing Role with cert-manager"
+    );
+
+    let off = helm_template(&["--set", "webhook.enabled=false"]);
+    let rendered = String::from_utf8(off.stdout).unwrap();
+    assert!(!rendered.contains("MutatingWebhookConfiguration"));
+    assert!(!rendered.contains("mutatingwebhookconfigurations"));
+}
