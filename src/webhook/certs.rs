@@ -269,6 +269,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn mounted_files_are_read_and_a_change_is_seen() {
+        let dir = std::env::temp_dir().join(format!("kfo-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(read_files(&dir).unwrap_err().contains("tls.crt"));
+        let (ca, cert, key) = generate(
+            &["svc.ns.svc".into()],
+            Duration::from_secs(60),
+            SystemTime::now(),
+        )
+        .unwrap();
+        for (f, v) in [("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca)] {
+            std::fs::write(dir.join(f), v).unwrap();
+        }
+        let first = read_files(&dir).unwrap();
+        assert_eq!(
+            (first.cert_pem.as_str(), first.ca_bundle.as_str()),
+            (cert.as_str(), ca.as_str())
+        );
+        // cert-manager renews: the next check sees different material and reloads it.
+        let (_, renewed, key) = generate(
+            &["svc.ns.svc".into()],
+            Duration::from_secs(60),
+            SystemTime::now(),
+        )
+        .unwrap();
+        std::fs::write(dir.join("tls.crt"), &renewed).unwrap();
+        std::fs::write(dir.join("tls.key"), &key).unwrap();
+        assert_ne!(read_files(&dir).unwrap(), first);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use rustls::client::danger::ServerCertVerifier;
 
     fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
