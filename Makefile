@@ -45,7 +45,7 @@ bench: testenv
 	$(CARGO) bench --bench export --bench election --bench webhook -- $(B)
 
 ## Fuzz the frame decoder and the storage URL parser (needs a nightly toolchain;
-## installs cargo-fuzz from crates.io on first use). FUZZ_SECONDS per target.
+## installs cargo-fuzz with cargo on first use). FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 60
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
