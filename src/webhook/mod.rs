@@ -190,13 +190,31 @@ pub async fn run(
             certs::Source::Files { dir } => certs::read_files(dir),
         }
     };
-    let mut material = load(false).await?;
-    let tls = RustlsConfig::from_pem(
-        material.cert_pem.clone().into_bytes(),
-        material.key_pem.clone().into_bytes(),
-    )
-    .await
-    .map_err(|e| format!("the webhook certificate is unusable: {e}"))?;
+    // NB: a certificate that cannot be had yet (a Secret the RBAC does not allow, files
+    // cert-manager has not written) is retried, and said, rather than ending the webhook;
+    // /readyz names it as pending meanwhile.
+    let (mut material, tls) = loop {
+        let loaded = match load(false).await {
+            Ok(m) => RustlsConfig::from_pem(
+                m.cert_pem.clone().into_bytes(),
+                m.key_pem.clone().into_bytes(),
+            )
+            .await
+            .map(|tls| (m, tls))
+            .map_err(|e| format!("the webhook certificate is unusable: {e}")),
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok(ok) => break ok,
+            Err(e) => {
+                warn!(error = %e, "the webhook cannot load its certificate; retrying in 10 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+        }
+    };
     let handle = axum_server::Handle::new();
     let server = {
         let app = router(policies.clone(), metrics.clone());

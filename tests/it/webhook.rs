@@ -292,3 +292,60 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_certificate_not_there_yet_is_waited_for_not_fatal() {
+    let client = kube().await.client().await.unwrap();
+    let dir = std::env::temp_dir().join(kfo_testenv::unique_name("kfo-webhook-files"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let settings = webhook::Settings {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        source: certs::Source::Files { dir: dir.clone() },
+        configuration: kfo_testenv::unique_name("kfo-webhook-files"),
+        target: registration::Target::Url(format!("https://127.0.0.1:{port}/mutate")),
+        failure_policy: registration::FailurePolicy::Ignore,
+        timeout_seconds: 5,
+        cert_check: Duration::from_secs(1),
+    };
+    let configuration = settings.configuration.clone();
+    let health = std::sync::Arc::new(kong_fallback_operator::http::Health::new(&[
+        webhook::CERT_LOADED,
+    ]));
+    let (_writer_kept, store) = {
+        let (store, writer) = kube::runtime::reflector::store::<FallbackConfigPolicy>();
+        (writer, store)
+    };
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(webhook::run(
+        client.clone(),
+        settings,
+        store,
+        Default::default(),
+        health.clone(),
+        stopped,
+    ));
+    // cert-manager has not written the files yet: still running, not ready.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!running.is_finished(), "the webhook gave up");
+    assert_eq!(health.pending(), [webhook::CERT_LOADED]);
+
+    let (ca, cert, key) = certs::generate(
+        &["127.0.0.1".into()],
+        Duration::from_secs(3600),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    for (f, v) in [("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca)] {
+        std::fs::write(dir.join(f), v).unwrap();
+    }
+    wait("the certificate loaded", async || {
+        health.pending().is_empty().then_some(())
+    })
+    .await;
+    running.abort();
+    let _ = Api::<MutatingWebhookConfiguration>::all(client)
+        .delete(&configuration, &DeleteParams::default())
+        .await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
