@@ -16,10 +16,13 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kfo_testenv::{Proc, kube, minio};
 use kong_fallback_operator::api::FallbackConfigPolicy;
 use kong_fallback_operator::controller;
-use kong_fallback_operator::webhook::{self, certs, registration};
+use kong_fallback_operator::webhook::registration;
 use kube::CustomResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::json;
+
+#[path = "../tests/common/cluster.rs"]
+mod cluster;
 
 const RATE: u64 = 100;
 const SECONDS: u64 = 30;
@@ -144,28 +147,16 @@ async fn p3() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let mut bare = drive(&pods, "bare").await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let configuration = kfo_testenv::unique_name("kfo-bench-p3");
     let settings = controller::Settings {
         namespace: Some(ns.clone()),
-        webhook: Some(webhook::Settings {
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            source: certs::Source::Managed {
-                namespace: ns.clone(),
-                name: "webhook-tls".into(),
-                hosts: vec!["127.0.0.1".into()],
-                validity: Duration::from_secs(3600),
-            },
-            configuration: configuration.clone(),
-            target: registration::Target::Url(format!("https://127.0.0.1:{port}/mutate")),
-            failure_policy: registration::FailurePolicy::Fail,
-            timeout_seconds: 5,
-            cert_check: Duration::from_secs(60),
-        }),
+        webhook: Some(cluster::local_webhook(
+            &ns,
+            "webhook-tls",
+            &configuration,
+            registration::FailurePolicy::Fail,
+            Duration::from_secs(60),
+        )),
         ..controller::Settings::new("kfo-bench-p3")
     };
     let metrics = Arc::clone(&settings.metrics);

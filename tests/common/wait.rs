@@ -1,4 +1,5 @@
-//! Waiting for a matching message on a channel, for tests and benchmarks. Included with `#[path]`.
+//! Waiting, for tests and benchmarks: for a matching message on a channel, or for a
+//! condition polled against the apiserver or a store. Included with `#[path]`.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -21,4 +22,15 @@ pub async fn next_matching<E, T>(
             return v;
         }
     }
+}
+
+/// Polls `f` every 200 ms until it gives `Some`, for up to 40 s; panics naming `what`.
+pub async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}");
 }

@@ -10,17 +10,9 @@ use kong_fallback_operator::api::FallbackConfigPolicy;
 use kong_fallback_operator::controller;
 use kube::CustomResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use serde_json::json;
 
-async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..150 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use crate::wait::until;
+use serde_json::json;
 
 fn ready(p: &FallbackConfigPolicy) -> Option<(String, String, String, Option<i64>)> {
     let c = p
@@ -66,7 +58,7 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
     let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
     api.create(&PostParams::default(), &policy).await.unwrap();
 
-    let (status, reason, message, generation) = wait_for("Ready=False", async || {
+    let (status, reason, message, generation) = until("Ready=False", async || {
         ready(&api.get("prod").await.ok()?).filter(|r| r.0 == "False")
     })
     .await;
@@ -78,7 +70,7 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
     assert!(message.contains("spec.dataPlanes.selector"), "{message}");
 
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let warning = wait_for("an InvalidSpec event", async || {
+    let warning = until("an InvalidSpec event", async || {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items
             .into_iter()
@@ -99,7 +91,7 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
         .unwrap();
 
     // Valid now, but the read-credentials Secret is missing: Ready says which.
-    let (_, reason, message, _) = wait_for("SecretMissing", async || {
+    let (_, reason, message, _) = until("SecretMissing", async || {
         ready(&api.get("prod").await.ok()?).filter(|r| r.1 == "SecretMissing")
     })
     .await;
@@ -108,7 +100,7 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
         message.contains(&format!("Secret {ns}/fallback-read")),
         "{message}"
     );
-    wait_for("a SecretMissing event", async || {
+    until("a SecretMissing event", async || {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items
             .into_iter()
@@ -129,7 +121,7 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
         )
         .await
         .unwrap();
-    let (_, _, message, _) = wait_for("SecretKeyMissing", async || {
+    let (_, _, message, _) = until("SecretKeyMissing", async || {
         ready(&api.get("prod").await.ok()?).filter(|r| r.1 == "SecretKeyMissing")
     })
     .await;
@@ -148,7 +140,7 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
         )
         .await
         .unwrap();
-    let (status, _, _, generation) = wait_for("Ready=True", async || {
+    let (status, _, _, generation) = until("Ready=True", async || {
         ready(&api.get("prod").await.ok()?).filter(|r| r.0 == "True")
     })
     .await;
@@ -272,7 +264,7 @@ mod operator_mode {
         api.create(&PostParams::default(), &policy).await.unwrap();
 
         // The Secrets do not exist yet: the status names the first one missing.
-        let (_, reason, message) = wait_for("SecretMissing", async || {
+        let (_, reason, message) = until("SecretMissing", async || {
             condition(&api.get("prod").await.ok()?, "ControlPlaneConnected")
                 .filter(|c| c.1 == "SecretMissing")
         })
@@ -310,7 +302,7 @@ mod operator_mode {
             .await
             .unwrap();
 
-        let exported = wait_for("an export in status", async || {
+        let exported = until("an export in status", async || {
             let p = api.get("prod").await.ok()?;
             p.status.as_ref()?.exports.first().cloned()
         })
@@ -319,7 +311,7 @@ mod operator_mode {
         assert_eq!(exported.key, "kong/3.6.1.4/config.json");
         assert_eq!(exported.config_hash, hash);
         assert_eq!(exported.bytes, TABLE.len() as i64);
-        let p = wait_for("Ready=True", async || {
+        let p = until("Ready=True", async || {
             let p = api.get("prod").await.ok()?;
             (condition(&p, "Ready")?.0 == "True").then_some(p)
         })
@@ -415,7 +407,7 @@ mod operator_mode {
 
         // Deleting the policy stops its exporter: the CP sees the session end.
         api.delete("prod", &Default::default()).await.unwrap();
-        wait_for("the session to end", async || {
+        until("the session to end", async || {
             cp.data_planes().iter().all(|d| !d.connected).then_some(())
         })
         .await;
@@ -492,7 +484,7 @@ mod operator_mode {
         let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
         api.create(&PostParams::default(), &policy).await.unwrap();
 
-        let (_, _, message) = wait_for("Exporting=False (Credentials)", async || {
+        let (_, _, message) = until("Exporting=False (Credentials)", async || {
             condition(&api.get("prod").await.ok()?, "Exporting").filter(|c| c.1 == "Credentials")
         })
         .await;
@@ -512,7 +504,7 @@ mod operator_mode {
             )
             .await
             .unwrap();
-        wait_for("Ready=True after the fix", async || {
+        until("Ready=True after the fix", async || {
             (condition(&api.get("prod").await.ok()?, "Ready")?.0 == "True").then_some(())
         })
         .await;
@@ -535,49 +527,12 @@ mod operator_mode {
 
 #[tokio::test]
 async fn with_rollout_the_owner_of_a_pod_without_the_injection_is_restarted() {
-    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-    use k8s_openapi::api::core::v1::Pod;
     let env = kube().await;
     env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
     let client = env.client().await.unwrap();
     let ns = env.namespace("rollout").await.unwrap();
     let pp = PostParams::default();
-    let template = json!({
-        "metadata": {"labels": {"app": "kong-dp"}},
-        "spec": {"containers": [{"name": "proxy", "image": "kong/kong-gateway:3.6.1.4"}]}
-    });
-    let deployment: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kong-dp"},
-        "spec": {"selector": {"matchLabels": {"app": "kong-dp"}}, "template": template}
-    }))
-    .unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let d = deployments.create(&pp, &deployment).await.unwrap();
-    // No controller-manager runs here: make the ReplicaSet and pod it would have made.
-    let rs: ReplicaSet = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "ReplicaSet",
-        "metadata": {"name": "kong-dp-7d9f", "ownerReferences": [{
-            "apiVersion": "apps/v1", "kind": "Deployment", "name": "kong-dp",
-            "uid": d.metadata.uid, "controller": true}]},
-        "spec": {"selector": {"matchLabels": {"app": "kong-dp"}}, "template": template}
-    }))
-    .unwrap();
-    let rs = Api::<ReplicaSet>::namespaced(client.clone(), &ns)
-        .create(&pp, &rs)
-        .await
-        .unwrap();
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "kong-dp-7d9f-x1", "labels": {"app": "kong-dp"}, "ownerReferences": [{
-            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "kong-dp-7d9f",
-            "uid": rs.metadata.uid, "controller": true}]},
-        "spec": template["spec"]
-    }))
-    .unwrap();
-    Api::<Pod>::namespaced(client.clone(), &ns)
-        .create(&pp, &pod)
-        .await
-        .unwrap();
+    let deployments = crate::cluster::deployment_with_a_pod(&client, &ns).await;
 
     let policy: FallbackConfigPolicy = serde_json::from_value(json!({
         "apiVersion": "fallback.kong-dp.io/v1alpha1",
@@ -601,7 +556,7 @@ async fn with_rollout_the_owner_of_a_pod_without_the_injection_is_restarted() {
             ..controller::Settings::new("kfo-rollout-test")
         },
     ));
-    let restarted = wait_for("the Deployment restarted", async || {
+    let restarted = until("the Deployment restarted", async || {
         let d = deployments.get("kong-dp").await.ok()?;
         d.spec?
             .template
@@ -616,7 +571,7 @@ async fn with_rollout_the_owner_of_a_pod_without_the_injection_is_restarted() {
         "{restarted}"
     );
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let event = wait_for("a RolloutRestarted event", async || {
+    let event = until("a RolloutRestarted event", async || {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items
             .into_iter()
@@ -682,7 +637,7 @@ async fn a_pod_two_policies_select_is_a_conflict_in_the_newer_ones_status() {
             .find(|c| c.type_ == "PodsInjected")?;
         Some((c.reason, c.message))
     };
-    let (reason, message) = wait_for("the conflict", async || {
+    let (reason, message) = until("the conflict", async || {
         condition("second")
             .await
             .filter(|c| c.0 == "PolicyConflict")
@@ -694,7 +649,7 @@ async fn a_pod_two_policies_select_is_a_conflict_in_the_newer_ones_status() {
         "{message}"
     );
     // The older policy owns the pod (not injected here: no webhook runs in this test).
-    let (reason, message) = wait_for("the owner's report", async || condition("first").await).await;
+    let (reason, message) = until("the owner's report", async || condition("first").await).await;
     assert_eq!(reason, "NotInjected", "{message}");
     running.abort();
 }

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::fleet::{Fleet, Timings};
 use crate::stores::minio_store;
+use crate::wait::next_matching;
 
 #[tokio::test]
 async fn three_replicas_one_exporter_takeover_after_a_kill_and_handover_on_sigterm() {
@@ -192,19 +193,6 @@ fn leading(epoch: i32) -> Claim {
     }
 }
 
-async fn next_report(rx: &mut mpsc::Receiver<Report>, f: impl Fn(&Report) -> bool) -> Report {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let r = rx.recv().await.expect("the runner reports");
-            if f(&r) {
-                return r;
-            }
-        }
-    })
-    .await
-    .expect("the expected report")
-}
-
 /// A leader paused after its permit wakes up after a newer leader wrote: its write is
 /// refused by the store and it steps down; the newer configuration stays.
 async fn a_stale_leader_is_fenced(store: Arc<dyn ObjectStore>, bucket: &str, url_scheme: &str) {
@@ -239,7 +227,10 @@ async fn a_stale_leader_is_fenced(store: Arc<dyn ObjectStore>, bucket: &str, url
         stop_rx.clone(),
     ));
     ev_a.send(snapshot(1)).await.unwrap();
-    next_report(&mut rep_a, |r| matches!(r, Report::Exported { .. })).await;
+    next_matching(&mut rep_a, 20, |r| {
+        matches!(r, Report::Exported { .. }).then_some(r)
+    })
+    .await;
 
     // A gets its permit for the next write, then "pauses" before the request goes out.
     pause.send(true).unwrap();
@@ -260,12 +251,15 @@ async fn a_stale_leader_is_fenced(store: Arc<dyn ObjectStore>, bucket: &str, url
         stop_rx.clone(),
     ));
     ev_b.send(snapshot(3)).await.unwrap();
-    next_report(&mut rep_b, |r| matches!(r, Report::Exported { .. })).await;
+    next_matching(&mut rep_b, 20, |r| {
+        matches!(r, Report::Exported { .. }).then_some(r)
+    })
+    .await;
 
     // A wakes up: its conditional write fails, it sees epoch 2 and steps down.
     pause.send(false).unwrap();
-    let fenced = next_report(&mut rep_a, |r| {
-        matches!(r, Report::Fenced { .. } | Report::Exported { .. })
+    let fenced = next_matching(&mut rep_a, 20, |r| {
+        matches!(r, Report::Fenced { .. } | Report::Exported { .. }).then_some(r)
     })
     .await;
     assert_eq!(fenced, Report::Fenced { mine: 1, epoch: 2 });
@@ -556,17 +550,13 @@ mod backup_pods {
             .unwrap()
             .election_prefix("3.6.1.4");
         let wait_designated = async |uid: &str| {
-            for _ in 0..150 {
-                let p = api.get("prod").await.unwrap();
-                let leader = p.status.and_then(|s| s.leader);
-                if leader.as_ref().and_then(|l| l.node_id.as_deref()) == Some(uid)
-                    && kong_elected(store.as_ref(), &prefix).await.as_deref() == Some(uid)
-                {
-                    return leader.unwrap();
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            panic!("{uid} was not designated and elected");
+            crate::wait::until(&format!("{uid} designated and elected"), async || {
+                let leader = api.get("prod").await.ok()?.status?.leader?;
+                (leader.node_id.as_deref() == Some(uid)
+                    && kong_elected(store.as_ref(), &prefix).await.as_deref() == Some(uid))
+                .then_some(leader)
+            })
+            .await
         };
         // The oldest Ready backup pod is designated; Kong's election on every backup pod
         // elects its node id (its UID, which the injection gives it as KONG_NODE_ID).
@@ -591,16 +581,10 @@ mod backup_pods {
         api.delete("prod", &Default::default()).await.unwrap();
         let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
             Api::namespaced(client.clone(), &ns);
-        for _ in 0..150 {
-            if api.get_opt("prod").await.unwrap().is_none() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert!(
-            api.get_opt("prod").await.unwrap().is_none(),
-            "the finalizer was removed"
-        );
+        crate::wait::until("the finalizer removed", async || {
+            api.get_opt("prod").await.ok()?.is_none().then_some(())
+        })
+        .await;
         assert!(
             leases.get_opt("prod").await.unwrap().is_none(),
             "the Lease is gone"

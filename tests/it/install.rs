@@ -5,17 +5,18 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use kfo_testenv::{KongCp, Mtls, kube, minio};
 use kong_fallback_operator::api::FallbackConfigPolicy;
 use kong_fallback_operator::controller;
 use kong_fallback_operator::kong::config::config_hashes;
-use kong_fallback_operator::webhook::{self, certs, registration};
+use kong_fallback_operator::webhook::registration;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+
+use crate::wait::until;
 
 const DEPLOY: &str = "deploy/kong-fallback-operator.yaml";
 const NS: &str = "kong-fallback-operator";
@@ -170,16 +171,6 @@ fn the_deployment_runs_restricted() {
     assert!(docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
 }
 
-async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out: {what}");
-}
-
 #[tokio::test]
 async fn the_operator_as_the_charts_service_account_does_everything() {
     install().await;
@@ -228,33 +219,9 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
         secrets.create(&pp, &s).await.unwrap();
     }
     // A Deployment whose pod predates the policy (no controller-manager: made by hand).
-    let template = json!({"metadata": {"labels": {"app": "kong-dp"}},
-        "spec": {"containers": [{"name": "proxy", "image": "kong/kong-gateway:3.6.1.4"}]}});
-    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
-    let d = deployments
-        .create(
-            &pp,
-            &serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "kong-dp"},
-            "spec": {"selector": {"matchLabels": {"app": "kong-dp"}}, "template": template}}))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    let rs = Api::<ReplicaSet>::namespaced(admin.clone(), &ns)
-        .create(&pp, &serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
-            "metadata": {"name": "kong-dp-1", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
-                "name": "kong-dp", "uid": d.metadata.uid, "controller": true}]},
-            "spec": {"selector": {"matchLabels": {"app": "kong-dp"}}, "template": template}})).unwrap())
-        .await
-        .unwrap();
+    let deployments = crate::cluster::deployment_with_a_pod(&admin, &ns).await;
+    let template = crate::cluster::kong_dp_template();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
-    pods.create(&pp, &serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "kong-dp-1-old", "labels": {"app": "kong-dp"}, "ownerReferences": [{
-            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "kong-dp-1", "uid": rs.metadata.uid, "controller": true}]},
-        "spec": template["spec"]})).unwrap())
-        .await
-        .unwrap();
 
     let policy: FallbackConfigPolicy = serde_json::from_value(json!({
         "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
@@ -275,27 +242,19 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
     let hash = config_hashes(&serde_json::from_str(table).unwrap()).config;
     cp.push(table, &hash);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let webhook = crate::cluster::local_webhook(
+        NS,
+        "kong-fallback-operator-webhook-tls",
+        "kong-fallback-operator",
+        registration::FailurePolicy::Ignore,
+        Duration::from_secs(5),
+    );
+    let registration::Target::Url(url) = webhook.target.clone() else {
+        unreachable!("a local webhook is registered by URL")
+    };
     let settings = controller::Settings {
         namespace: Some(ns.clone()),
-        webhook: Some(webhook::Settings {
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            source: certs::Source::Managed {
-                namespace: NS.into(),
-                name: "kong-fallback-operator-webhook-tls".into(),
-                hosts: vec!["127.0.0.1".into()],
-                validity: Duration::from_secs(3600),
-            },
-            configuration: "kong-fallback-operator".into(),
-            target: registration::Target::Url(format!("https://127.0.0.1:{port}/mutate")),
-            failure_policy: registration::FailurePolicy::Ignore,
-            timeout_seconds: 5,
-            cert_check: Duration::from_secs(5),
-        }),
+        webhook: Some(webhook),
         ..controller::Settings::new("kfo-install-test")
     };
     // The operator runs outside the cluster here: point the chart's registration at its
@@ -304,7 +263,7 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
         .into_iter()
         .find(|d| d["kind"] == "MutatingWebhookConfiguration")
         .unwrap();
-    mwc["webhooks"][0]["clientConfig"] = json!({"url": format!("https://127.0.0.1:{port}/mutate")});
+    mwc["webhooks"][0]["clientConfig"] = json!({"url": url});
     let path = std::env::temp_dir().join(format!("kfo-install-mwc-{}.json", std::process::id()));
     std::fs::write(&path, mwc.to_string()).unwrap();
     let out = env
@@ -328,11 +287,8 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
 
     // Exported, with status, leader and Events written as the ServiceAccount.
     until("Exporting in status", async || {
-        let Ok(p) = policies.get("prod").await else {
-            return false;
-        };
-        p.status
-            .is_some_and(|s| s.exports.iter().any(|e| e.config_hash == hash) && s.leader.is_some())
+        let s = policies.get("prod").await.ok()?.status?;
+        (s.exports.iter().any(|e| e.config_hash == hash) && s.leader.is_some()).then_some(())
     })
     .await;
     assert_eq!(
@@ -342,7 +298,7 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
             .unwrap()[..],
         table.as_bytes()
     );
-    until("ready", async || health.pending().is_empty()).await;
+    until("ready", async || health.pending().is_empty().then_some(())).await;
     // The webhook: registered (SSA patch), serving with its Secret (create), injecting.
     let mut injected = false;
     for i in 0..50 {
@@ -374,7 +330,7 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
             .await
             .ok()
             .and_then(|d| d.spec?.template.metadata?.annotations)
-            .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
+            .filter(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
     })
     .await;
     let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
@@ -392,7 +348,11 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
     assert!(leases.get_opt("prod").await.unwrap().is_some());
     policies.delete("prod", &Default::default()).await.unwrap();
     until("the policy gone", async || {
-        policies.get_opt("prod").await.is_ok_and(|p| p.is_none())
+        policies
+            .get_opt("prod")
+            .await
+            .is_ok_and(|p| p.is_none())
+            .then_some(())
     })
     .await;
     assert!(leases.get_opt("prod").await.unwrap().is_none());

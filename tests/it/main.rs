@@ -6,6 +6,8 @@
 //! Run one group with `cargo test --test it storage::`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../common/cluster.rs"]
+mod cluster;
 #[path = "../common/fleet.rs"]
 mod fleet;
 #[path = "../common/pipeline.rs"]

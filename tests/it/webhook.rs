@@ -13,13 +13,7 @@ use kube::CustomResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::wait::until;
 
 fn pod(name: &str, app: &str) -> Pod {
     serde_json::from_value(json!({
@@ -49,16 +43,6 @@ fn requests(metrics: &kong_fallback_operator::metrics::Metrics) -> u64 {
         .filter(|l| l.starts_with("kong_fallback_webhook_requests_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
-}
-
-async fn wait<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..150 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]
@@ -98,25 +82,17 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
         .await
         .unwrap();
 
-    let port = free_port();
     let configuration = kfo_testenv::unique_name("kfo-webhook");
     let settings = controller::Settings {
         namespace: Some(ns.clone()),
-        webhook: Some(webhook::Settings {
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            source: certs::Source::Managed {
-                namespace: ns.clone(),
-                name: "webhook-tls".into(),
-                hosts: vec!["127.0.0.1".into()],
-                validity: Duration::from_secs(3600),
-            },
-            configuration: configuration.clone(),
-            target: registration::Target::Url(format!("https://127.0.0.1:{port}/mutate")),
-            // Fail, so that a webhook the apiserver cannot reach or trust fails the test.
-            failure_policy: registration::FailurePolicy::Fail,
-            timeout_seconds: 5,
-            cert_check: Duration::from_secs(1),
-        }),
+        // Fail, so that a webhook the apiserver cannot reach or trust fails the test.
+        webhook: Some(crate::cluster::local_webhook(
+            &ns,
+            "webhook-tls",
+            &configuration,
+            registration::FailurePolicy::Fail,
+            Duration::from_secs(1),
+        )),
         ..controller::Settings::new("kfo-webhook-test")
     };
     let metrics = settings.metrics.clone();
@@ -124,14 +100,14 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
     let running = tokio::spawn(controller::run(client.clone(), settings));
 
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    wait("the webhook registration", async || {
+    until("the webhook registration", async || {
         let c = mwcs.get_opt(&configuration).await.ok()??;
         let w = c.webhooks?.into_iter().next()?;
         let cond = w.match_conditions?.into_iter().next()?;
         (cond.expression.contains(&ns) && w.client_config.ca_bundle.is_some()).then_some(())
     })
     .await;
-    wait(
+    until(
         "ready: caches synced and the certificate loaded",
         async || health.pending().is_empty().then_some(()),
     )
@@ -233,13 +209,13 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
         )
         .await
         .unwrap();
-    let new_ca = wait("a rotated CA", async || {
+    let new_ca = until("a rotated CA", async || {
         let s = secrets.get("webhook-tls").await.ok()?;
         let ca = s.data?.get("ca.crt")?.clone();
         (ca != old_ca).then_some(ca)
     })
     .await;
-    wait("the new CA in the caBundle", async || {
+    until("the new CA in the caBundle", async || {
         let c = mwcs.get_opt(&configuration).await.ok()??;
         let bundle = c.webhooks?.into_iter().next()?.client_config.ca_bundle?;
         String::from_utf8_lossy(&bundle.0)
@@ -265,7 +241,7 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
             .find(|c| c.type_ == t)
             .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
     };
-    let p = wait("dp-early reported", async || {
+    let p = until("dp-early reported", async || {
         let p = policies.get("prod").await.ok()?;
         let counts = p.status.as_ref()?.pods.clone()?;
         (counts.importers == 3).then_some(p)
@@ -281,7 +257,7 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
     pods.delete("dp-early", &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
-    wait("all pods injected", async || {
+    until("all pods injected", async || {
         let p = policies.get("prod").await.ok()?;
         (condition(&p, "PodsInjected")?.1 == "AllInjected").then_some(())
     })
@@ -298,7 +274,7 @@ async fn a_certificate_not_there_yet_is_waited_for_not_fatal() {
     let client = kube().await.client().await.unwrap();
     let dir = std::env::temp_dir().join(kfo_testenv::unique_name("kfo-webhook-files"));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
+    let port = crate::cluster::free_port();
     let settings = webhook::Settings {
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
         source: certs::Source::Files { dir: dir.clone() },
@@ -339,7 +315,7 @@ async fn a_certificate_not_there_yet_is_waited_for_not_fatal() {
     for (f, v) in [("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca)] {
         std::fs::write(dir.join(f), v).unwrap();
     }
-    wait("the certificate loaded", async || {
+    until("the certificate loaded", async || {
         health.pending().is_empty().then_some(())
     })
     .await;

@@ -1,0 +1,94 @@
+//! What tests and benchmarks build on the test cluster: webhook settings for an operator
+//! running on this machine, and a Deployment with the ReplicaSet and pod a
+//! controller-manager (absent here) would have made. Included with `#[path]`.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kong_fallback_operator::webhook::{self, certs, registration};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The webhook on a free loopback port, registered by URL as `configuration`, with a
+/// self-managed certificate for 127.0.0.1 in the Secret `secret_ns/secret`.
+pub fn local_webhook(
+    secret_ns: &str,
+    secret: &str,
+    configuration: &str,
+    failure_policy: registration::FailurePolicy,
+    cert_check: Duration,
+) -> webhook::Settings {
+    let port = free_port();
+    webhook::Settings {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        source: certs::Source::Managed {
+            namespace: secret_ns.into(),
+            name: secret.into(),
+            hosts: vec!["127.0.0.1".into()],
+            validity: Duration::from_secs(3600),
+        },
+        configuration: configuration.into(),
+        target: registration::Target::Url(format!("https://127.0.0.1:{port}/mutate")),
+        failure_policy,
+        timeout_seconds: 5,
+        cert_check,
+    }
+}
+
+/// The pod template of [`deployment_with_a_pod`]: a Kong data plane.
+pub fn kong_dp_template() -> serde_json::Value {
+    json!({
+        "metadata": {"labels": {"app": "kong-dp"}},
+        "spec": {"containers": [{"name": "proxy", "image": "kong/kong-gateway:3.6.1.4"}]}
+    })
+}
+
+/// The Deployment `kong-dp` in `ns` with a ReplicaSet and one pod (app=kong-dp) it owns.
+pub async fn deployment_with_a_pod(client: &Client, ns: &str) -> Api<Deployment> {
+    let pp = PostParams::default();
+    let template = kong_dp_template();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kong-dp"},
+        "spec": {"selector": {"matchLabels": {"app": "kong-dp"}}, "template": template}
+    }))
+    .unwrap();
+    let d = deployments.create(&pp, &deployment).await.unwrap();
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "kong-dp-7d9f", "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": "kong-dp",
+            "uid": d.metadata.uid, "controller": true}]},
+        "spec": {"selector": {"matchLabels": {"app": "kong-dp"}}, "template": template}
+    }))
+    .unwrap();
+    let rs = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .create(&pp, &rs)
+        .await
+        .unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "kong-dp-7d9f-x1", "labels": {"app": "kong-dp"}, "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "kong-dp-7d9f",
+            "uid": rs.metadata.uid, "controller": true}]},
+        "spec": template["spec"]
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&pp, &pod)
+        .await
+        .unwrap();
+    deployments
+}
