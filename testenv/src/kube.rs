@@ -100,6 +100,10 @@ impl KubeEnv {
                 // NB: without this the apiserver looks for a default route to pick an
                 // address, which a sandbox without one does not have.
                 "--advertise-address=127.0.0.1".into(),
+                // NB: since v1.37 the endpoint reconciler refuses a loopback address. It
+                // only maintains the `default/kubernetes` Service's endpoints, which
+                // nothing here uses (clients come through the kubeconfig).
+                "--endpoint-reconciler-type=none".into(),
                 format!("--secure-port={port}"),
                 format!("--cert-dir={}", dir.join("certs").display()),
                 format!("--tls-cert-file={}", pki.serving_cert.display()),

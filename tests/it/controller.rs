@@ -558,7 +558,7 @@ async fn with_rollout_the_owner_of_a_pod_without_the_injection_is_restarted() {
     ));
     let restarted = until("the Deployment restarted", async || {
         let d = deployments.get("kong-dp").await.ok()?;
-        d.spec?
+        d.spec
             .template
             .metadata?
             .annotations?

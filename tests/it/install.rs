@@ -329,7 +329,7 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
             .get("kong-dp")
             .await
             .ok()
-            .and_then(|d| d.spec?.template.metadata?.annotations)
+            .and_then(|d| d.spec.template.metadata?.annotations)
             .filter(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
     })
     .await;
