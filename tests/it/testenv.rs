@@ -138,3 +138,88 @@ async fn every_process_listens_on_loopback_only() {
         }
     }
 }
+
+/// The minor version of the Kubernetes API the operator is compiled against (the
+/// k8s-openapi feature in Cargo.toml).
+#[allow(
+    clippy::needless_late_init,
+    reason = "the k8s_if macros are statements"
+)]
+fn typed_minor() -> &'static str {
+    // Exactly one of these expands; a feature not listed here fails to compile.
+    let minor;
+    k8s_openapi::k8s_if_1_33! { minor = "33"; }
+    k8s_openapi::k8s_if_1_34! { minor = "34"; }
+    k8s_openapi::k8s_if_1_35! { minor = "35"; }
+    k8s_openapi::k8s_if_1_36! { minor = "36"; }
+    k8s_openapi::k8s_if_1_37! { minor = "37"; }
+    minor
+}
+
+#[tokio::test]
+async fn the_apiserver_serves_the_api_the_operator_is_typed_against() {
+    let client = kfo_testenv::kube().await.client().await.unwrap();
+    let info = client.apiserver_version().await.unwrap();
+    assert_eq!(info.major, "1");
+    assert_eq!(
+        info.minor,
+        typed_minor(),
+        "tools/go/k8s builds Kubernetes {}, but Cargo.toml enables another k8s-openapi version",
+        info.git_version
+    );
+}
+
+/// `tools/ensure-bin` once more for every binary: all are cached by now (this test
+/// builds what is missing first), so the second call must build nothing and answer paths
+/// keyed by name, version and pin.
+#[test]
+fn a_second_ensure_bin_run_builds_nothing() {
+    let script = kfo_testenv::repo_root().join("tools/ensure-bin");
+    let first = Command::new(&script).arg("all").output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let again = Command::new(&script).arg("all").output().unwrap();
+    assert!(again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !stderr.contains("building"),
+        "the second run rebuilt: {stderr}"
+    );
+    assert_eq!(again.stdout, first.stdout, "the same binaries both times");
+    let paths = String::from_utf8(again.stdout).unwrap();
+    let names = [
+        "etcd",
+        "kube-apiserver",
+        "kubectl",
+        "minio",
+        "fake-gcs-server",
+        "helm",
+    ];
+    let lines: Vec<&str> = paths.lines().collect();
+    assert_eq!(lines.len(), names.len(), "{paths}");
+    for (line, name) in lines.iter().zip(names) {
+        let path = Path::new(line);
+        assert!(path.is_file(), "{line} is not a file");
+        assert_eq!(path.file_name().unwrap().to_str(), Some(name));
+        // <cache>/<name>-<version>-<pin>/<name>
+        let dir = path
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let rest = dir
+            .strip_prefix(&format!("{name}-"))
+            .unwrap_or_else(|| panic!("{line}: the directory is not keyed by the binary's name"));
+        let (version, pin) = rest.rsplit_once('-').unwrap();
+        assert!(!version.is_empty(), "{line}: no version in the key");
+        assert!(
+            pin.len() == 10 && pin.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{line}: no pin in the key"
+        );
+    }
+}
