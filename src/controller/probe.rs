@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt};
 use super::exporters::{PolicyKey, fingerprint};
 use super::plan::read_access;
 use crate::api::FallbackConfigPolicy;
-use crate::kong::StorageUrl;
+use crate::kong::{Provider, StorageUrl};
 use crate::storage;
 
 /// (ok, reason, message) for the condition.
@@ -108,6 +108,68 @@ async fn probe(url: &StorageUrl, access: storage::Access, version: Option<&str>)
     };
     match result {
         Ok(message) => (true, "Reachable".into(), message),
-        Err(e) => (false, e.kind.label().to_owned(), e.to_string()),
+        Err(e) => refused(url, &e),
+    }
+}
+
+/// The condition for a probe the store refused, with what the read credentials need.
+fn refused(url: &StorageUrl, e: &storage::StoreError) -> Outcome {
+    let mut message = e.to_string();
+    if e.kind == storage::ErrorKind::Credentials {
+        message.push_str(match url.provider {
+            // NB: without s3:ListBucket, S3 answers 403 rather than 404 for an object that
+            // does not exist yet, so a missing config.json also lands here.
+            Provider::S3 => {
+                "; a data plane's read credentials need s3:GetObject on the prefix and \
+                 s3:ListBucket on the bucket (without ListBucket, S3 answers a missing \
+                 object with 403)"
+            }
+            Provider::Gcs => {
+                "; a data plane's read credentials need storage.objects.get and \
+                 storage.objects.list on the bucket (roles/storage.objectViewer)"
+            }
+        });
+    }
+    (false, e.kind.label().to_owned(), message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(kind: storage::ErrorKind) -> storage::StoreError {
+        storage::StoreError {
+            kind,
+            op: "get",
+            bucket: "bkt".into(),
+            key: "p/3.6.1.4/config.json".into(),
+            detail: "AccessDenied".into(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_which_permissions_the_read_credentials_need() {
+        let s3 = StorageUrl::parse("s3://bkt/p").unwrap();
+        let (ok, reason, message) = refused(&s3, &error(storage::ErrorKind::Credentials));
+        assert!(!ok);
+        assert_eq!(reason, "Credentials");
+        assert!(
+            message.starts_with("get bkt/p/3.6.1.4/config.json: "),
+            "{message}"
+        );
+        assert!(message.contains("s3:GetObject") && message.contains("s3:ListBucket"));
+
+        let gcs = StorageUrl::parse("gcs://bkt/p").unwrap();
+        let (_, _, message) = refused(&gcs, &error(storage::ErrorKind::Credentials));
+        assert!(message.contains("roles/storage.objectViewer"), "{message}");
+    }
+
+    #[test]
+    fn other_failures_carry_no_permission_hint() {
+        let s3 = StorageUrl::parse("s3://bkt/p").unwrap();
+        let (ok, reason, message) = refused(&s3, &error(storage::ErrorKind::Network));
+        assert!(!ok);
+        assert_eq!(reason, "Network");
+        assert!(!message.contains("s3:GetObject"), "{message}");
     }
 }
