@@ -15,6 +15,7 @@ pub mod pods;
 pub mod probe;
 pub mod rollout;
 pub mod status;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,6 +155,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     } = settings;
     check_crd(&client).await?;
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
+    let pod_trigger = trigger.clone();
     // NB: an Api of PartialObjectMeta makes metadata-only requests: labels and annotations
     // are all the pod report needs, and the cache stays small with thousands of pods.
     type PodMeta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>;
@@ -164,7 +166,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let (pod_store, pod_writer) = kube::runtime::reflector::store();
     let pod_events = kube::runtime::reflector(
         pod_writer,
-        watcher::watcher(pods_api, watcher::Config::default().any_semantic()),
+        watcher::watcher(pods_api, watcher::Config::default().any_semantic()).default_backoff(),
     )
     .applied_objects();
     let (policies, secrets): (Api<FallbackConfigPolicy>, Api<Secret>) = match &namespace {
@@ -202,7 +204,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         metrics: metrics.clone(),
     });
     let by_secret = store.clone();
-    let by_pod = store.clone();
+    let pod_triggers = tokio::spawn(trigger_on_pods(pod_events, store.clone(), pod_trigger));
     let (stop_webhook, webhook_stopped) = tokio::sync::watch::channel(false);
     let webhook = webhook.map(|ws| {
         health.set(crate::webhook::CERT_LOADED, false);
@@ -270,21 +272,6 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
                     .collect::<Vec<_>>()
             },
         )
-        // A pod (created, relabelled, deleted) re-triggers the policies that select it.
-        .watches_stream(
-            pod_events,
-            move |pod: kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>| {
-                by_pod
-                    .state()
-                    .into_iter()
-                    .filter(|p| {
-                        p.namespace() == pod.namespace()
-                            && !matches!(crate::inject::role(p, pod.labels()), Ok(None))
-                    })
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
-            },
-        )
         .reconcile_on(triggers)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone())
@@ -296,6 +283,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         .await;
     sweeper.abort();
     synced.abort();
+    pod_triggers.abort();
     // Close the gates and stop the writers, then release the Leases: the next replica takes
     // over at once instead of after leaseDuration.
     tokio::join!(ctx.exporters.shutdown(), ctx.electors.shutdown());
@@ -313,6 +301,61 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
 
 /// The finalizer that lets the operator remove what it created for a policy.
 pub const FINALIZER: &str = "fallback.kong-dp.io/cleanup";
+
+/// Drives the pod cache: a pod created, relabelled or deleted re-triggers the policies
+/// that select it, at most once per [`throttle::POD_TRIGGER_PERIOD`] each.
+async fn trigger_on_pods(
+    events: impl futures::Stream<
+        Item = Result<
+            kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>,
+            watcher::Error,
+        >,
+    >,
+    policies: kube::runtime::reflector::Store<FallbackConfigPolicy>,
+    trigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<FallbackConfigPolicy>>,
+) {
+    let throttle = Arc::new(std::sync::Mutex::new(throttle::Throttle::new(
+        throttle::POD_TRIGGER_PERIOD,
+    )));
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        let pod = match event {
+            Ok(pod) => pod,
+            Err(e) => {
+                warn!(error = %e, "watching pods failed; retrying");
+                continue;
+            }
+        };
+        let selecting = policies.state().into_iter().filter(|p| {
+            p.namespace() == pod.namespace()
+                && !matches!(crate::inject::role(p, pod.labels()), Ok(None))
+        });
+        for policy in selecting {
+            let obj = ObjectRef::from_obj(&*policy);
+            let admit = throttle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .admit(&obj, tokio::time::Instant::now());
+            match admit {
+                throttle::Admit::Now => {
+                    let _ = trigger.send(obj);
+                }
+                throttle::Admit::At(at) => {
+                    let (throttle, trigger) = (throttle.clone(), trigger.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(at).await;
+                        throttle
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .fired(&obj, tokio::time::Instant::now());
+                        let _ = trigger.send(obj);
+                    });
+                }
+                throttle::Admit::Folded => {}
+            }
+        }
+    }
+}
 
 async fn reconcile(policy: Arc<FallbackConfigPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -506,8 +549,8 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True");
     info!(policy = %name, namespace = %namespace, problems = problems.len(), ready, "reconciled");
-    // NB: no pod watch yet: in BackupPods mode a designated pod that stops being Ready is
-    // noticed by this requeue.
+    // NB: the pod cache holds metadata only: in BackupPods mode a designated pod that stops
+    // being Ready is noticed by this requeue.
     let backup_mode = policy.spec.exporter.mode == ExporterMode::BackupPods;
     Ok(Action::requeue(Duration::from_secs(
         match (backup_mode, ready) {
