@@ -27,7 +27,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -183,8 +183,24 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let triggers = futures::stream::unfold(triggers, |mut rx| async move {
         rx.recv().await.map(|r| (r, rx))
     });
-    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // NB: our own status writes do not re-trigger a policy: otherwise each write during pod
+    // churn would start the next reconcile at once and bypass the pod throttle. What does
+    // (spec, deletion, finalizers, labels, annotations) changes these hashes; the store
+    // still gets every update.
+    let (store, writer) = kube::runtime::reflector::store();
+    let policy_events = kube::runtime::reflector(
+        writer,
+        watcher::watcher(policies, watcher::Config::default().any_semantic()).default_backoff(),
+    )
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation
+            .combine(predicates::finalizers)
+            .combine(predicates::labels)
+            .combine(predicates::annotations),
+        Default::default(),
+    );
+    let controller = Controller::for_stream(policy_events, store.clone());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),

@@ -653,3 +653,89 @@ async fn a_pod_two_policies_select_is_a_conflict_in_the_newer_ones_status() {
     assert_eq!(reason, "NotInjected", "{message}");
     running.abort();
 }
+
+/// A burst of pods is reported with a status write a second, not one per pod: pod churn
+/// re-triggers a policy at most once a second, and our own status writes trigger nothing.
+#[tokio::test]
+async fn pod_churn_costs_a_status_write_a_second_not_one_per_pod() {
+    use futures::{FutureExt, StreamExt};
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{WatchEvent, WatchParams};
+    const PODS: i32 = 40;
+    let env = kube().await;
+    env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+    let client = env.client().await.unwrap();
+    let ns = env.namespace("churn").await.unwrap();
+    let pp = PostParams::default();
+    let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+    let policy: FallbackConfigPolicy = serde_json::from_value(json!({
+        "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
+        "metadata": {"name": "churn"},
+        "spec": {
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {"url": "gcs://churn/kong", "readCredentials": {"ambient": true}},
+            "exporter": {"mode": "None"}
+        }
+    }))
+    .unwrap();
+    api.create(&pp, &policy).await.unwrap();
+    let running = tokio::spawn(controller::run(
+        client.clone(),
+        controller::Settings {
+            namespace: Some(ns.clone()),
+            ..controller::Settings::new("kfo-churn-test")
+        },
+    ));
+    let importers =
+        |p: &FallbackConfigPolicy| p.status.as_ref()?.pods.as_ref().map(|c| c.importers);
+    let baseline = until("the first status", async || {
+        let p = api.get("churn").await.ok()?;
+        (importers(&p) == Some(0)).then_some(p)
+    })
+    .await;
+    let rv = baseline.metadata.resource_version.clone().unwrap();
+    let watch = WatchParams::default().fields("metadata.name=churn");
+    let mut events = api.watch(&watch, &rv).await.unwrap().boxed();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let start = std::time::Instant::now();
+    for i in 0..PODS {
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("dp-{i}"), "labels": {"app": "kong-dp"}},
+            "spec": {"containers": [{"name": "proxy", "image": "kong:3.9.1"}]}
+        }))
+        .unwrap();
+        pods.create(&pp, &pod).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let churn = start.elapsed();
+
+    let mut writes = 0u32;
+    let counted = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = events.next().await {
+            if let WatchEvent::Modified(p) = event.unwrap() {
+                writes += 1;
+                if importers(&p) == Some(PODS) {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "status never counted {PODS} importers");
+    // Whatever trailing write is still due lands within a period.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while let Some(Some(event)) = events.next().now_or_never() {
+        if let WatchEvent::Modified(_) = event.unwrap() {
+            writes += 1;
+        }
+    }
+    // One write a second of churn, the leading one, and the one that settles it.
+    let bound = churn.as_secs() as u32 + 3;
+    assert!(
+        writes <= bound,
+        "{writes} status writes for {PODS} pods created over {churn:?} (at most {bound})"
+    );
+    running.abort();
+}
