@@ -82,7 +82,7 @@ pub struct Settings {
     /// Watch one namespace, or (`None`) all of them.
     pub namespace: Option<String>,
     pub metrics: Arc<Metrics>,
-    /// Gets [`CACHES_SYNCED`] once the policy cache has its first full list (and
+    /// Gets [`CACHES_SYNCED`] once the policy and pod caches have their first full lists (and
     /// [`crate::webhook::CERT_LOADED`] once the webhook serves).
     pub health: Arc<Health>,
     /// Serve the injection webhook from the policy cache.
@@ -108,14 +108,17 @@ pub const CACHES_SYNCED: &str = "caches";
 /// The `controller` label of this controller's reconcile metrics.
 const CONTROLLER: &str = "policy";
 
+/// A pod as the controller caches it: metadata only.
+type PodMeta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>;
+
 struct Context {
     client: Client,
     /// The metadata of the pods in scope (labels and the injection annotation).
-    pods: kube::runtime::reflector::Store<
-        kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>,
-    >,
+    pods: kube::runtime::reflector::Store<PodMeta>,
     /// Every policy in scope (to tell which policy claims a pod).
     policies: kube::runtime::reflector::Store<FallbackConfigPolicy>,
+    /// Whether `pods` holds the whole first listing; until then a report would undercount.
+    pods_synced: Arc<std::sync::atomic::AtomicBool>,
     recorder: Recorder,
     exporters: Exporters,
     electors: Electors,
@@ -158,7 +161,6 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let pod_trigger = trigger.clone();
     // NB: an Api of PartialObjectMeta makes metadata-only requests: labels and annotations
     // are all the pod report needs, and the cache stays small with thousands of pods.
-    type PodMeta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>;
     let pods_api: Api<PodMeta> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -167,8 +169,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let pod_events = kube::runtime::reflector(
         pod_writer,
         watcher::watcher(pods_api, watcher::Config::default().any_semantic()).default_backoff(),
-    )
-    .applied_objects();
+    );
     let (policies, secrets): (Api<FallbackConfigPolicy>, Api<Secret>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -212,6 +213,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         client: client.clone(),
         pods: pod_store,
         policies: store.clone(),
+        pods_synced: Arc::default(),
         exporters: Exporters::new(identity.clone(), trigger.clone(), metrics.clone()),
         electors: Electors::new(client.clone(), &identity, trigger, metrics.clone()),
         probes: probe::Probes::default(),
@@ -220,7 +222,12 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         metrics: metrics.clone(),
     });
     let by_secret = store.clone();
-    let pod_triggers = tokio::spawn(trigger_on_pods(pod_events, store.clone(), pod_trigger));
+    let pod_triggers = tokio::spawn(trigger_on_pods(
+        pod_events,
+        store.clone(),
+        pod_trigger,
+        ctx.pods_synced.clone(),
+    ));
     let (stop_webhook, webhook_stopped) = tokio::sync::watch::channel(false);
     let webhook = webhook.map(|ws| {
         health.set(crate::webhook::CERT_LOADED, false);
@@ -234,23 +241,17 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         ))
     });
     let synced = {
-        let store = store.clone();
+        let (store, pods_synced) = (store.clone(), ctx.pods_synced.clone());
         tokio::spawn(async move {
-            // NB: the store's readiness is a oneshot that keeps only its last waiter's waker,
-            // and the controller waits on it too: poll again until it says ready.
-            loop {
-                let wait =
-                    tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready());
-                match wait.await {
-                    Ok(Ok(())) => {
-                        health.set(CACHES_SYNCED, true);
-                        info!("caches synced; ready");
-                        return;
-                    }
-                    Ok(Err(_)) => return,
-                    Err(_elapsed) => {}
-                }
+            if !store_ready(&store).await {
+                return;
             }
+            // A replica that cannot list pods stays unready (its status writes wait too).
+            while !pods_synced.load(std::sync::atomic::Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            health.set(CACHES_SYNCED, true);
+            info!("caches synced; ready");
         })
     };
     // NB: without a finalizer a deleted policy is never reconciled again; sweep its exporters.
@@ -318,17 +319,32 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
 /// The finalizer that lets the operator remove what it created for a policy.
 pub const FINALIZER: &str = "fallback.kong-dp.io/cleanup";
 
-/// Drives the pod cache: a pod created, relabelled or deleted re-triggers the policies
-/// that select it, at most once per [`throttle::POD_TRIGGER_PERIOD`] each.
+/// Whether `store` has its first listing; false if its writer is gone.
+async fn store_ready<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    // NB: a store's readiness is a oneshot that keeps only its last waiter's waker, and
+    // the controller waits on the policy store too: poll again until it says ready.
+    loop {
+        let wait = tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready());
+        match wait.await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_elapsed) => {}
+        }
+    }
+}
+
+/// Drives the pod cache: a pod created, changed or deleted re-triggers the policies that
+/// select it, at most once per [`throttle::POD_TRIGGER_PERIOD`] each, and the end of
+/// every (re)listing re-triggers them all.
 async fn trigger_on_pods(
-    events: impl futures::Stream<
-        Item = Result<
-            kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>,
-            watcher::Error,
-        >,
-    >,
+    events: impl futures::Stream<Item = Result<watcher::Event<PodMeta>, watcher::Error>>,
     policies: kube::runtime::reflector::Store<FallbackConfigPolicy>,
     trigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<FallbackConfigPolicy>>,
+    synced: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let throttle = Arc::new(std::sync::Mutex::new(throttle::Throttle::new(
         throttle::POD_TRIGGER_PERIOD,
@@ -336,7 +352,17 @@ async fn trigger_on_pods(
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         let pod = match event {
-            Ok(pod) => pod,
+            Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod)) => pod,
+            // NB: the reflector swaps a listing into the cache only when it is complete,
+            // so reconciles triggered by the pods of a listing may have seen none of it.
+            Ok(watcher::Event::InitDone) => {
+                synced.store(true, std::sync::atomic::Ordering::Release);
+                for policy in policies.state() {
+                    let _ = trigger.send(ObjectRef::from_obj(&*policy));
+                }
+                continue;
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
             Err(e) => {
                 warn!(error = %e, "watching pods failed; retrying");
                 continue;
@@ -479,6 +505,10 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         // leadership triggers this again.
         debug!(policy = %name, namespace = %namespace, holder = ?claim.holder, "not leading; status left to the leader");
         return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    if !ctx.pods_synced.load(std::sync::atomic::Ordering::Acquire) {
+        debug!(policy = %name, namespace = %namespace, "pod cache still listing; status waits for it");
+        return Ok(Action::requeue(Duration::from_secs(5)));
     }
     let current = policy.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
@@ -641,5 +671,70 @@ mod tests {
             assert!(references(&spec, name), "{name}");
         }
         assert!(!references(&spec, "other"));
+    }
+
+    fn pod(name: &str, app: &str) -> PodMeta {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "kong", "labels": {"app": app}}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pod_events_trigger_selecting_policies_and_a_finished_listing_triggers_all() {
+        let policy: FallbackConfigPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
+            "metadata": {"name": "prod", "namespace": "kong"},
+            "spec": {
+                "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+                "storage": {"url": "gcs://bkt/p", "readCredentials": {"ambient": true}},
+                "exporter": {"mode": "None"}
+            }
+        }))
+        .unwrap();
+        let (store, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(policy.clone()));
+        let (events_tx, events_rx) = futures::channel::mpsc::unbounded();
+        let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
+        let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn(trigger_on_pods(events_rx, store, trigger, synced.clone()));
+        let prod = ObjectRef::from_obj(&policy);
+        let send = |e: watcher::Event<PodMeta>| events_tx.unbounded_send(Ok(e)).unwrap();
+        async fn next<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
+            tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .expect("a trigger")
+                .expect("the channel is open")
+        }
+
+        // A listing in progress is not in the cache yet: its pods trigger nothing...
+        send(watcher::Event::Init);
+        send(watcher::Event::InitApply(pod("dp-0", "kong-dp")));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(triggered.try_recv().is_err());
+        assert!(!synced.load(std::sync::atomic::Ordering::Acquire));
+        // ...its end triggers every policy, and the cache counts as synced.
+        send(watcher::Event::InitDone);
+        assert_eq!(next(&mut triggered).await, prod);
+        assert!(synced.load(std::sync::atomic::Ordering::Acquire));
+
+        // A pod the policy does not select triggers nothing.
+        send(watcher::Event::Apply(pod("other", "web")));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(triggered.try_recv().is_err());
+        // A selected pod triggers at once; a burst after it, once at the end of the period.
+        let start = tokio::time::Instant::now();
+        send(watcher::Event::Apply(pod("dp-1", "kong-dp")));
+        assert_eq!(next(&mut triggered).await, prod);
+        for i in 2..10 {
+            send(watcher::Event::Apply(pod(&format!("dp-{i}"), "kong-dp")));
+        }
+        send(watcher::Event::Delete(pod("dp-1", "kong-dp")));
+        assert_eq!(next(&mut triggered).await, prod);
+        assert!(start.elapsed() >= throttle::POD_TRIGGER_PERIOD);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(triggered.try_recv().is_err(), "the burst triggered once");
+        task.abort();
     }
 }
