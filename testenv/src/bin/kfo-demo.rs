@@ -158,9 +158,14 @@ async fn main() -> Result<()> {
     kubectl(kube, &["apply", "-f", &policy.display().to_string()]).await?;
 
     step("running two replicas: kong-fallback-operator run (kfo-0 also serves the webhook)");
+    // NB: `make demo` builds it with cargo, which honours CARGO_TARGET_DIR (relative to
+    // the repository root, where make runs).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| repo_root().join(dir))
+        .unwrap_or_else(|| repo_root().join("target"));
     let bin = std::env::var_os("KFO_OPERATOR_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/debug/kong-fallback-operator"));
+        .unwrap_or_else(|| target.join("debug/kong-fallback-operator"));
     if !bin.exists() {
         bail!(
             "{} not found: build it with `cargo build` (make demo does)",
