@@ -81,15 +81,13 @@ async fn probe(url: &StorageUrl, access: storage::Access, version: Option<&str>)
     let result = match version {
         Some(v) => {
             let key = url.config_key(v);
-            store.get(&key).await.map(|o| {
-                format!(
-                    "the read credentials read {bucket}/{key} ({})",
-                    if o.is_some() {
-                        "present"
-                    } else {
-                        "not exported yet"
-                    }
-                )
+            // NB: this message stays until the next probe, so it says when, not "not
+            // exported yet" next to an Exporting condition that says otherwise.
+            store.get(&key).await.map(|o| match o {
+                Some(_) => format!("the read credentials read {bucket}/{key}"),
+                None => format!(
+                    "the read credentials reach {bucket}; {key} did not exist yet at the last check"
+                ),
             })
         }
         None => {
