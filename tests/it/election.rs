@@ -49,6 +49,26 @@ async fn three_replicas_one_exporter_takeover_after_a_kill_and_handover_on_sigte
         assert_eq!(uploader, first, "only the Lease holder writes");
     }
     let (_, epoch_before) = fleet.lease().await.unwrap();
+    // Followers leave status to the leader: the policy's Events, which accompany every
+    // status change, all come from it.
+    let events =
+        kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(fleet.client.clone(), &fleet.ns)
+            .list(&Default::default())
+            .await
+            .unwrap();
+    let reporters: Vec<String> = events
+        .items
+        .iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some("FallbackConfigPolicy"))
+        .map(|e| e.reporting_instance.clone().unwrap_or_default())
+        .collect();
+    assert!(!reporters.is_empty(), "the leader reported nothing");
+    assert!(
+        reporters
+            .iter()
+            .all(|r| r.split('_').next() == Some(first.as_str())),
+        "Events from replicas other than the leader {first}: {reporters:?}"
+    );
 
     // SIGKILL: no release; another replica takes over after the Lease expires.
     let leader = ops.iter().find(|o| o.name == first).unwrap();
