@@ -1,7 +1,8 @@
 //! Webhook and controller-scale benchmarks (figures, not assertions). `make bench B=P3`.
 //!
 //! - P3: pod creates through the real apiserver at a fixed rate for 30 s, first with no
-//!   webhook registered, then with the operator's webhook injecting every pod. Server-side
+//!   webhook registered, then (the first phase's pods deleted) with the operator's webhook
+//!   injecting every pod. Server-side
 //!   handling time comes from the webhook's latency histogram (interpolated within its
 //!   buckets); the overhead is the difference of the end-to-end create p99s.
 //! - P4: 5,000 pods and 200 policies in the apiserver, then an operator process starts:
@@ -18,7 +19,7 @@ use kong_fallback_operator::api::FallbackConfigPolicy;
 use kong_fallback_operator::controller;
 use kong_fallback_operator::webhook::registration;
 use kube::CustomResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
 #[path = "../tests/common/cluster.rs"]
@@ -146,6 +147,20 @@ async fn p3() {
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let mut bare = drive(&pods, "bare").await;
+    // Both phases start from an empty namespace: the hooked one should not also pay for
+    // the bare phase's pods (in etcd, and in the operator's first pod listing).
+    pods.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    while !pods
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let configuration = kfo_testenv::unique_name("kfo-bench-p3");
     let settings = controller::Settings {
