@@ -11,6 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/cluster.rs"]
+mod cluster;
 #[path = "../tests/common/fleet.rs"]
 mod fleet;
 

@@ -44,17 +44,15 @@ fn pod(name: &str, app: &str) -> Pod {
 }
 
 fn policy(name: &str, app: &str, bucket: &str, endpoint: &str) -> FallbackConfigPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
-        "metadata": {"name": name},
-        "spec": {
+    cluster::policy(
+        name,
+        json!({
             "dataPlanes": {"selector": {"matchLabels": {"app": app}}},
             "storage": {"url": format!("s3://{bucket}/kong"), "region": "us-east-1", "endpoint": endpoint,
                         "readCredentials": {"secretName": "fallback-read"}},
             "exporter": {"mode": "None", "versions": ["3.6.1.4"]}
-        }
-    }))
-    .unwrap()
+        }),
+    )
 }
 
 /// Creates pods at RATE per second for SECONDS; the end-to-end create latencies (ms).

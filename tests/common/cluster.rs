@@ -1,16 +1,45 @@
-//! What tests and benchmarks build on the test cluster: webhook settings for an operator
-//! running on this machine, and a Deployment with the ReplicaSet and pod a
-//! controller-manager (absent here) would have made. Included with `#[path]`.
+//! What tests and benchmarks build on the test cluster: policies, the controller watching
+//! one namespace, webhook settings for an operator running on this machine, and a
+//! Deployment with the ReplicaSet and pod a controller-manager (absent here) would have
+//! made. Included with `#[path]`.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
+use kong_fallback_operator::api::FallbackConfigPolicy;
+use kong_fallback_operator::controller;
 use kong_fallback_operator::webhook::{self, certs, registration};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
+
+/// A policy named `name` with `spec` as a user writes it.
+pub fn policy(name: &str, spec: serde_json::Value) -> FallbackConfigPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "fallback.kong-dp.io/v1alpha1",
+        "kind": "FallbackConfigPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// The controller, as replica `identity`, watching only namespace `ns` (abort to stop it).
+pub fn run_controller(
+    client: &Client,
+    ns: &str,
+    identity: &str,
+) -> tokio::task::JoinHandle<Result<(), controller::Error>> {
+    tokio::spawn(controller::run(
+        client.clone(),
+        controller::Settings {
+            namespace: Some(ns.to_owned()),
+            ..controller::Settings::new(identity)
+        },
+    ))
+}
 
 /// A loopback port free a moment ago.
 pub fn free_port() -> u16 {

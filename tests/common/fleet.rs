@@ -77,11 +77,9 @@ impl Fleet {
         ] {
             secrets.create(&PostParams::default(), &s).await.unwrap();
         }
-        let policy: FallbackConfigPolicy = serde_json::from_value(json!({
-            "apiVersion": "fallback.kong-dp.io/v1alpha1",
-            "kind": "FallbackConfigPolicy",
-            "metadata": {"name": "prod"},
-            "spec": {
+        let policy: FallbackConfigPolicy = crate::cluster::policy(
+            "prod",
+            json!({
                 "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
                 "storage": {
                     "url": format!("s3://{bucket}/kong"),
@@ -102,9 +100,8 @@ impl Fleet {
                     "renewDeadline": format!("{}s", timings.renew),
                     "retryPeriod": format!("{}s", timings.retry)
                 }
-            }
-        }))
-        .unwrap();
+            }),
+        );
         Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &policy)
             .await

@@ -9,20 +9,12 @@ use kube::CustomResourceExt;
 use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::json;
 
+use crate::cluster::policy;
+
 async fn setup() -> (&'static KubeEnv, kube::Client) {
     let env = kube().await;
     env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
     (env, env.client().await.unwrap())
-}
-
-fn policy(name: &str, spec: serde_json::Value) -> FallbackConfigPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "fallback.kong-dp.io/v1alpha1",
-        "kind": "FallbackConfigPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .unwrap()
 }
 
 fn valid_spec() -> serde_json::Value {

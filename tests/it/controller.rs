@@ -35,26 +35,17 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
     env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
     let client = env.client().await.unwrap();
     let ns = env.namespace("ctrl").await.unwrap();
-    let running = tokio::spawn(controller::run(
-        client.clone(),
-        controller::Settings {
-            namespace: Some(ns.clone()),
-            ..controller::Settings::new("test-replica")
-        },
-    ));
+    let running = crate::cluster::run_controller(&client, &ns, "test-replica");
 
     // Valid for the schema, invalid for validate(): S3 without a region, empty selector.
-    let policy: FallbackConfigPolicy = serde_json::from_value(json!({
-        "apiVersion": "fallback.kong-dp.io/v1alpha1",
-        "kind": "FallbackConfigPolicy",
-        "metadata": {"name": "prod"},
-        "spec": {
+    let policy: FallbackConfigPolicy = crate::cluster::policy(
+        "prod",
+        json!({
             "dataPlanes": {"selector": {}},
             "storage": {"url": "s3://fallback/kong", "readCredentials": {"secretName": "fallback-read"}},
             "exporter": {"mode": "None"}
-        }
-    }))
-    .unwrap();
+        }),
+    );
     let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
     api.create(&PostParams::default(), &policy).await.unwrap();
 
@@ -238,11 +229,9 @@ mod operator_mode {
         assert_eq!(code, 503, "not ready before the caches sync");
         assert!(body.contains("caches"), "{body}");
         let running = tokio::spawn(controller::run(client.clone(), settings));
-        let policy: FallbackConfigPolicy = serde_json::from_value(json!({
-            "apiVersion": "fallback.kong-dp.io/v1alpha1",
-            "kind": "FallbackConfigPolicy",
-            "metadata": {"name": "prod"},
-            "spec": {
+        let policy: FallbackConfigPolicy = crate::cluster::policy(
+            "prod",
+            json!({
                 "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
                 "storage": {
                     "url": format!("s3://{bucket}/kong"),
@@ -257,9 +246,8 @@ mod operator_mode {
                     "minInterval": "0s",
                     "controlPlane": {"endpoint": cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}
                 }
-            }
-        }))
-        .unwrap();
+            }),
+        );
         let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
         api.create(&PostParams::default(), &policy).await.unwrap();
 
@@ -456,18 +444,10 @@ mod operator_mode {
         ] {
             secrets.create(&PostParams::default(), &s).await.unwrap();
         }
-        let running = tokio::spawn(controller::run(
-            client.clone(),
-            controller::Settings {
-                namespace: Some(ns.clone()),
-                ..controller::Settings::new("kfo-test-1")
-            },
-        ));
-        let policy: FallbackConfigPolicy = serde_json::from_value(json!({
-            "apiVersion": "fallback.kong-dp.io/v1alpha1",
-            "kind": "FallbackConfigPolicy",
-            "metadata": {"name": "prod"},
-            "spec": {
+        let running = crate::cluster::run_controller(&client, &ns, "kfo-test-1");
+        let policy: FallbackConfigPolicy = crate::cluster::policy(
+            "prod",
+            json!({
                 "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
                 "storage": {
                     "url": format!("s3://{bucket}/kong"), "endpoint": s3.endpoint, "region": "us-east-1",
@@ -478,9 +458,8 @@ mod operator_mode {
                     "mode": "Operator", "versions": ["3.6.1.4"], "minInterval": "0s",
                     "controlPlane": {"endpoint": cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}
                 }
-            }
-        }))
-        .unwrap();
+            }),
+        );
         let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
         api.create(&PostParams::default(), &policy).await.unwrap();
 
@@ -534,28 +513,19 @@ async fn with_rollout_the_owner_of_a_pod_without_the_injection_is_restarted() {
     let pp = PostParams::default();
     let deployments = crate::cluster::deployment_with_a_pod(&client, &ns).await;
 
-    let policy: FallbackConfigPolicy = serde_json::from_value(json!({
-        "apiVersion": "fallback.kong-dp.io/v1alpha1",
-        "kind": "FallbackConfigPolicy",
-        "metadata": {"name": "prod"},
-        "spec": {
+    let policy: FallbackConfigPolicy = crate::cluster::policy(
+        "prod",
+        json!({
             "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}, "rollout": true},
             "storage": {"url": "gcs://fallback/kong", "readCredentials": {"ambient": true}},
             "exporter": {"mode": "None"}
-        }
-    }))
-    .unwrap();
+        }),
+    );
     Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
         .create(&pp, &policy)
         .await
         .unwrap();
-    let running = tokio::spawn(controller::run(
-        client.clone(),
-        controller::Settings {
-            namespace: Some(ns.clone()),
-            ..controller::Settings::new("kfo-rollout-test")
-        },
-    ));
+    let running = crate::cluster::run_controller(&client, &ns, "kfo-rollout-test");
     let restarted = until("the Deployment restarted", async || {
         let d = deployments.get("kong-dp").await.ok()?;
         d.spec
@@ -597,16 +567,14 @@ async fn a_pod_two_policies_select_is_a_conflict_in_the_newer_ones_status() {
     let pp = PostParams::default();
     let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
     for name in ["first", "second"] {
-        let p: FallbackConfigPolicy = serde_json::from_value(json!({
-            "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
-            "metadata": {"name": name},
-            "spec": {
+        let p: FallbackConfigPolicy = crate::cluster::policy(
+            name,
+            json!({
                 "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
                 "storage": {"url": format!("gcs://{name}/kong"), "readCredentials": {"ambient": true}},
                 "exporter": {"mode": "None"}
-            }
-        }))
-        .unwrap();
+            }),
+        );
         api.create(&pp, &p).await.unwrap();
         // creationTimestamp has a one-second resolution: make "first" the older one.
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -621,13 +589,7 @@ async fn a_pod_two_policies_select_is_a_conflict_in_the_newer_ones_status() {
         .create(&pp, &pod)
         .await
         .unwrap();
-    let running = tokio::spawn(controller::run(
-        client.clone(),
-        controller::Settings {
-            namespace: Some(ns.clone()),
-            ..controller::Settings::new("kfo-overlap-test")
-        },
-    ));
+    let running = crate::cluster::run_controller(&client, &ns, "kfo-overlap-test");
     let condition = async |name: &str| {
         let p = api.get(name).await.ok()?;
         let c = p
@@ -668,24 +630,16 @@ async fn pod_churn_costs_a_status_write_a_second_not_one_per_pod() {
     let ns = env.namespace("churn").await.unwrap();
     let pp = PostParams::default();
     let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
-    let policy: FallbackConfigPolicy = serde_json::from_value(json!({
-        "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
-        "metadata": {"name": "churn"},
-        "spec": {
+    let policy: FallbackConfigPolicy = crate::cluster::policy(
+        "churn",
+        json!({
             "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
             "storage": {"url": "gcs://churn/kong", "readCredentials": {"ambient": true}},
             "exporter": {"mode": "None"}
-        }
-    }))
-    .unwrap();
+        }),
+    );
     api.create(&pp, &policy).await.unwrap();
-    let running = tokio::spawn(controller::run(
-        client.clone(),
-        controller::Settings {
-            namespace: Some(ns.clone()),
-            ..controller::Settings::new("kfo-churn-test")
-        },
-    ));
+    let running = crate::cluster::run_controller(&client, &ns, "kfo-churn-test");
     let importers =
         |p: &FallbackConfigPolicy| p.status.as_ref()?.pods.as_ref().map(|c| c.importers);
     let baseline = until("the first status", async || {

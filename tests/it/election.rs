@@ -537,11 +537,9 @@ mod backup_pods {
             .create(&PostParams::default(), &secret)
             .await
             .unwrap();
-        let policy: FallbackConfigPolicy = serde_json::from_value(json!({
-            "apiVersion": "fallback.kong-dp.io/v1alpha1",
-            "kind": "FallbackConfigPolicy",
-            "metadata": {"name": "prod"},
-            "spec": {
+        let policy: FallbackConfigPolicy = crate::cluster::policy(
+            "prod",
+            json!({
                 "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
                 "backup": {"selector": {"matchLabels": {"app": "kong-backup"}}},
                 "storage": {
@@ -552,18 +550,11 @@ mod backup_pods {
                     "writeCredentials": {"secretName": "fallback-write"}
                 },
                 "exporter": {"mode": "BackupPods"}
-            }
-        }))
-        .unwrap();
+            }),
+        );
         let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
         api.create(&PostParams::default(), &policy).await.unwrap();
-        let running = tokio::spawn(controller::run(
-            client.clone(),
-            controller::Settings {
-                namespace: Some(ns.clone()),
-                ..controller::Settings::new("kfo-backup-test")
-            },
-        ));
+        let running = crate::cluster::run_controller(&client, &ns, "kfo-backup-test");
 
         let store = minio_store(s3, &bucket);
         let prefix = StorageUrl::parse(&format!("s3://{bucket}/kong"))

@@ -223,19 +223,17 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
     let template = crate::cluster::kong_dp_template();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
 
-    let policy: FallbackConfigPolicy = serde_json::from_value(json!({
-        "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
-        "metadata": {"name": "prod"},
-        "spec": {
+    let policy: FallbackConfigPolicy = crate::cluster::policy(
+        "prod",
+        json!({
             "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}, "rollout": true},
             "storage": {"url": format!("s3://{bucket}/kong"), "endpoint": s3.endpoint, "region": "us-east-1",
                         "readCredentials": {"secretName": "fallback-read"},
                         "writeCredentials": {"secretName": "fallback-write"}},
             "exporter": {"mode": "Operator", "versions": ["3.6.1.4"], "minInterval": "0s",
                          "controlPlane": {"endpoint": cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}}
-        }
-    }))
-    .unwrap();
+        }),
+    );
     let policies: Api<FallbackConfigPolicy> = Api::namespaced(admin.clone(), &ns);
     policies.create(&pp, &policy).await.unwrap();
     let table = r#"{"_format_version":"3.0","_transform":false,"services":[{"id":"9748f662-7711-4a90-8186-dc02f10eb0f5","name":"svc","host":"example.com","port":443}]}"#;

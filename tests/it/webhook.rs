@@ -53,11 +53,9 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
         .unwrap();
     let client = env_.client().await.unwrap();
     let ns = env_.namespace("webhook").await.unwrap();
-    let policy: FallbackConfigPolicy = serde_json::from_value(json!({
-        "apiVersion": "fallback.kong-dp.io/v1alpha1",
-        "kind": "FallbackConfigPolicy",
-        "metadata": {"name": "prod"},
-        "spec": {
+    let policy: FallbackConfigPolicy = crate::cluster::policy(
+        "prod",
+        json!({
             "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
             "backup": {"selector": {"matchLabels": {"app": "kong-backup"}}},
             "storage": {
@@ -68,9 +66,8 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
             },
             "exporter": {"mode": "BackupPods"},
             "election": {"mirrorToStorage": false}
-        }
-    }))
-    .unwrap();
+        }),
+    );
     Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &policy)
         .await
