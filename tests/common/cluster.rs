@@ -41,6 +41,18 @@ pub fn run_controller(
     ))
 }
 
+/// The reasons of the Events in namespace `ns`.
+pub async fn event_reasons(client: &Client, ns: &str) -> Vec<String> {
+    Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
 /// A loopback port free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -363,15 +363,7 @@ mod operator_mode {
             "a secret in the metrics"
         );
 
-        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-        let reasons: Vec<String> = events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter_map(|e| e.reason)
-            .collect();
+        let reasons = crate::cluster::event_reasons(&client, &ns).await;
         assert!(
             reasons.contains(&"SecretMissing".to_owned())
                 && reasons.contains(&"Exported".to_owned())
@@ -381,6 +373,7 @@ mod operator_mode {
 
         // No secret value reached the status or an Event.
         let status = serde_json::to_string(&p.status).unwrap();
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
         let notes: String = events
             .list(&ListParams::default())
             .await
@@ -487,15 +480,7 @@ mod operator_mode {
             (condition(&api.get("prod").await.ok()?, "Ready")?.0 == "True").then_some(())
         })
         .await;
-        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-        let reasons: Vec<String> = events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter_map(|e| e.reason)
-            .collect();
+        let reasons = crate::cluster::event_reasons(&client, &ns).await;
         assert!(
             reasons.contains(&"Credentials".to_owned()) && reasons.contains(&"Exported".to_owned()),
             "{reasons:?}"

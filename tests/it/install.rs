@@ -6,13 +6,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kfo_testenv::{KongCp, Mtls, kube, minio};
 use kong_fallback_operator::api::FallbackConfigPolicy;
 use kong_fallback_operator::controller;
 use kong_fallback_operator::kong::config::config_hashes;
 use kong_fallback_operator::webhook::registration;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -331,15 +331,7 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
             .filter(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
     })
     .await;
-    let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
+    let reasons = crate::cluster::event_reasons(&admin, &ns).await;
     assert!(reasons.iter().any(|r| r == "Exported"), "{reasons:?}");
     // Deletion: the finalizer deletes the Lease as the ServiceAccount, then goes.
     let leases: Api<Lease> = Api::namespaced(admin.clone(), &ns);
