@@ -12,7 +12,11 @@
 //!   `KONG_CLUSTER_FALLBACK_CONFIG_EXPORT=on`, the **write** credentials, a stable
 //!   `KONG_NODE_ID` (the pod UID, through the downward API) for the election mirror, and the
 //!   S3 put options. Both get the storage URL and, for S3, the region and endpoint.
-//!   Credentials are always `secretKeyRef`s to the referenced Secret, never values.
+//!   Credentials are always `secretKeyRef`s to the referenced Secret, never values, and
+//!   always `optional: true`: Kong reads them only when its first control-plane connection
+//!   fails, so a missing Secret or key must never stop a Kong pod from starting (a required
+//!   reference leaves it in `CreateContainerConfigError`). A reference to a Secret or key the
+//!   controller knows is missing ([`SecretFacts`]) is left out and said in a warning.
 //! - **The user wins.** A variable the container already sets is left as it is and reported.
 //!   `envFrom` is not inspected: an `env` entry overrides it, as Kubernetes defines.
 //! - **Idempotent.** The annotation [`ANNOTATION`] records policy, generation, role and a
@@ -20,7 +24,7 @@
 //!   reinvocation changes nothing, and a hash that differs from the policy's current one is
 //!   drift the controller reports.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, SecretKeySelector,
@@ -52,6 +56,33 @@ pub struct Injected {
     pub role: Role,
     /// Hash of the injected env: differs from [`env_hash`] of the current policy on drift.
     pub hash: String,
+    /// Kong settings of the container that come from a vault reference: a data plane that
+    /// cannot resolve them at start never reaches the fallback (see [`vault_settings`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vault: Vec<String>,
+}
+
+/// What the controller last read of the Secrets that policies name: each one's keys, or
+/// `None` when it does not exist. A Secret it has not read is unknown, and referenced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretFacts(BTreeMap<(String, String), Option<BTreeSet<String>>>);
+
+impl SecretFacts {
+    /// Records what a read of Secret `namespace/name` found.
+    pub fn record(&mut self, namespace: &str, name: &str, keys: Option<BTreeSet<String>>) {
+        self.0.insert((namespace.to_owned(), name.to_owned()), keys);
+    }
+
+    /// Why `key` of Secret `namespace/name` cannot be referenced, if it is known to be missing.
+    pub fn missing(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
+        match self.0.get(&(namespace.to_owned(), name.to_owned()))? {
+            None => Some(format!("Secret {namespace}/{name} does not exist")),
+            Some(keys) if !keys.contains(key) => {
+                Some(format!("Secret {namespace}/{name} has no key {key}"))
+            }
+            Some(_) => None,
+        }
+    }
 }
 
 /// Why a pod got nothing, or what the user should know.
@@ -65,6 +96,13 @@ pub enum Remark {
     NoContainer { policy: String, wanted: String },
     /// The container sets these variables itself; its values were kept.
     UserOverride { names: Vec<String> },
+    /// Credentials left out because their Secret or key is missing.
+    SecretMissing {
+        names: Vec<String>,
+        why: Vec<String>,
+    },
+    /// Settings the data plane needs to start come from a vault reference.
+    VaultReference { names: Vec<String> },
 }
 
 impl std::fmt::Display for Remark {
@@ -87,6 +125,17 @@ impl std::fmt::Display for Remark {
                 f,
                 "the container sets {} itself; its values were kept",
                 names.join(", ")
+            ),
+            Remark::VaultReference { names } => write!(
+                f,
+                "{} come(s) from a vault reference: if it cannot be resolved while the control plane is down, the data plane fails to start and never imports the fallback configuration; take these settings from a Secret",
+                names.join(", ")
+            ),
+            Remark::SecretMissing { names, why } => write!(
+                f,
+                "{} not injected: {}; this pod cannot import the fallback configuration until it is recreated after the Secret is fixed",
+                names.join(", "),
+                why.join("; ")
             ),
         }
     }
@@ -140,14 +189,16 @@ pub fn role(
     }
 }
 
-fn secret_env(name: &str, secret: &str, optional: bool) -> EnvVar {
+fn secret_env(name: &str, secret: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret.to_owned(),
                 key: name.to_owned(),
-                optional: optional.then_some(true),
+                // NB: never required: a missing Secret or key would keep the pod from
+                // starting, and Kong needs these only if the control plane is down.
+                optional: Some(true),
             }),
             ..EnvVarSource::default()
         }),
@@ -163,8 +214,24 @@ fn value_env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-/// The env `policy` gives a pod in `role`, in a fixed order.
-pub fn desired_env(policy: &FallbackConfigPolicy, role: Role) -> Vec<EnvVar> {
+/// The env `policy` gives a pod in `role`, in a fixed order, without the credentials that
+/// `secrets` knows to be missing.
+pub fn desired_env(
+    policy: &FallbackConfigPolicy,
+    role: Role,
+    secrets: &SecretFacts,
+) -> Vec<EnvVar> {
+    desired(policy, role, secrets).0
+}
+
+/// [`desired_env`] and the credentials left out, with why.
+fn desired(
+    policy: &FallbackConfigPolicy,
+    role: Role,
+    secrets: &SecretFacts,
+) -> (Vec<EnvVar>, Vec<(String, String)>) {
+    let ns = policy.namespace().unwrap_or_default();
+    let mut left_out = Vec::new();
     let st = &policy.spec.storage;
     let s3 = st.url.starts_with("s3://");
     let mut out = vec![match role {
@@ -186,12 +253,21 @@ pub fn desired_env(policy: &FallbackConfigPolicy, role: Role) -> Vec<EnvVar> {
         Role::Backup => st.write_credentials.as_ref(),
     };
     if let Some(secret) = creds.and_then(|c| c.secret_name.as_deref()) {
-        if s3 {
-            out.push(secret_env(env::AWS_ACCESS_KEY_ID, secret, false));
-            out.push(secret_env(env::AWS_SECRET_ACCESS_KEY, secret, false));
-            out.push(secret_env(env::AWS_SESSION_TOKEN, secret, true));
+        let required: &[&str] = if s3 {
+            &[env::AWS_ACCESS_KEY_ID, env::AWS_SECRET_ACCESS_KEY]
         } else {
-            out.push(secret_env(env::GCP_SERVICE_ACCOUNT, secret, false));
+            &[env::GCP_SERVICE_ACCOUNT]
+        };
+        for name in required {
+            match secrets.missing(&ns, secret, name) {
+                Some(why) => left_out.push(((*name).to_owned(), why)),
+                None => out.push(secret_env(name, secret)),
+            }
+        }
+        // NB: the session token is optional in the Secret too: always referenced, so the
+        // env (and its hash) does not change when a Secret without one is read.
+        if s3 {
+            out.push(secret_env(env::AWS_SESSION_TOKEN, secret));
         }
     }
     if role == Role::Backup {
@@ -229,7 +305,7 @@ pub fn desired_env(policy: &FallbackConfigPolicy, role: Role) -> Vec<EnvVar> {
             }
         }
     }
-    out
+    (out, left_out)
 }
 
 /// A short stable hash of an env list.
@@ -261,6 +337,34 @@ fn container_index(pod: &Pod, wanted: Option<&str>) -> Result<usize, String> {
                 )
             }),
     }
+}
+
+/// Kong settings a data plane must resolve before it can start, connect or fall back.
+const START_SETTINGS: [&str; 4] = [
+    "KONG_CLUSTER_CERT",
+    "KONG_CLUSTER_CERT_KEY",
+    "KONG_CLUSTER_CA_CERT",
+    "KONG_LUA_SSL_TRUSTED_CERTIFICATE",
+];
+
+/// The settings of `container` in [`START_SETTINGS`] taken from a vault reference
+/// (`{vault://...}`) other than the `env` vault, which needs nothing but the pod's own env.
+/// Kong resolves such references at start; one that cannot be resolved while the control
+/// plane is down stops the node before it ever reads the fallback configuration.
+pub fn vault_settings(container: &Container) -> Vec<String> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| START_SETTINGS.contains(&e.name.as_str()))
+        .filter(|e| {
+            e.value.as_deref().is_some_and(|v| {
+                let v = v.trim();
+                v.starts_with("{vault://") && !v.starts_with("{vault://env/")
+            })
+        })
+        .map(|e| e.name.clone())
+        .collect()
 }
 
 /// The policy that claims `pod` among `policies` (any namespace; only the pod's counts),
@@ -301,8 +405,9 @@ pub fn claim<'a>(
     (claims.first().copied(), remarks)
 }
 
-/// The patch for `pod` given the policies of the cluster. Pure.
-pub fn inject(pod: &Pod, policies: &[FallbackConfigPolicy]) -> Outcome {
+/// The patch for `pod` given the policies of the cluster and what is known of their
+/// Secrets. Pure.
+pub fn inject(pod: &Pod, policies: &[FallbackConfigPolicy], secrets: &SecretFacts) -> Outcome {
     let (claimed, mut remarks) = claim(pod, policies);
     let Some((policy, role)) = claimed else {
         return Outcome {
@@ -331,14 +436,27 @@ pub fn inject(pod: &Pod, policies: &[FallbackConfigPolicy]) -> Outcome {
             };
         }
     };
-    let desired = desired_env(policy, role);
+    let (desired, left_out) = desired(policy, role, secrets);
+    if !left_out.is_empty() {
+        let (names, why): (Vec<String>, Vec<String>) = left_out.into_iter().unzip();
+        let mut why = why;
+        why.dedup();
+        remarks.push(Remark::SecretMissing { names, why });
+    }
+    let container = &pod.spec.as_ref().map_or(&[][..], |s| &s.containers)[idx];
+    let vault = vault_settings(container);
+    if !vault.is_empty() {
+        remarks.push(Remark::VaultReference {
+            names: vault.clone(),
+        });
+    }
     let injected = Injected {
         policy: key(policy),
         generation: policy.metadata.generation.unwrap_or(0),
         role,
         hash: env_hash(&desired),
+        vault,
     };
-    let container = &pod.spec.as_ref().map_or(&[][..], |s| &s.containers)[idx];
     let existing: &[EnvVar] = container.env.as_deref().unwrap_or_default();
     let mut add = Vec::new();
     let mut overridden = Vec::new();
@@ -466,7 +584,7 @@ mod tests {
     fn an_importer_gets_import_on_storage_region_endpoint_and_read_credential_references() {
         let p = policy("prod", "2026-01-01T00:00:00Z", json!({}));
         let pod = pod(json!({"app": "kong-dp"}), proxy());
-        let o = inject(&pod, std::slice::from_ref(&p));
+        let o = inject(&pod, std::slice::from_ref(&p), &SecretFacts::default());
         let env = env_of(&patched(&pod, &o), 0);
         assert_eq!(env["KONG_CLUSTER_FALLBACK_CONFIG_IMPORT"], "on");
         assert_eq!(
@@ -481,7 +599,7 @@ mod tests {
         );
         assert_eq!(
             env["AWS_ACCESS_KEY_ID"],
-            json!({"secretKeyRef": {"name": "fallback-read", "key": "AWS_ACCESS_KEY_ID"}})
+            json!({"secretKeyRef": {"name": "fallback-read", "key": "AWS_ACCESS_KEY_ID", "optional": true}})
         );
         assert_eq!(
             env["AWS_SESSION_TOKEN"],
@@ -511,12 +629,18 @@ mod tests {
     fn a_backup_pod_gets_export_on_write_credentials_node_id_and_put_options() {
         let p = policy("prod", "2026-01-01T00:00:00Z", json!({}));
         let pod = pod(json!({"app": "kong-backup"}), proxy());
-        let env = env_of(&patched(&pod, &inject(&pod, std::slice::from_ref(&p))), 0);
+        let env = env_of(
+            &patched(
+                &pod,
+                &inject(&pod, std::slice::from_ref(&p), &SecretFacts::default()),
+            ),
+            0,
+        );
         assert_eq!(env["KONG_CLUSTER_FALLBACK_CONFIG_EXPORT"], "on");
         assert!(!env.contains_key("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT"));
         assert_eq!(
             env["AWS_SECRET_ACCESS_KEY"],
-            json!({"secretKeyRef": {"name": "fallback-write", "key": "AWS_SECRET_ACCESS_KEY"}})
+            json!({"secretKeyRef": {"name": "fallback-write", "key": "AWS_SECRET_ACCESS_KEY", "optional": true}})
         );
         assert_eq!(
             env["KONG_NODE_ID"],
@@ -535,6 +659,98 @@ mod tests {
     }
 
     #[test]
+    fn every_secret_reference_is_optional_so_a_missing_secret_never_blocks_a_pod() {
+        let p = policy("prod", "2026-01-01T00:00:00Z", json!({}));
+        for labels in [json!({"app": "kong-dp"}), json!({"app": "kong-backup"})] {
+            let pod = pod(labels, proxy());
+            let after = patched(
+                &pod,
+                &inject(&pod, std::slice::from_ref(&p), &SecretFacts::default()),
+            );
+            let refs: Vec<_> = after.spec.unwrap().containers[0]
+                .env
+                .clone()
+                .unwrap()
+                .into_iter()
+                .filter_map(|e| e.value_from?.secret_key_ref)
+                .collect();
+            assert!(refs.len() >= 3, "{refs:?}");
+            assert!(refs.iter().all(|r| r.optional == Some(true)), "{refs:?}");
+        }
+    }
+
+    #[test]
+    fn a_secret_or_key_known_to_be_missing_is_left_out_and_said() {
+        let p = policy("prod", "2026-01-01T00:00:00Z", json!({}));
+        let pod = pod(json!({"app": "kong-dp"}), proxy());
+        let mut facts = SecretFacts::default();
+        facts.record(
+            "kong",
+            "fallback-read",
+            Some(["AWS_ACCESS_KEY_ID".to_owned()].into()),
+        );
+        let o = inject(&pod, std::slice::from_ref(&p), &facts);
+        let env = env_of(&patched(&pod, &o), 0);
+        assert!(env.contains_key("AWS_ACCESS_KEY_ID"));
+        assert!(!env.contains_key("AWS_SECRET_ACCESS_KEY"), "{env:?}");
+        assert_eq!(env["KONG_CLUSTER_FALLBACK_CONFIG_IMPORT"], "on");
+        let said = o
+            .remarks
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("AWS_SECRET_ACCESS_KEY not injected: Secret kong/fallback-read has no key AWS_SECRET_ACCESS_KEY"),
+            "{said:?}"
+        );
+
+        facts.record("kong", "fallback-read", None);
+        let o = inject(&pod, std::slice::from_ref(&p), &facts);
+        let env = env_of(&patched(&pod, &o), 0);
+        assert!(!env.contains_key("AWS_ACCESS_KEY_ID"), "{env:?}");
+        assert!(
+            o.remarks[0]
+                .to_string()
+                .contains("Secret kong/fallback-read does not exist")
+        );
+        // The recorded hash is of what was injected: the controller sees the drift once the
+        // Secret is fixed.
+        let fixed = SecretFacts::default();
+        assert_ne!(
+            o.injected.unwrap().hash,
+            env_hash(&desired_env(&p, Role::Importer, &fixed))
+        );
+    }
+
+    #[test]
+    fn cluster_settings_from_a_vault_reference_are_recorded_and_said() {
+        let p = policy("prod", "2026-01-01T00:00:00Z", json!({}));
+        let pod = pod(
+            json!({"app": "kong-dp"}),
+            json!([{"name": "proxy", "image": "kong/kong-gateway:3.6.1.4", "env": [
+                {"name": "KONG_CLUSTER_CERT", "value": "{vault://aws/kong/cluster-cert}"},
+                {"name": "KONG_CLUSTER_CERT_KEY", "value": "{vault://env/cluster-key}"},
+                {"name": "KONG_CLUSTER_CA_CERT", "value": "/etc/ca.crt"},
+                {"name": "KONG_LOG_LEVEL", "value": "{vault://aws/level}"}
+            ]}]),
+        );
+        let o = inject(&pod, std::slice::from_ref(&p), &SecretFacts::default());
+        assert_eq!(o.injected.as_ref().unwrap().vault, ["KONG_CLUSTER_CERT"]);
+        assert!(
+            o.remarks.iter().any(
+                |r| matches!(r, Remark::VaultReference { names } if names == &["KONG_CLUSTER_CERT"])
+            ),
+            "{:?}",
+            o.remarks
+        );
+        assert_eq!(
+            recorded(&patched(&pod, &o)).unwrap().vault,
+            ["KONG_CLUSTER_CERT"]
+        );
+    }
+
+    #[test]
     fn gcs_uses_the_service_account_key_and_no_aws_settings() {
         let p = policy(
             "prod",
@@ -542,10 +758,16 @@ mod tests {
             json!({"storage": {"url": "gcs://fallback/kong", "endpoint": null, "region": null, "putOptions": null}}),
         );
         let pod = pod(json!({"app": "kong-dp"}), proxy());
-        let env = env_of(&patched(&pod, &inject(&pod, std::slice::from_ref(&p))), 0);
+        let env = env_of(
+            &patched(
+                &pod,
+                &inject(&pod, std::slice::from_ref(&p), &SecretFacts::default()),
+            ),
+            0,
+        );
         assert_eq!(
             env["GCP_SERVICE_ACCOUNT"],
-            json!({"secretKeyRef": {"name": "fallback-read", "key": "GCP_SERVICE_ACCOUNT"}})
+            json!({"secretKeyRef": {"name": "fallback-read", "key": "GCP_SERVICE_ACCOUNT", "optional": true}})
         );
         assert!(env.keys().all(|k| !k.starts_with("AWS_")), "{env:?}");
     }
@@ -558,7 +780,13 @@ mod tests {
             json!({"storage": {"readCredentials": {"secretName": null, "ambient": true}}}),
         );
         let pod = pod(json!({"app": "kong-dp"}), proxy());
-        let env = env_of(&patched(&pod, &inject(&pod, std::slice::from_ref(&p))), 0);
+        let env = env_of(
+            &patched(
+                &pod,
+                &inject(&pod, std::slice::from_ref(&p), &SecretFacts::default()),
+            ),
+            0,
+        );
         assert!(!env.contains_key("AWS_ACCESS_KEY_ID"));
         assert_eq!(env["KONG_CLUSTER_FALLBACK_CONFIG_IMPORT"], "on");
     }
@@ -573,7 +801,10 @@ mod tests {
         pod.spec.as_mut().unwrap().init_containers = Some(vec![
             serde_json::from_value(json!({"name": "clear-stale-pid", "image": "kong"})).unwrap(),
         ]);
-        let after = patched(&pod, &inject(&pod, std::slice::from_ref(&p)));
+        let after = patched(
+            &pod,
+            &inject(&pod, std::slice::from_ref(&p), &SecretFacts::default()),
+        );
         assert!(env_of(&after, 0).is_empty());
         assert!(env_of(&after, 1).contains_key("KONG_CLUSTER_FALLBACK_CONFIG_IMPORT"));
         assert_eq!(after.spec.unwrap().init_containers.unwrap()[0].env, None);
@@ -591,8 +822,14 @@ mod tests {
             json!([{"name": "gateway", "image": "kong"}, {"name": "x", "image": "y"}]),
         );
         assert!(
-            env_of(&patched(&two, &inject(&two, std::slice::from_ref(&p))), 0)
-                .contains_key("KONG_CLUSTER_FALLBACK_CONFIG_STORAGE")
+            env_of(
+                &patched(
+                    &two,
+                    &inject(&two, std::slice::from_ref(&p), &SecretFacts::default())
+                ),
+                0
+            )
+            .contains_key("KONG_CLUSTER_FALLBACK_CONFIG_STORAGE")
         );
 
         let p = policy("prod", "2026-01-01T00:00:00Z", json!({}));
@@ -600,7 +837,11 @@ mod tests {
             json!({"app": "kong-dp"}),
             json!([{"name": "a", "image": "kong"}, {"name": "b", "image": "y"}]),
         );
-        let o = inject(&ambiguous, std::slice::from_ref(&p));
+        let o = inject(
+            &ambiguous,
+            std::slice::from_ref(&p),
+            &SecretFacts::default(),
+        );
         assert!(o.patch.is_empty());
         assert!(
             matches!(&o.remarks[0], Remark::NoContainer { .. }),
@@ -624,7 +865,7 @@ mod tests {
                             {"name": "AWS_REGION", "value": "us-east-2"}],
                     "envFrom": [{"secretRef": {"name": "kong-env"}}]}]),
         );
-        let o = inject(&pod, std::slice::from_ref(&p));
+        let o = inject(&pod, std::slice::from_ref(&p), &SecretFacts::default());
         let after = patched(&pod, &o);
         let env = env_of(&after, 0);
         assert_eq!(env["KONG_ROLE"], "data_plane");
@@ -649,8 +890,11 @@ mod tests {
     fn re_injection_is_a_no_op_and_a_changed_policy_is_drift() {
         let p = policy("prod", "2026-01-01T00:00:00Z", json!({}));
         let pod = pod(json!({"app": "kong-dp"}), proxy());
-        let once = patched(&pod, &inject(&pod, std::slice::from_ref(&p)));
-        let again = inject(&once, std::slice::from_ref(&p));
+        let once = patched(
+            &pod,
+            &inject(&pod, std::slice::from_ref(&p), &SecretFacts::default()),
+        );
+        let again = inject(&once, std::slice::from_ref(&p), &SecretFacts::default());
         assert!(again.patch.is_empty(), "{:?}", again.patch);
         assert_eq!(again.injected, recorded(&once));
 
@@ -659,9 +903,13 @@ mod tests {
             "2026-01-01T00:00:00Z",
             json!({"storage": {"url": "s3://fallback/other"}}),
         );
-        let desired = inject(&once, std::slice::from_ref(&changed))
-            .injected
-            .unwrap();
+        let desired = inject(
+            &once,
+            std::slice::from_ref(&changed),
+            &SecretFacts::default(),
+        )
+        .injected
+        .unwrap();
         assert_ne!(
             desired.hash,
             recorded(&once).unwrap().hash,
@@ -673,11 +921,18 @@ mod tests {
     fn unrelated_pods_and_other_namespaces_get_nothing() {
         let p = policy("prod", "2026-01-01T00:00:00Z", json!({}));
         let other = pod(json!({"app": "web"}), proxy());
-        assert_eq!(inject(&other, std::slice::from_ref(&p)), Outcome::default());
+        assert_eq!(
+            inject(&other, std::slice::from_ref(&p), &SecretFacts::default()),
+            Outcome::default()
+        );
         let mut elsewhere = pod(json!({"app": "kong-dp"}), proxy());
         elsewhere.metadata.namespace = Some("other".into());
         assert_eq!(
-            inject(&elsewhere, std::slice::from_ref(&p)),
+            inject(
+                &elsewhere,
+                std::slice::from_ref(&p),
+                &SecretFacts::default()
+            ),
             Outcome::default()
         );
     }
@@ -692,7 +947,10 @@ mod tests {
         );
         assert!(!crate::api::validate(&p.spec).is_empty());
         let pod = pod(json!({"app": "kong-dp"}), proxy());
-        assert_eq!(inject(&pod, std::slice::from_ref(&p)), Outcome::default());
+        assert_eq!(
+            inject(&pod, std::slice::from_ref(&p), &SecretFacts::default()),
+            Outcome::default()
+        );
     }
 
     #[test]
@@ -705,7 +963,7 @@ mod tests {
             ]}}}),
         );
         let pod = pod(json!({"app": "kong-dp"}), proxy());
-        let o = inject(&pod, std::slice::from_ref(&p));
+        let o = inject(&pod, std::slice::from_ref(&p), &SecretFacts::default());
         assert!(o.patch.is_empty());
         assert_eq!(
             o.remarks,
@@ -725,7 +983,7 @@ mod tests {
         );
         let pod = pod(json!({"app": "kong-dp"}), proxy());
         for order in [[old.clone(), new.clone()], [new.clone(), old.clone()]] {
-            let o = inject(&pod, &order);
+            let o = inject(&pod, &order, &SecretFacts::default());
             assert_eq!(o.injected.as_ref().unwrap().policy, "kong/b-old");
             assert_eq!(
                 o.remarks,
@@ -749,7 +1007,15 @@ mod tests {
         );
         let yes = pod(json!({"app": "kong-edge"}), proxy());
         let no = pod(json!({"app": "kong-edge", "canary": "1"}), proxy());
-        assert!(inject(&yes, std::slice::from_ref(&p)).injected.is_some());
-        assert!(inject(&no, std::slice::from_ref(&p)).injected.is_none());
+        assert!(
+            inject(&yes, std::slice::from_ref(&p), &SecretFacts::default())
+                .injected
+                .is_some()
+        );
+        assert!(
+            inject(&no, std::slice::from_ref(&p), &SecretFacts::default())
+                .injected
+                .is_none()
+        );
     }
 }

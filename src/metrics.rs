@@ -114,6 +114,11 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
+    /// The reason labels each export has used, so that [`Metrics::forget`] can remove the
+    /// reason-labelled series of an export that is gone.
+    reasons: std::sync::Mutex<
+        std::collections::HashMap<ExportLabels, std::collections::BTreeSet<String>>,
+    >,
 }
 
 impl Default for Metrics {
@@ -154,6 +159,7 @@ impl Metrics {
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
             reconcile_duration,
+            reasons: Default::default(),
         };
         let r = &mut m.registry;
         r.register("exports", "Writes of config.json", m.exports.clone());
@@ -261,11 +267,20 @@ impl Metrics {
 
     /// Records one exporter report.
     pub fn observe(&self, l: &ExportLabels, report: &Report) {
-        let with = |reason: &str| ReasonLabels {
-            namespace: l.namespace.clone(),
-            policy: l.policy.clone(),
-            version: l.version.clone(),
-            reason: snake_case(reason),
+        let with = |reason: &str| {
+            let reason = snake_case(reason);
+            self.reasons
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(l.clone())
+                .or_default()
+                .insert(reason.clone());
+            ReasonLabels {
+                namespace: l.namespace.clone(),
+                policy: l.policy.clone(),
+                version: l.version.clone(),
+                reason,
+            }
         };
         match report {
             Report::Connected => {
@@ -305,19 +320,42 @@ impl Metrics {
                     .get_or_create(&with(error.kind.label()))
                     .inc();
             }
-            Report::Stored { .. } => {}
+            Report::Stored { .. } | Report::Received { .. } => {}
             Report::Fenced { .. } => {
                 self.fenced.get_or_create(l).inc();
             }
         }
     }
 
-    /// Removes the gauges of an export that stopped (its counters stay: they are totals).
+    /// Removes every series of an export that stopped (a policy deleted, a version no
+    /// longer exported, a plan restarted): otherwise deleted policies would stay in every
+    /// scrape. A restarted export starts its counters again, which `rate()` handles.
     pub fn forget(&self, l: &ExportLabels) {
         self.connected.remove(l);
         self.withheld.remove(l);
         self.config_bytes.remove(l);
         self.last_export.remove(l);
+        self.exports.remove(l);
+        self.exported_bytes.remove(l);
+        self.export_duration.remove(l);
+        self.fenced.remove(l);
+        let reasons = self
+            .reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(l)
+            .unwrap_or_default();
+        for reason in reasons {
+            let r = ReasonLabels {
+                namespace: l.namespace.clone(),
+                policy: l.policy.clone(),
+                version: l.version.clone(),
+                reason,
+            };
+            self.export_failures.remove(&r);
+            self.disconnects.remove(&r);
+            self.rejected_frames.remove(&r);
+        }
     }
 
     /// Records whether this replica leads `policy` now; a change counts as a transition.
@@ -333,12 +371,14 @@ impl Metrics {
         }
     }
 
-    /// Removes the leader gauge of a policy that is gone.
+    /// Removes the election series of a policy that is gone.
     pub fn forget_policy(&self, namespace: &str, policy: &str) {
-        self.leader.remove(&PolicyLabels {
+        let l = PolicyLabels {
             namespace: namespace.to_owned(),
             policy: policy.to_owned(),
-        });
+        };
+        self.leader.remove(&l);
+        self.leader_transitions.remove(&l);
     }
 
     /// Records one admission review answered with `result` in `took`.
@@ -425,6 +465,54 @@ mod tests {
     }
 
     #[test]
+    fn a_forgotten_export_and_policy_leave_no_series_behind() {
+        let m = Metrics::new();
+        let gone = ExportLabels {
+            namespace: "kong".into(),
+            policy: "gone".into(),
+            version: "3.6.1.4".into(),
+        };
+        let kept = ExportLabels {
+            policy: "kept".into(),
+            ..gone.clone()
+        };
+        for l in [&gone, &kept] {
+            m.observe(l, &Report::Connected);
+            m.observe(
+                l,
+                &Report::Exported {
+                    key: "k".into(),
+                    hash: "h".into(),
+                    bytes: 10,
+                    at: std::time::SystemTime::now(),
+                    latency: Duration::from_millis(5),
+                },
+            );
+            m.observe(
+                l,
+                &Report::Disconnected {
+                    reason: "x".into(),
+                    label: "Unreachable",
+                },
+            );
+            m.observe(
+                l,
+                &Report::Rejected {
+                    reason: "x".into(),
+                    label: "BadFrame",
+                },
+            );
+            m.observe(l, &Report::Fenced { mine: 1, epoch: 2 });
+            m.leading(&l.namespace, &l.policy, true);
+        }
+        m.forget(&gone);
+        m.forget_policy("kong", "gone");
+        let text = m.encode();
+        assert!(!text.contains("policy=\"gone\""), "{text}");
+        assert!(text.contains("policy=\"kept\""), "{text}");
+    }
+
+    #[test]
     fn exports_count_bytes_latency_and_the_last_success() {
         let m = Metrics::new();
         m.observe(&labels(), &exported(1000, 20));
@@ -499,7 +587,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_export_leaves_no_gauges_behind() {
+    fn a_stopped_export_leaves_no_series_behind() {
         let m = Metrics::new();
         m.observe(&labels(), &Report::Connected);
         m.observe(&labels(), &exported(10, 1));
@@ -507,7 +595,7 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains(&format!("kong_fallback_control_plane_connected{{{L}}}")));
         assert!(!text.contains(&format!("kong_fallback_config_bytes{{{L}}}")));
-        assert!(text.contains(&format!("kong_fallback_exports_total{{{L}}} 1")));
+        assert!(!text.contains(&format!("kong_fallback_exports_total{{{L}}}")));
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub enum ConditionType {
     Exporting,
     /// The election has a healthy leader.
     Leading,
+    /// The store enforces conditional writes, so a replaced leader cannot overwrite a
+    /// newer export (Operator mode; known once the leader has checked).
+    Fencing,
 }
 
 impl ConditionType {
@@ -32,6 +35,7 @@ impl ConditionType {
             ConditionType::ControlPlaneConnected => "ControlPlaneConnected",
             ConditionType::Exporting => "Exporting",
             ConditionType::Leading => "Leading",
+            ConditionType::Fencing => "Fencing",
         }
     }
 }

@@ -93,6 +93,7 @@ pub struct FallbackConfigPolicySpec {
 pub struct DataPlanes {
     /// Labels of the Kong data plane pods in this namespace. An empty selector is refused:
     /// it would claim every pod in the namespace.
+    #[schemars(schema_with = "label_selector_schema")]
     pub selector: LabelSelector,
 
     /// The container that runs Kong. Default: the container named `proxy` (the name Kong's
@@ -106,6 +107,18 @@ pub struct DataPlanes {
     /// Default false: such pods are only reported in status.
     #[serde(default)]
     pub rollout: bool,
+
+    /// Image repositories besides Kong's own (`kong`, `kong/kong`, `kong/kong-gateway`, from
+    /// any registry) whose tags are the Kong version, e.g. a private rebuild
+    /// `registry.example.com/platform/kong-gateway`. The tag of any other image is not
+    /// trusted: such pods need the annotation `fallback.kong-dp.io/kong-version`. Applies
+    /// to backup pods too. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 255), regex(pattern = r"^[a-z0-9.:/_-]+$"))
+    )]
+    pub image_repositories: Vec<String>,
 }
 
 /// Native Kong backup pods (exporters).
@@ -113,6 +126,7 @@ pub struct DataPlanes {
 #[serde(rename_all = "camelCase")]
 pub struct BackupPods {
     /// Labels of the Kong backup pods in this namespace.
+    #[schemars(schema_with = "label_selector_schema")]
     pub selector: LabelSelector,
 
     /// The container that runs Kong; same default as `dataPlanes.container`.
@@ -128,8 +142,12 @@ pub struct BackupPods {
 #[x_kube(validation = Rule::new("!has(self.putOptions) || self.url.startsWith('s3://')").message("storage.putOptions are S3 PutObject options: use them with an s3:// url"))]
 pub struct Storage {
     /// `s3://<bucket>/<prefix>` or `gcs://<bucket>/<prefix>`, exactly as Kong's
-    /// `cluster_fallback_config_storage`. The prefix may be empty.
-    #[schemars(regex(pattern = r"^(s3|gcs)://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[^?#\s]*)?$"))]
+    /// `cluster_fallback_config_storage`. The prefix is required (Kong cannot use a
+    /// bucket's root) and has only letters, digits, `.`, `_`, `-`, `~` and `/`, with no `.`
+    /// or `..` segment: anything else Kong's URL parser would read differently.
+    #[schemars(regex(
+        pattern = r"^(s3|gcs)://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/+([A-Za-z0-9_~-][A-Za-z0-9._~-]*|\.[A-Za-z0-9_~-][A-Za-z0-9._~-]*|\.\.[A-Za-z0-9._~-]+))+/*$"
+    ))]
     pub url: String,
 
     /// Endpoint of an S3-compatible store (MinIO, Ceph RGW...), e.g. `http://minio.minio:9000`.
@@ -379,6 +397,56 @@ impl Default for Election {
     }
 }
 
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// characters (Kubernetes' `IsQualifiedName`). [`validate`] checks the lengths exactly.
+pub(crate) const LABEL_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+/// A label value: empty, or up to 63 characters (Kubernetes' `IsValidLabelValue`).
+pub(crate) const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$";
+
+/// `metav1.LabelSelector` with Kubernetes' label syntax enforced by the apiserver: the
+/// selectors also become CEL in the webhook's registration, and one malformed label there
+/// would make the apiserver refuse the registration for every policy.
+fn label_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "A label selector (matchLabels and matchExpressions, ANDed) with Kubernetes' label syntax: keys `[prefix/]name`, values of at most 63 letters, digits, `-`, `_` and `.`.",
+        "properties": {
+            "matchLabels": {
+                "type": "object",
+                "description": "Labels the pod must have, key to value.",
+                "maxProperties": 64,
+                "additionalProperties": {
+                    "type": "string",
+                    "maxLength": 63,
+                    "pattern": LABEL_VALUE_PATTERN
+                },
+                "x-kubernetes-validations": [{
+                    "rule": format!("self.all(k, k.size() <= 317 && k.matches('{}'))", LABEL_KEY_PATTERN.replace('\\', "\\\\")),
+                    "message": "matchLabels keys must be label keys: an optional DNS-subdomain prefix and '/', then a name of 1-63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+                }]
+            },
+            "matchExpressions": {
+                "type": "array",
+                "description": "Requirements on the pod's labels.",
+                "maxItems": 32,
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string", "maxLength": 317, "pattern": LABEL_KEY_PATTERN},
+                        "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                        "values": {
+                            "type": "array",
+                            "maxItems": 256,
+                            "items": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from(std::time::Duration::from_secs(s))
 }
@@ -446,13 +514,31 @@ pub struct LeaderStatus {
     /// How many times the Lease changed hands.
     #[serde(default)]
     pub transitions: i32,
-    /// `mode: BackupPods`: the backup pod the leader designated as Kong's exporter.
+    /// `mode: BackupPods`: the backup pod the leader designated as Kong's exporter (the
+    /// first of `backupPods`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_pod: Option<String>,
     /// `mode: BackupPods`: the Kong node id registered in the store's `election/` prefix,
-    /// the designated backup pod's `KONG_NODE_ID` (its pod UID).
+    /// the designated backup pod's `KONG_NODE_ID` (its pod UID; the first of `backupPods`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// `mode: BackupPods`: per Kong version, the backup pod designated as Kong's exporter
+    /// and the node id registered under that version's `election/` prefix only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["version"]))]
+    pub backup_pods: Vec<BackupDesignation>,
+}
+
+/// The backup pod that exports one Kong version.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupDesignation {
+    /// The full Kong version the pod runs.
+    pub version: String,
+    /// The pod's name.
+    pub pod: String,
+    /// Its Kong node id (the pod UID, injected as `KONG_NODE_ID`).
+    pub node_id: String,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -8,7 +8,7 @@ use std::time::Duration as StdDuration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::{Credentials, ExporterMode, FallbackConfigPolicySpec};
+use super::{ExporterMode, FallbackConfigPolicySpec};
 use crate::kong::{KongVersion, Provider, StorageUrl};
 
 /// One thing wrong with a spec.
@@ -56,13 +56,12 @@ pub fn validate(spec: &FallbackConfigPolicySpec) -> Vec<Problem> {
     }
 
     let storage = &spec.storage;
-    if url.as_ref().map(|u| u.provider) == Some(Provider::S3)
-        && storage.region.is_none()
-        && !is_ambient(&storage.read_credentials)
-    {
+    // NB: whatever the credentials: Kong's S3 strategy (lua-resty-aws) errors "S3 region is
+    // not configured" without AWS_REGION/AWS_DEFAULT_REGION, ambient identities included.
+    if url.as_ref().map(|u| u.provider) == Some(Provider::S3) && storage.region.is_none() {
         p.add(
             "spec.storage.region",
-            "required for s3:// storage: Kong refuses to use S3 without a region (any value, e.g. us-east-1, for most S3-compatible stores)",
+            "required for s3:// storage: Kong refuses to use S3 without a region, whatever the credentials (any value, e.g. us-east-1, for most S3-compatible stores)",
         );
     }
     if let (Some(r), Some(w)) = (
@@ -184,10 +183,6 @@ pub fn validate(spec: &FallbackConfigPolicySpec) -> Vec<Problem> {
     p.0
 }
 
-fn is_ambient(c: &Credentials) -> bool {
-    c.ambient.unwrap_or(false)
-}
-
 fn check_selector(p: &mut Problems, field: &str, s: &LabelSelector) {
     let empty = s.match_labels.as_ref().is_none_or(|m| m.is_empty())
         && s.match_expressions.as_ref().is_none_or(|m| m.is_empty());
@@ -197,7 +192,35 @@ fn check_selector(p: &mut Problems, field: &str, s: &LabelSelector) {
             "must not be empty: an empty selector would claim every pod in the namespace",
         );
     }
+    for (k, v) in s.match_labels.iter().flatten() {
+        if let Err(why) = check_label_key(k) {
+            p.add(
+                format!("{field}.matchLabels"),
+                format!("{k:?} is not a label key: {why}"),
+            );
+        }
+        if let Err(why) = check_label_value(v) {
+            p.add(
+                format!("{field}.matchLabels[{k}]"),
+                format!("{v:?} is not a label value: {why}"),
+            );
+        }
+    }
     for (i, expr) in s.match_expressions.iter().flatten().enumerate() {
+        if let Err(why) = check_label_key(&expr.key) {
+            p.add(
+                format!("{field}.matchExpressions[{i}].key"),
+                format!("{:?} is not a label key: {why}", expr.key),
+            );
+        }
+        for v in expr.values.iter().flatten() {
+            if let Err(why) = check_label_value(v) {
+                p.add(
+                    format!("{field}.matchExpressions[{i}].values"),
+                    format!("{v:?} is not a label value: {why}"),
+                );
+            }
+        }
         let values = expr.values.as_ref().map_or(0, Vec::len);
         let ok = match expr.operator.as_str() {
             "In" | "NotIn" => values > 0,
@@ -214,6 +237,61 @@ fn check_selector(p: &mut Problems, field: &str, s: &LabelSelector) {
             );
         }
     }
+}
+
+/// Kubernetes' `IsQualifiedName`: `[prefix/]name`, the prefix a DNS subdomain of at most
+/// 253 characters, the name 1-63 alphanumerics, `-`, `_`, `.`, alphanumeric at both ends.
+fn check_label_key(key: &str) -> Result<(), &'static str> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(label_ok) {
+            return Err(
+                "the prefix before '/' must be a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters)",
+            );
+        }
+    }
+    if name.is_empty() || name.len() > 63 {
+        return Err("the name must have 1 to 63 characters");
+    }
+    name_chars_ok(name)
+}
+
+/// Kubernetes' `IsValidLabelValue`: empty, or a name as in [`check_label_key`].
+fn check_label_value(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    if value.len() > 63 {
+        return Err("at most 63 characters");
+    }
+    name_chars_ok(value)
+}
+
+fn name_chars_ok(name: &str) -> Result<(), &'static str> {
+    let b = name.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_alphanumeric();
+    if !b
+        .iter()
+        .all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'))
+        || !b.first().is_some_and(alnum)
+        || !b.last().is_some_and(alnum)
+    {
+        return Err(
+            "only letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+        );
+    }
+    Ok(())
 }
 
 /// A Kubernetes quantity limited to the forms a size takes here: `123`, `64Mi`, `1G`.
@@ -305,12 +383,13 @@ mod tests {
     }
 
     #[test]
-    fn s3_without_region_is_refused_unless_the_identity_is_ambient() {
+    fn s3_without_region_is_refused_whatever_the_credentials() {
         let mut v = valid();
         v["storage"].as_object_mut().unwrap().remove("region");
         assert_eq!(fields(&validate(&spec(v.clone()))), ["spec.storage.region"]);
         v["storage"]["readCredentials"] = json!({"ambient": true});
-        assert_eq!(validate(&spec(v)), vec![]);
+        v["storage"]["writeCredentials"] = json!({"ambient": true});
+        assert_eq!(fields(&validate(&spec(v))), ["spec.storage.region"]);
     }
 
     #[test]
@@ -367,6 +446,89 @@ mod tests {
                 "spec.dataPlanes.selector.matchExpressions[2]"
             ]
         );
+    }
+
+    #[test]
+    fn label_keys_and_values_must_have_kubernetes_syntax() {
+        let mut v = valid();
+        v["dataPlanes"]["selector"] = json!({
+            "matchLabels": {"app": "a'b", "example.com/tier": "edge", "bad key": "x"},
+            "matchExpressions": [
+                {"key": "ok", "operator": "In", "values": ["x') || true || ('"]},
+                {"key": "-x", "operator": "Exists"},
+                {"key": "Upper.Case/x", "operator": "Exists"}
+            ]
+        });
+        assert_eq!(
+            fields(&validate(&spec(v))),
+            [
+                "spec.dataPlanes.selector.matchLabels[app]",
+                "spec.dataPlanes.selector.matchLabels",
+                "spec.dataPlanes.selector.matchExpressions[0].values",
+                "spec.dataPlanes.selector.matchExpressions[1].key",
+                "spec.dataPlanes.selector.matchExpressions[2].key",
+            ]
+        );
+        for (key, ok) in [
+            ("app", true),
+            ("app.kubernetes.io/name", true),
+            ("a/b", true),
+            ("x".repeat(63).as_str(), true),
+            ("x".repeat(64).as_str(), false),
+            ("/name", false),
+            ("a/", false),
+            ("a/b/c", false),
+            ("-a.b/c", false),
+        ] {
+            assert_eq!(check_label_key(key).is_ok(), ok, "{key}");
+        }
+        for (value, ok) in [
+            ("", true),
+            ("a", true),
+            ("a-b_c.d", true),
+            ("a-", false),
+            ("a b", false),
+        ] {
+            assert_eq!(check_label_value(value).is_ok(), ok, "{value:?}");
+        }
+    }
+
+    fn regex_lite_match(pattern: &str) -> impl Fn(&str) -> bool {
+        let re = regex::Regex::new(pattern).unwrap();
+        move |s| re.is_match(s)
+    }
+
+    #[test]
+    fn the_schema_patterns_agree_with_the_label_checks() {
+        // The apiserver applies the patterns; validate() applies the Rust checks: one rule.
+        let key = regex_lite_match(crate::api::LABEL_KEY_PATTERN);
+        let value = regex_lite_match(crate::api::LABEL_VALUE_PATTERN);
+        for k in [
+            "app",
+            "app.kubernetes.io/name",
+            "a_b",
+            "a'b",
+            "/x",
+            "a/b/c",
+            "-a",
+            "A/b",
+        ] {
+            assert_eq!(key(k), check_label_key(k).is_ok(), "{k}");
+        }
+        for v in ["", "a", "a'b", "a-", "edge", "x') || true"] {
+            assert_eq!(value(v), check_label_value(v).is_ok(), "{v}");
+        }
+    }
+
+    #[test]
+    fn an_empty_storage_prefix_is_refused_naming_the_url() {
+        for url in ["s3://bucket", "s3://bucket/", "gcs://bucket"] {
+            let mut v = valid();
+            v["storage"]["url"] = json!(url);
+            let problems = validate(&spec(v));
+            assert_eq!(fields(&problems), ["spec.storage.url"], "{url}");
+            assert!(problems[0].message.contains("no prefix"), "{}", problems[0]);
+        }
     }
 
     #[test]

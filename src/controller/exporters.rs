@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::FallbackConfigPolicy;
 use crate::cp_client::{self, ClientSettings};
@@ -47,6 +47,9 @@ pub struct VersionState {
     /// Why the last write failed: (label, message); cleared by the next success.
     pub export_error: Option<(String, String)>,
     pub last_export: Option<ExportRecord>,
+    /// When the oldest configuration not yet stored arrived; `None` when everything
+    /// received is stored (or was skipped).
+    pub waiting_since: Option<SystemTime>,
 }
 
 /// Everything one policy's exporters need; `fingerprint` changes when any input does.
@@ -62,6 +65,8 @@ pub struct Plan {
     pub history_limit: usize,
     /// Register the leader in the store's `election/` prefix (spec.election.mirrorToStorage).
     pub mirror: bool,
+    /// The policy object's UID: the node ids derive from it.
+    pub policy_uid: String,
 }
 
 /// A stable hash of the inputs of a plan.
@@ -71,11 +76,15 @@ pub fn fingerprint(parts: &[&str]) -> u64 {
     h.finish()
 }
 
-/// A node id (UUID form) that stays the same for a replica, policy and version, so the
-/// control plane's data-plane list does not grow with every restart.
-pub fn node_id(identity: &str, policy: &PolicyKey, version: &str) -> String {
+/// The Kong node id (UUID form) of a policy's exports of one version: derived from the
+/// policy's UID, so every replica and every rollout of the operator is the same "data
+/// plane" to the control plane, whose data-plane list and Kong Manager no longer grow with
+/// each restart. Two sessions with one node id are accepted: Kong's CP keys its sessions by
+/// websocket and upserts the `clustering_data_planes` row by node id, last ping wins
+/// (`kong/clustering/control_plane.lua`).
+pub fn node_id(policy_uid: &str, version: &str) -> String {
     use md5::{Digest, Md5};
-    let d = Md5::digest(format!("{identity}/{}/{}/{version}", policy.0, policy.1).as_bytes());
+    let d = Md5::digest(format!("{policy_uid}/{version}").as_bytes());
     let mut b = [0u8; 16];
     b.copy_from_slice(&d);
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -102,6 +111,9 @@ struct Running {
 pub struct Exporters {
     running: Mutex<HashMap<PolicyKey, Running>>,
     states: Arc<Mutex<HashMap<PolicyKey, BTreeMap<String, VersionState>>>>,
+    /// Whether each policy's store enforces conditional writes (see
+    /// [`storage::enforces_preconditions`]); absent until the leader has checked.
+    fencing: Arc<Mutex<HashMap<PolicyKey, bool>>>,
     trigger: mpsc::UnboundedSender<ObjectRef<FallbackConfigPolicy>>,
     identity: String,
     metrics: Arc<Metrics>,
@@ -116,6 +128,7 @@ impl Exporters {
         Exporters {
             running: Mutex::default(),
             states: Arc::default(),
+            fencing: Arc::default(),
             trigger,
             identity,
             metrics,
@@ -139,6 +152,15 @@ impl Exporters {
             .get(key)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Whether `key`'s store enforces conditional writes, once the leader has checked.
+    pub fn fencing(&self, key: &PolicyKey) -> Option<bool> {
+        self.fencing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
     }
 
     /// Stops every exporter and waits (bounded) for them: the mirrors remove their
@@ -170,6 +192,10 @@ impl Exporters {
             let _ = r.stop.send(true);
             info!(namespace = %key.0, policy = %key.1, "stopped the exporters");
         }
+        self.fencing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
         let stopped = self
             .states
             .lock()
@@ -180,9 +206,9 @@ impl Exporters {
         }
     }
 
-    /// `mode: BackupPods`: mirrors the designated backup pod's node id for each version,
-    /// behind `gate`, unless the same plan already runs. No control-plane session: the
-    /// backup pods export themselves.
+    /// `mode: BackupPods`: mirrors each designated backup pod's node id under its own
+    /// version's prefix, behind `gate`, unless the same plan already runs. No control-plane
+    /// session: the backup pods export themselves.
     pub async fn ensure_mirrors(
         &self,
         key: &PolicyKey,
@@ -201,20 +227,21 @@ impl Exporters {
             Arc::from(storage::open(&plan.url, plan.access.clone()).await?);
         let (stop, stop_rx) = watch::channel(false);
         let tasks = plan
-            .versions
+            .designation
+            .designated
             .iter()
-            .map(|version| {
+            .map(|d| {
                 let mirror = Mirror {
                     store: store.clone(),
                     flavor: flavor(&plan.url),
                     url: plan.url.clone(),
-                    version: version.clone(),
-                    node_id: plan.node_id.clone(),
+                    version: d.version.clone(),
+                    node_id: d.node_id.clone(),
                 };
                 tokio::spawn(mirror.run(gate.clone(), stop_rx.clone()))
             })
             .collect();
-        info!(namespace = %key.0, policy = %key.1, pod = %plan.pod, versions = ?plan.versions, "mirroring the designated backup pod");
+        info!(namespace = %key.0, policy = %key.1, designated = ?plan.designation.designated, uncovered = ?plan.designation.uncovered, "mirroring the designated backup pods");
         self.lock_running().insert(
             key.clone(),
             Running {
@@ -250,12 +277,21 @@ impl Exporters {
                 .map(|v| (v.clone(), VersionState::default()))
                 .collect();
         }
+        tasks.push(tokio::spawn(check_fencing(
+            store.clone(),
+            format!("{}/.kong-fallback-operator/fencing-probe", plan.url.prefix),
+            gate.clone(),
+            self.fencing.clone(),
+            key.clone(),
+            self.trigger.clone(),
+            stop_rx.clone(),
+        )));
         for version in &plan.versions {
             let parsed = version
                 .parse()
                 .map_err(|e: crate::kong::KongVersionError| e.to_string())?;
             let mut client = plan.client.clone();
-            client.node_id = node_id(&self.identity, key, version);
+            client.node_id = node_id(&plan.policy_uid, version);
             if plan.mirror {
                 let mirror = Mirror {
                     store: store.clone(),
@@ -271,7 +307,8 @@ impl Exporters {
             let target = ExportTarget {
                 url: plan.url.clone(),
                 version: version.clone(),
-                uploader: self.identity.clone(),
+                uploader: client.node_id.clone(),
+                writer: self.identity.clone(),
                 min_interval: plan.min_interval,
                 history_limit: plan.history_limit,
             };
@@ -325,6 +362,49 @@ impl Exporters {
     }
 }
 
+/// Once this replica leads (a store write, so behind the gate like every other), checks
+/// that the store enforces conditional writes and records the answer for status.
+async fn check_fencing(
+    store: Arc<dyn storage::ObjectStore>,
+    probe_key: String,
+    mut gate: Gate,
+    results: Arc<Mutex<HashMap<PolicyKey, bool>>>,
+    key: PolicyKey,
+    trigger: mpsc::UnboundedSender<ObjectRef<FallbackConfigPolicy>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        if let Some(permit) = gate.permit() {
+            let outcome = storage::enforces_preconditions(store.as_ref(), &probe_key).await;
+            drop(permit);
+            match outcome {
+                Ok(enforced) => {
+                    if !enforced {
+                        warn!(namespace = %key.0, policy = %key.1, bucket = %store.bucket(), "the store ignores conditional writes: fencing is off");
+                    }
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.clone(), enforced);
+                    let _ = trigger.send(ObjectRef::new(&key.1).within(&key.0));
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    debug!(namespace = %key.0, policy = %key.1, error = %e, "cannot check the store's conditional writes yet");
+                }
+            }
+        }
+        let retry = crate::export::backoff(failures.max(1));
+        tokio::select! {
+            _ = gate.changed() => {}
+            _ = tokio::time::sleep(retry) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 fn flavor(url: &StorageUrl) -> Flavor {
     match url.provider {
         Provider::S3 => Flavor::S3,
@@ -357,6 +437,10 @@ pub fn apply(s: &mut VersionState, report: Report) {
             warn!(reason = %reason, "a configuration frame was refused");
             s.session_error = Some((label.to_owned(), reason));
         }
+        Report::Received { .. } => {
+            s.withheld = false;
+            s.waiting_since.get_or_insert_with(SystemTime::now);
+        }
         Report::Skipped { .. } => s.withheld = false,
         Report::Exported {
             key,
@@ -367,6 +451,7 @@ pub fn apply(s: &mut VersionState, report: Report) {
         } => {
             s.withheld = false;
             s.export_error = None;
+            s.waiting_since = None;
             s.last_export = Some(ExportRecord {
                 key,
                 hash,
@@ -384,6 +469,7 @@ pub fn apply(s: &mut VersionState, report: Report) {
             at,
         } => {
             s.export_error = None;
+            s.waiting_since = None;
             s.last_export = Some(ExportRecord {
                 key,
                 hash,
@@ -401,12 +487,15 @@ mod tests {
     use crate::storage::{ErrorKind, StoreError};
 
     #[test]
-    fn node_ids_are_stable_uuids_per_replica_policy_and_version() {
-        let k = ("kong".to_owned(), "prod".to_owned());
-        let a = node_id("kfo-0", &k, "3.6.1.4");
-        assert_eq!(a, node_id("kfo-0", &k, "3.6.1.4"));
-        assert_ne!(a, node_id("kfo-1", &k, "3.6.1.4"));
-        assert_ne!(a, node_id("kfo-0", &k, "3.7.0.0"));
+    fn node_ids_are_stable_uuids_per_policy_object_and_version() {
+        let a = node_id("6a1c3f0e-uid", "3.6.1.4");
+        assert_eq!(
+            a,
+            node_id("6a1c3f0e-uid", "3.6.1.4"),
+            "every replica, every rollout"
+        );
+        assert_ne!(a, node_id("another-uid", "3.6.1.4"));
+        assert_ne!(a, node_id("6a1c3f0e-uid", "3.7.0.0"));
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
     }

@@ -20,6 +20,10 @@ use crate::election::lease::{self, Elector, Timings};
 use crate::metrics::Metrics;
 
 struct Running {
+    /// The UID of the policy object this elector serves: a policy deleted and recreated
+    /// under the same name (`kubectl replace --force`, Argo CD's Replace) is another
+    /// object, with another owner for the Lease.
+    uid: String,
     timings: Timings,
     gate: Gate,
     stop: watch::Sender<bool>,
@@ -65,9 +69,9 @@ impl Electors {
     /// The policy's gate, starting (or restarting, on new timings) its elector.
     pub fn ensure(&self, policy: &FallbackConfigPolicy, timings: Timings) -> Gate {
         let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+        let uid = policy.uid().unwrap_or_default();
         if let Some(r) = self.lock().get(&key)
-            && r.timings == timings
-            && !r.task.is_finished()
+            && !restart(&r.uid, &r.timings, r.task.is_finished(), &uid, &timings)
         {
             return r.gate.clone();
         }
@@ -96,6 +100,7 @@ impl Electors {
         self.lock().insert(
             key,
             Running {
+                uid,
                 timings,
                 gate: gate.clone(),
                 stop,
@@ -140,6 +145,13 @@ impl Electors {
     }
 }
 
+/// Whether a running elector (for the policy object `uid`, with `timings`) must be replaced
+/// to serve the policy object `want_uid` with `want`: another object under the same name,
+/// new timings, or an elector that ended. Pure.
+fn restart(uid: &str, timings: &Timings, finished: bool, want_uid: &str, want: &Timings) -> bool {
+    finished || uid != want_uid || timings != want
+}
+
 /// Six hex digits that differ between processes.
 fn process_suffix() -> String {
     use md5::{Digest, Md5};
@@ -158,5 +170,29 @@ pub fn timings(policy: &FallbackConfigPolicy, valid: bool) -> Timings {
         lease_duration: e.lease_duration.into(),
         renew_deadline: e.renew_deadline.into(),
         retry_period: e.retry_period.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_recreated_under_the_same_name_gets_a_new_elector() {
+        let t = Timings::default();
+        assert!(
+            !restart("uid-1", &t, false, "uid-1", &t),
+            "same object, same timings"
+        );
+        assert!(
+            restart("uid-1", &t, false, "uid-2", &t),
+            "deleted and recreated"
+        );
+        assert!(restart("uid-1", &t, true, "uid-1", &t), "the elector ended");
+        let longer = Timings {
+            lease_duration: Duration::from_secs(30),
+            ..Timings::default()
+        };
+        assert!(restart("uid-1", &t, false, "uid-1", &longer), "new timings");
     }
 }

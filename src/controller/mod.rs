@@ -124,6 +124,9 @@ struct Context {
     electors: Electors,
     probes: probe::Probes,
     rollouts: rollout::Rollouts,
+    /// What the Secrets policies name hold, as last read; the webhook leaves out
+    /// references to Secrets or keys known to be missing.
+    secrets: crate::webhook::SharedSecretFacts,
     identity: String,
     metrics: Arc<Metrics>,
 }
@@ -218,6 +221,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         electors: Electors::new(client.clone(), &identity, trigger, metrics.clone()),
         probes: probe::Probes::default(),
         rollouts: rollout::Rollouts::default(),
+        secrets: Arc::default(),
         identity,
         metrics: metrics.clone(),
     });
@@ -235,6 +239,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
             client.clone(),
             ws,
             store.clone(),
+            ctx.secrets.clone(),
             metrics.clone(),
             health.clone(),
             webhook_stopped,
@@ -449,11 +454,15 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
     let namespace = policy.namespace().unwrap_or_default();
     let key = (namespace.clone(), name.clone());
     let problems = validate(&policy.spec);
+    plan::record_credential_secrets(&ctx.client, &namespace, &policy.spec, &ctx.secrets).await;
     let gate = ctx
         .electors
         .ensure(policy, leadership::timings(policy, problems.is_empty()));
     let export = if problems.is_empty() && policy.spec.exporter.mode == ExporterMode::Operator {
-        let mut view = ExportView::default();
+        let mut view = ExportView {
+            stall_after: Duration::from(policy.spec.exporter.min_interval) + status::STALL_MARGIN,
+            ..ExportView::default()
+        };
         match plan::build(&ctx.client, policy, &ctx.identity).await {
             Ok((plan, notes)) => {
                 view.notes = notes;
@@ -467,27 +476,39 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             }
         }
         view.states = ctx.exporters.states(&key);
+        view.fencing = ctx.exporters.fencing(&key);
         Some(view)
     } else {
         None
     };
-    // mode: BackupPods: designate a backup pod and mirror its node id.
-    let mut designated: Option<(String, String)> = None;
+    // mode: BackupPods: designate a backup pod per version and mirror its node id.
+    let mut designation: Option<backup::Designation> = None;
     let mut backup_problem: Option<(String, String)> = None;
     if problems.is_empty() && policy.spec.exporter.mode == ExporterMode::BackupPods {
-        let current = policy
+        let current: std::collections::BTreeMap<String, String> = policy
             .status
             .as_ref()
             .and_then(|s| s.leader.as_ref())
-            .and_then(|l| l.backup_pod.as_deref());
-        match backup::build(&ctx.client, policy, current).await {
+            .map(|l| {
+                l.backup_pods
+                    .iter()
+                    .map(|d| (d.version.clone(), d.pod.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let secrets = ctx
+            .secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match backup::build(&ctx.client, policy, &secrets, &current).await {
             Ok(plan) => {
-                let chosen = (plan.pod.clone(), plan.node_id.clone());
+                let chosen = plan.designation.clone();
                 if let Some(note) = plan.notes.first() {
                     warn!(policy = %name, namespace = %namespace, "{note}");
                 }
                 match ctx.exporters.ensure_mirrors(&key, plan, &gate).await {
-                    Ok(()) => designated = Some(chosen),
+                    Ok(()) => designation = Some(chosen),
                     Err(e) => backup_problem = Some(("StorageUnusable".into(), e)),
                 }
             }
@@ -523,16 +544,64 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         identity,
         since: claim.since.map(Time),
         transitions: claim.epoch,
-        backup_pod: designated.as_ref().map(|d| d.0.clone()),
-        node_id: designated.as_ref().map(|d| d.1.clone()),
+        backup_pod: designation
+            .as_ref()
+            .and_then(|d| d.designated.first())
+            .map(|d| d.pod.clone()),
+        node_id: designation
+            .as_ref()
+            .and_then(|d| d.designated.first())
+            .map(|d| d.node_id.clone()),
+        backup_pods: designation
+            .as_ref()
+            .map(|d| d.designated.clone())
+            .unwrap_or_default(),
     });
+    let mut leader_note: Option<String> = None;
+    // Versions no usable backup pod runs get no registration: Kong's own election runs
+    // there, and the status says so; pods whose node id is unknown are named.
+    if backup_problem.is_none()
+        && let Some(d) = &designation
+    {
+        if !d.uncovered.is_empty() {
+            let mut message = format!(
+                "no Ready backup pod with a known Kong node id runs Kong {}: those versions get no registration (Kong's own election decides there)",
+                d.uncovered.join(", ")
+            );
+            if !d.unusable.is_empty() {
+                message.push_str(&format!("; {}", backup::describe_unusable(&d.unusable)));
+            }
+            backup_problem = Some(("VersionsWithoutBackupPod".into(), message));
+        } else if !d.unusable.is_empty() {
+            leader_note = Some(format!(
+                "backup pods not designated because their Kong node id is not known: {}",
+                backup::describe_unusable(&d.unusable)
+            ));
+        }
+    }
     status::set_leader(
         &mut desired,
         leader,
         backup_problem.as_ref(),
+        leader_note.as_deref(),
         policy.metadata.generation,
         now.clone(),
     );
+    if let Some(note) = &leader_note {
+        let said = |s: &crate::api::FallbackConfigPolicyStatus| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Leading" && c.message.contains(note.as_str()))
+        };
+        if !said(&current) && said(&desired) {
+            let change = status::Change {
+                warning: true,
+                reason: "NodeIdUnknown".into(),
+                note: note.clone(),
+            };
+            publish(ctx, policy, change).await;
+        }
+    }
     if problems.is_empty() {
         let storage = ctx.probes.check(&ctx.client, policy).await;
         status::set_storage(
@@ -544,7 +613,12 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         let all_pods = ctx.pods.state();
         let policies: Vec<FallbackConfigPolicy> =
             ctx.policies.state().iter().map(|p| (**p).clone()).collect();
-        let report = pods::report(policy, &policies, &all_pods);
+        let secrets = ctx
+            .secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let report = pods::report(policy, &policies, &all_pods, &secrets);
         status::set_pods(&mut desired, &report, policy.metadata.generation, now);
         if policy.spec.data_planes.rollout && !report.not_injected.is_empty() {
             match ctx
@@ -598,13 +672,21 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
     // NB: the pod cache holds metadata only: in BackupPods mode a designated pod that stops
     // being Ready is noticed by this requeue.
     let backup_mode = policy.spec.exporter.mode == ExporterMode::BackupPods;
-    Ok(Action::requeue(Duration::from_secs(
-        match (backup_mode, ready) {
-            (true, _) => 10,
-            (false, true) => 300,
-            (false, false) => 30,
-        },
-    )))
+    // NB: a configuration waiting to be stored is looked at again when it would count as
+    // stalled: a hung writer sends no report that would trigger us.
+    let waiting = export
+        .as_ref()
+        .is_some_and(|v| v.states.values().any(|s| s.waiting_since.is_some()));
+    let requeue = match (backup_mode, ready) {
+        (true, _) => Duration::from_secs(10),
+        (false, true) => Duration::from_secs(300),
+        (false, false) => Duration::from_secs(30),
+    };
+    let requeue = match (waiting, export.as_ref()) {
+        (true, Some(v)) => requeue.min(v.stall_after + Duration::from_secs(1)),
+        _ => requeue,
+    };
+    Ok(Action::requeue(requeue))
 }
 
 fn error_policy(policy: Arc<FallbackConfigPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {

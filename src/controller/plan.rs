@@ -41,8 +41,13 @@ pub fn selector_string(s: &LabelSelector) -> String {
     parts.join(",")
 }
 
-/// The Kong version of a data-plane pod: its annotation, else its Kong container's image tag.
-pub fn pod_version(pod: &Pod, container: Option<&str>) -> Result<String, String> {
+/// The Kong version of a data-plane pod: its annotation, else the image tag of its Kong
+/// container when the image is Kong's or in `trusted` (`spec.dataPlanes.imageRepositories`).
+pub fn pod_version(
+    pod: &Pod,
+    container: Option<&str>,
+    trusted: &[String],
+) -> Result<String, String> {
     let name = pod.name_any();
     if let Some(v) = pod.annotations().get(VERSION_ANNOTATION) {
         return v
@@ -72,7 +77,7 @@ pub fn pod_version(pod: &Pod, container: Option<&str>) -> Result<String, String>
         ));
     };
     let image = c.image.as_deref().unwrap_or_default();
-    version_from_image(image)
+    version_from_image(image, trusted)
         .map(|v| v.to_string())
         .map_err(|e| format!("pod {name}: {e}"))
 }
@@ -83,6 +88,7 @@ pub fn versions(
     explicit: &[String],
     pods: &[Pod],
     container: Option<&str>,
+    trusted: &[String],
 ) -> (Vec<String>, Vec<String>) {
     if !explicit.is_empty() {
         return (explicit.to_vec(), Vec::new());
@@ -90,7 +96,7 @@ pub fn versions(
     let mut found = BTreeSet::new();
     let mut notes = Vec::new();
     for pod in pods {
-        match pod_version(pod, container) {
+        match pod_version(pod, container, trusted) {
             Ok(v) => {
                 found.insert(v);
             }
@@ -133,6 +139,46 @@ fn require(secret: &Secret, ns: &str, key: &str) -> Result<String, SetupError> {
             format!("Secret {ns}/{} has no key {key}", secret.name_any()),
         )
     })
+}
+
+/// Reads the Secrets `spec.storage` names for credentials and records in `facts` which keys
+/// each holds, or that it is missing. A Secret that cannot be read is left as it was known.
+pub async fn record_credential_secrets(
+    client: &Client,
+    ns: &str,
+    spec: &crate::api::FallbackConfigPolicySpec,
+    facts: &crate::webhook::SharedSecretFacts,
+) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let names = [
+        Some(&spec.storage.read_credentials),
+        spec.storage.write_credentials.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|c| c.secret_name.clone())
+    .collect::<std::collections::BTreeSet<_>>();
+    for name in names {
+        let keys = match secrets.get_opt(&name).await {
+            Ok(Some(s)) => Some(
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(_, v)| !v.0.is_empty())
+                    .map(|(k, _)| k)
+                    .collect(),
+            ),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(secret = %name, namespace = %ns, error = %e, "cannot read a credentials Secret");
+                continue;
+            }
+        };
+        facts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(ns, &name, keys);
+    }
 }
 
 /// The write access of `spec.storage` and the resource versions of the Secrets it read.
@@ -183,11 +229,14 @@ async fn access(
             let p = spec.storage.put_options.as_ref();
             Access::S3 {
                 settings: S3Settings {
-                    region: spec
-                        .storage
-                        .region
-                        .clone()
-                        .unwrap_or_else(|| "us-east-1".into()),
+                    // NB: never a default region: the data planes get none either, and
+                    // validation refuses an s3:// policy without one.
+                    region: spec.storage.region.clone().ok_or_else(|| {
+                        (
+                            "InvalidSpec".to_owned(),
+                            "spec.storage.region is required for s3:// storage".to_owned(),
+                        )
+                    })?,
                     endpoint: spec.storage.endpoint.clone(),
                     credentials: StaticCredentials {
                         access_key_id: require(&s, &ns, env::AWS_ACCESS_KEY_ID)?,
@@ -273,6 +322,7 @@ pub async fn build(
         &spec.exporter.versions,
         &pods,
         spec.data_planes.container.as_deref(),
+        &spec.data_planes.image_repositories,
     );
     if versions.is_empty() {
         let mut msg = "no Kong version to export: set spec.exporter.versions, or run data planes whose image tag or annotation names a full version".to_owned();
@@ -349,6 +399,7 @@ pub async fn build(
         min_interval: Duration::from(spec.exporter.min_interval),
         history_limit: spec.exporter.history_limit as usize,
         mirror: spec.election.mirror_to_storage,
+        policy_uid: policy.uid().unwrap_or_default(),
     };
     Ok((plan, notes))
 }
@@ -430,7 +481,7 @@ mod tests {
             pod("d", &[("proxy", "kong/kong-gateway:latest")], None),
             pod("e", &[("x", "a:1.0.0"), ("y", "b:2.0.0")], None),
         ];
-        let (v, notes) = versions(&[], &pods, None);
+        let (v, notes) = versions(&[], &pods, None, &[]);
         assert_eq!(v, ["3.6.1.4", "3.9.0.1"]);
         assert_eq!(notes.len(), 2);
         assert!(
@@ -444,8 +495,36 @@ mod tests {
     }
 
     #[test]
+    fn a_version_is_taken_only_from_kong_images_or_the_policys_repositories() {
+        let pods = [
+            pod("a", &[("proxy", "envoyproxy/envoy:1.30.0")], None),
+            pod(
+                "b",
+                &[(
+                    "proxy",
+                    "registry.example.com/platform/kong-gateway:3.6.1.4",
+                )],
+                None,
+            ),
+        ];
+        let (v, notes) = versions(&[], &pods, None, &[]);
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes.iter().all(|n| n.contains("imageRepositories")),
+            "{notes:?}"
+        );
+        let trusted = ["registry.example.com/platform/kong-gateway".to_owned()];
+        let (v, _) = versions(&[], &pods, None, &trusted);
+        assert_eq!(v, ["3.6.1.4"]);
+    }
+
+    #[test]
     fn explicit_versions_win_over_pods() {
         let pods = [pod("a", &[("proxy", "kong/kong-gateway:3.6.1.4")], None)];
-        assert_eq!(versions(&["3.10.0.0".into()], &pods, None).0, ["3.10.0.0"]);
+        assert_eq!(
+            versions(&["3.10.0.0".into()], &pods, None, &[]).0,
+            ["3.10.0.0"]
+        );
     }
 }

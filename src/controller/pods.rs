@@ -25,6 +25,8 @@ pub struct PodReport {
     pub conflicts: Vec<String>,
     /// Pods this policy selects that an older policy claims: (pod, that policy).
     pub claimed_by_others: Vec<(String, String)>,
+    /// Importers that take start-up settings from a vault reference: (pod, settings).
+    pub cannot_engage: Vec<(String, Vec<String>)>,
 }
 
 /// The report of `policy` over the pods of the cluster (others' namespaces are skipped);
@@ -33,11 +35,12 @@ pub fn report(
     policy: &FallbackConfigPolicy,
     policies: &[FallbackConfigPolicy],
     pods: &[Arc<PartialObjectMeta<Pod>>],
+    secrets: &inject::SecretFacts,
 ) -> PodReport {
     let ns = policy.namespace().unwrap_or_default();
     let key = format!("{ns}/{}", policy.name_any());
     let mut r = PodReport::default();
-    let hash = |role| inject::env_hash(&inject::desired_env(policy, role));
+    let hash = |role| inject::env_hash(&inject::desired_env(policy, role, secrets));
     let (importer_hash, backup_hash) = (hash(Role::Importer), hash(Role::Backup));
     for pod in pods
         .iter()
@@ -78,6 +81,9 @@ pub fn report(
             .annotations()
             .get(inject::ANNOTATION)
             .and_then(|a| serde_json::from_str::<inject::Injected>(a).ok());
+        if let Some(i) = recorded.as_ref().filter(|i| !i.vault.is_empty()) {
+            r.cannot_engage.push((pod.name_any(), i.vault.clone()));
+        }
         let current =
             recorded.is_some_and(|i| i.policy == key && i.role == role && &i.hash == expected);
         if !current {
@@ -87,6 +93,7 @@ pub fn report(
     r.not_injected.sort();
     r.claimed_by_others.sort();
     r.conflicts.sort();
+    r.cannot_engage.sort();
     r.counts.not_injected = i32::try_from(r.not_injected.len()).unwrap_or(i32::MAX);
     r.counts.not_injected_pods = r.not_injected.iter().take(LISTED).cloned().collect();
     r
@@ -136,9 +143,37 @@ mod tests {
             policy: "kong/prod".into(),
             generation: 2,
             role,
-            hash: inject::env_hash(&inject::desired_env(p, role)),
+            hash: inject::env_hash(&inject::desired_env(p, role, &Default::default())),
+            vault: Vec::new(),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn importers_with_vault_references_are_reported() {
+        let p = policy();
+        let mut a: inject::Injected = serde_json::from_str(&injected(&p, Role::Importer)).unwrap();
+        a.vault = vec!["KONG_CLUSTER_CERT".into()];
+        let pods = vec![
+            meta(
+                "dp-1",
+                "kong",
+                "kong-dp",
+                Some(serde_json::to_string(&a).unwrap()),
+            ),
+            meta(
+                "dp-2",
+                "kong",
+                "kong-dp",
+                Some(injected(&p, Role::Importer)),
+            ),
+        ];
+        let r = report(&p, std::slice::from_ref(&p), &pods, &Default::default());
+        assert_eq!(
+            r.cannot_engage,
+            [("dp-1".to_owned(), vec!["KONG_CLUSTER_CERT".to_owned()])]
+        );
+        assert!(r.not_injected.is_empty(), "{:?}", r.not_injected);
     }
 
     #[test]
@@ -176,7 +211,7 @@ mod tests {
             meta("web", "kong", "web", None),
             meta("dp-elsewhere", "other", "kong-dp", None),
         ];
-        let r = report(&p, std::slice::from_ref(&p), &pods);
+        let r = report(&p, std::slice::from_ref(&p), &pods, &Default::default());
         assert_eq!((r.counts.importers, r.counts.backups), (3, 2));
         assert_eq!(r.not_injected, ["bk-wrong-role", "dp-none", "dp-stale"]);
         assert_eq!(r.counts.not_injected, 3);
@@ -201,13 +236,18 @@ mod tests {
             ));
         let all = [old.clone(), new.clone()];
         let pods = [meta("dp-0", "kong", "kong-dp", None)];
-        let r = report(&new, &all, &pods);
+        let r = report(&new, &all, &pods, &Default::default());
         assert_eq!(
             r.claimed_by_others,
             [("dp-0".to_owned(), "kong/old".to_owned())]
         );
         assert_eq!(r.counts.importers, 0);
-        assert_eq!(report(&old, &all, &pods).counts.importers, 1);
+        assert_eq!(
+            report(&old, &all, &pods, &Default::default())
+                .counts
+                .importers,
+            1
+        );
     }
 
     #[test]
@@ -216,7 +256,7 @@ mod tests {
         let pods: Vec<_> = (0..50)
             .map(|i| meta(&format!("dp-{i:02}"), "kong", "kong-dp", None))
             .collect();
-        let r = report(&p, std::slice::from_ref(&p), &pods);
+        let r = report(&p, std::slice::from_ref(&p), &pods, &Default::default());
         assert_eq!(r.counts.not_injected, 50);
         assert_eq!(r.counts.not_injected_pods.len(), LISTED);
     }

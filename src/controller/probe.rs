@@ -36,13 +36,20 @@ impl Probes {
             Ok(u) => u,
             Err(e) => return (false, "InvalidSpec".into(), e.to_string()),
         };
+        if let Some(message) = gcs_ambient_before_3_6(policy, &url) {
+            return (false, "AmbientUnsupported".into(), message);
+        }
         let (access, secret_versions) = match read_access(client, &key.0, spec, &url).await {
             Ok(a) => a,
             Err((reason, message)) => return (false, reason, message),
         };
+        let interval: Duration = spec.storage.validation_interval.into();
+        if interval.is_zero() {
+            drop(access);
+            return disabled();
+        }
         let inputs = serde_json::to_string(&spec.storage).unwrap_or_default();
         let fp = fingerprint(&[&inputs, &secret_versions.join(",")]);
-        let interval: Duration = spec.storage.validation_interval.into();
         if let Some((f, at, outcome)) = self.lock().get(&key)
             && *f == fp
             && at.elapsed() < interval
@@ -70,6 +77,48 @@ impl Probes {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PolicyKey, (u64, Instant, Outcome)>> {
         self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Kong before 3.6 imports from GCS only with `GCP_SERVICE_ACCOUNT`: its GCS strategy
+/// asserted "GCP access token is not available" without one (fixed in 3.6.0.0, FTI-5703:
+/// `kong/clustering/config_sync_backup/strategies/gcs.lua` then falls back to the node's
+/// own identity). With ambient read credentials, the known versions below 3.6 cannot import.
+fn gcs_ambient_before_3_6(policy: &FallbackConfigPolicy, url: &StorageUrl) -> Option<String> {
+    let ambient = policy.spec.storage.read_credentials.ambient == Some(true);
+    if url.provider != Provider::Gcs || !ambient {
+        return None;
+    }
+    let exported = policy
+        .status
+        .iter()
+        .flat_map(|s| s.exports.iter().map(|e| &e.version));
+    let old: std::collections::BTreeSet<&String> = policy
+        .spec
+        .exporter
+        .versions
+        .iter()
+        .chain(exported)
+        .filter(|v| {
+            v.parse::<crate::kong::KongVersion>()
+                .is_ok_and(|v| (v.major(), v.minor()) < (3, 6))
+        })
+        .collect();
+    (!old.is_empty()).then(|| {
+        format!(
+            "Kong {} cannot import from GCS with ambient credentials: before 3.6 Kong requires GCP_SERVICE_ACCOUNT; set spec.storage.readCredentials.secretName, or upgrade the data planes to 3.6 or later",
+            old.into_iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+/// The outcome with `storage.validationInterval: 0s`: the store is never probed (the Secret
+/// still is read, and a missing one still shows).
+fn disabled() -> Outcome {
+    (
+        true,
+        "CheckDisabled".into(),
+        "spec.storage.validationInterval is 0s: the operator does not check that the data planes can read the store".into(),
+    )
 }
 
 async fn probe(url: &StorageUrl, access: storage::Access, version: Option<&str>) -> Outcome {
@@ -160,6 +209,31 @@ mod tests {
         let gcs = StorageUrl::parse("gcs://bkt/p").unwrap();
         let (_, _, message) = refused(&gcs, &error(storage::ErrorKind::Credentials));
         assert!(message.contains("roles/storage.objectViewer"), "{message}");
+    }
+
+    #[test]
+    fn gcs_ambient_importers_before_3_6_are_reported_by_version() {
+        let policy = |url: &str, versions: &[&str]| -> FallbackConfigPolicy {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
+                "metadata": {"name": "p", "namespace": "kong"},
+                "spec": {
+                    "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+                    "storage": {"url": url, "region": "r", "readCredentials": {"ambient": true}},
+                    "exporter": {"mode": "None", "versions": versions}
+                }
+            }))
+            .unwrap()
+        };
+        let check = |p: &FallbackConfigPolicy| {
+            gcs_ambient_before_3_6(p, &StorageUrl::parse(&p.spec.storage.url).unwrap())
+        };
+        let p = policy("gcs://bkt/kong", &["3.5.0.3", "3.6.1.4", "3.4.2"]);
+        let m = check(&p).unwrap();
+        assert!(m.starts_with("Kong 3.4.2, 3.5.0.3 cannot import"), "{m}");
+        assert!(m.contains("GCP_SERVICE_ACCOUNT"), "{m}");
+        assert_eq!(check(&policy("gcs://bkt/kong", &["3.6.0.0"])), None);
+        assert_eq!(check(&policy("s3://bkt/kong", &["3.5.0.3"])), None);
     }
 
     #[test]

@@ -18,7 +18,17 @@ pub struct ExportView {
     pub setup_error: Option<(String, String)>,
     /// Remarks about the versions (pods whose version is unknown).
     pub notes: Vec<String>,
+    /// A received configuration not stored after this long turns `Exporting` False
+    /// (`ExportStalled`), whatever the writer says: a hung store or a stuck writer.
+    pub stall_after: std::time::Duration,
+    /// Whether the store enforces conditional writes, once the leader has checked.
+    pub fencing: Option<bool>,
 }
+
+/// How long a received configuration may wait beyond `exporter.minInterval` before the
+/// export counts as stalled. Above the store's own bound on a small write, so a failing
+/// store is reported by its error first.
+pub const STALL_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The desired status from the validation result and, in `Operator` mode, the exporters.
 pub fn desired_status(
@@ -51,7 +61,7 @@ pub fn desired_status(
     match export {
         Some(view) if valid => {
             let (cp_ok, cp_reason, cp_msg) = connection(view);
-            let (ex_ok, ex_reason, ex_msg) = exporting(view);
+            let (ex_ok, ex_reason, ex_msg) = exporting(view, now.0);
             set(
                 &mut status.conditions,
                 ConditionType::ControlPlaneConnected,
@@ -71,6 +81,23 @@ pub fn desired_status(
                 (false, _) => (false, cp_reason, cp_msg),
                 _ => (false, ex_reason, ex_msg),
             };
+            match view.fencing {
+                Some(true) => set(
+                    &mut status.conditions,
+                    ConditionType::Fencing,
+                    true,
+                    "Enforced",
+                    "the store refuses stale conditional writes: a replaced leader cannot overwrite a newer export",
+                ),
+                Some(false) => set(
+                    &mut status.conditions,
+                    ConditionType::Fencing,
+                    false,
+                    "FencingUnsupported",
+                    "the store ignores conditional writes (If-Match / If-None-Match): fencing is off. The operator still exports and relies on the Lease alone, so a paused former leader could overwrite one newer export before it notices; use a store that enforces conditional writes",
+                ),
+                None => {}
+            }
             status.exports = view
                 .states
                 .iter()
@@ -90,6 +117,7 @@ pub fn desired_status(
             status.conditions.retain(|c| {
                 c.type_ != ConditionType::ControlPlaneConnected.as_str()
                     && c.type_ != ConditionType::Exporting.as_str()
+                    && c.type_ != ConditionType::Fencing.as_str()
             });
             if export.is_none() {
                 status.exports.clear();
@@ -112,19 +140,24 @@ pub fn set_leader(
     status: &mut FallbackConfigPolicyStatus,
     leader: Option<LeaderStatus>,
     problem: Option<&(String, String)>,
+    note: Option<&str>,
     generation: Option<i64>,
     now: Time,
 ) {
     let (ok, reason, message) = match (&leader, problem) {
         (_, Some((reason, message))) => (false, reason.as_str(), message.clone()),
-        (Some(l), None) if l.backup_pod.is_some() => (
+        (Some(l), None) if !l.backup_pods.is_empty() => (
             true,
             "Elected",
             format!(
-                "{} holds the Lease (epoch {}) and designated backup pod {} as Kong's exporter",
+                "{} holds the Lease (epoch {}) and designated Kong's exporters: {}",
                 l.identity,
                 l.transitions,
-                l.backup_pod.as_deref().unwrap_or_default()
+                l.backup_pods
+                    .iter()
+                    .map(|d| format!("{} for {}", d.pod, d.version))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ),
         (Some(l), None) => (
@@ -136,6 +169,10 @@ pub fn set_leader(
             ),
         ),
         (None, None) => (false, "NoLeader", "no replica holds the Lease".to_owned()),
+    };
+    let message = match note {
+        Some(note) if ok => format!("{message}; {note}"),
+        _ => message,
     };
     set_condition(
         &mut status.conditions,
@@ -245,6 +282,22 @@ pub fn set_pods(
                 report.counts.not_injected_pods.join(", ")
             ),
         )
+    } else if !report.cannot_engage.is_empty() {
+        let listed: Vec<String> = report
+            .cannot_engage
+            .iter()
+            .take(super::pods::LISTED)
+            .map(|(pod, settings)| format!("{pod} ({})", settings.join(", ")))
+            .collect();
+        (
+            false,
+            "FallbackCannotEngage",
+            format!(
+                "{} pod(s) take start-up settings from a vault reference ({}): if it cannot be resolved while the control plane is down, Kong fails to start before it reads the fallback configuration; take these settings from a Secret",
+                report.cannot_engage.len(),
+                listed.join(", ")
+            ),
+        )
     } else {
         (
             true,
@@ -303,13 +356,30 @@ fn connection(view: &ExportView) -> (bool, String, String) {
     )
 }
 
-fn exporting(view: &ExportView) -> (bool, String, String) {
+fn exporting(view: &ExportView, now: Timestamp) -> (bool, String, String) {
     if let Some((reason, message)) = &view.setup_error {
         return (false, reason.clone(), message.clone());
     }
     for (version, s) in &view.states {
         if let Some((label, msg)) = &s.export_error {
             return (false, label.clone(), format!("version {version}: {msg}"));
+        }
+    }
+    let now = std::time::SystemTime::from(now);
+    for (version, s) in &view.states {
+        let waited = s
+            .waiting_since
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        if !view.stall_after.is_zero() && waited > view.stall_after {
+            return (
+                false,
+                "ExportStalled".into(),
+                format!(
+                    "version {version}: a configuration received {}s ago is not stored yet; the store or the writer is stuck (see the operator's logs)",
+                    waited.as_secs()
+                ),
+            );
         }
     }
     if let Some((version, _)) = view.states.iter().find(|(_, s)| s.last_export.is_none()) {
@@ -352,6 +422,7 @@ pub fn changes(old: &FallbackConfigPolicyStatus, new: &FallbackConfigPolicyStatu
         ConditionType::Exporting,
         ConditionType::PodsInjected,
         ConditionType::StorageReachable,
+        ConditionType::Fencing,
     ] {
         let (before, Some(after)) = (find(&old.conditions, t), find(&new.conditions, t)) else {
             continue;
@@ -477,17 +548,18 @@ mod tests {
             transitions: 4,
             backup_pod: None,
             node_id: None,
+            backup_pods: Vec::new(),
         };
-        set_leader(&mut s, Some(leader.clone()), None, Some(1), at(5));
+        set_leader(&mut s, Some(leader.clone()), None, None, Some(1), at(5));
         assert_eq!(s.leader, Some(leader.clone()));
         let c = cond(&s, "Leading").unwrap();
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Elected"));
         assert!(c.message.contains("kfo-0_ab12") && c.message.contains("epoch 4"));
-        set_leader(&mut s, None, None, Some(1), at(6));
+        set_leader(&mut s, None, None, None, Some(1), at(6));
         assert_eq!(s.leader, None);
         assert_eq!(cond(&s, "Leading").unwrap().reason, "NoLeader");
         let problem = ("NoBackupPod".to_owned(), "no Ready pod".to_owned());
-        set_leader(&mut s, Some(leader), Some(&problem), Some(1), at(7));
+        set_leader(&mut s, Some(leader), Some(&problem), None, Some(1), at(7));
         let c = cond(&s, "Leading").unwrap();
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -532,6 +604,7 @@ mod tests {
             transitions: t,
             backup_pod: None,
             node_id: None,
+            backup_pods: Vec::new(),
         };
         let mut new = old.clone();
         new.leader = Some(leader("kfo-0_aa", 0));
@@ -562,6 +635,51 @@ mod tests {
         );
         assert_eq!(s.exports.len(), 2);
         assert_eq!(s.exports[0].key, "kong/3.6.1.4/config.json");
+    }
+
+    #[test]
+    fn a_configuration_waiting_past_the_threshold_turns_exporting_false() {
+        let mut states = BTreeMap::from([exported("3.6.1.4")]);
+        let received = std::time::SystemTime::from(at(5).0);
+        states.get_mut("3.6.1.4").unwrap().waiting_since = Some(received);
+        let view = ExportView {
+            states,
+            stall_after: std::time::Duration::from_secs(60),
+            ..Default::default()
+        };
+        let later = |secs: i64| Time(at(5).0 + k8s_openapi::jiff::SignedDuration::from_secs(secs));
+        let s = desired_status(&Default::default(), Some(1), &[], Some(&view), later(30));
+        assert_eq!(cond(&s, "Exporting").unwrap().status, "True");
+        let s = desired_status(&Default::default(), Some(1), &[], Some(&view), later(61));
+        let c = cond(&s, "Exporting").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ExportStalled")
+        );
+        assert!(c.message.contains("version 3.6.1.4"), "{}", c.message);
+        assert_eq!(cond(&s, "Ready").unwrap().status, "False");
+    }
+
+    #[test]
+    fn a_store_that_ignores_conditional_writes_says_fencing_is_off_but_stays_ready() {
+        let view = ExportView {
+            states: [exported("3.6.1.4")].into(),
+            fencing: Some(false),
+            ..Default::default()
+        };
+        let s = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        let c = cond(&s, "Fencing").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "FencingUnsupported")
+        );
+        assert_eq!(cond(&s, "Ready").unwrap().status, "True");
+        let view = ExportView {
+            fencing: Some(true),
+            ..view
+        };
+        let s = desired_status(&s, Some(1), &[], Some(&view), at(6));
+        assert_eq!(cond(&s, "Fencing").unwrap().status, "True");
     }
 
     #[test]

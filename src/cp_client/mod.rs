@@ -200,12 +200,128 @@ pub fn tls_config(s: &ClientSettings) -> Result<rustls::ClientConfig, ClientErro
                     .add(cert.map_err(|e| bad("ca.crt is not PEM", &e))?)
                     .map_err(|e| bad("ca.crt", &e))?;
             }
-            builder.with_root_certificates(roots)
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PkiVerifier {
+                    roots: Arc::new(roots),
+                    provider,
+                }))
         }
     };
     builder
         .with_client_auth_cert(chain, key)
         .map_err(|e| bad("tls.crt/tls.key", &e))
+}
+
+/// pki mode as a Kong data plane checks the control plane: the chain must lead to `ca.crt`
+/// (webpki, as rustls does it), and the name must be the server name, taken from the DNS
+/// names of the certificate or, when it has none, from its subject CN. The CN fallback is
+/// what Kong's own check does: lua-nginx-module's `sslhandshake` calls nginx's
+/// `ngx_ssl_check_host`, i.e. OpenSSL's `X509_check_host` with flags 0, which reads the CN
+/// when there is no DNS subjectAltName (`kong/clustering/utils.lua` `connect_cp` passes
+/// `ssl_verify = true` and `cluster_server_name`). rustls/webpki alone never reads the CN.
+#[derive(Debug)]
+struct PkiVerifier {
+    roots: Arc<rustls::RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PkiVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        match rustls::client::verify_server_name(&cert, server_name) {
+            Ok(()) => Ok(ServerCertVerified::assertion()),
+            Err(e) => match server_name {
+                ServerName::DnsName(name) if cn_names_host(end_entity, name.as_ref()) => {
+                    Ok(ServerCertVerified::assertion())
+                }
+                _ => Err(e),
+            },
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Whether a certificate without DNS subjectAltNames names `host` in a subject CN, as
+/// OpenSSL's `X509_check_host` (flags 0) matches it: case-insensitive, with a wildcard only
+/// as the whole leftmost label.
+fn cn_names_host(cert: &CertificateDer<'_>, host: &str) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return false;
+    };
+    let has_dns = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value
+                .general_names
+                .iter()
+                .any(|n| matches!(n, GeneralName::DNSName(_)))
+        });
+    if has_dns {
+        return false;
+    }
+    parsed
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok())
+        .any(|cn| host_matches(cn, host))
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    match pattern.strip_prefix("*.") {
+        Some(rest) => host
+            .split_once('.')
+            .is_some_and(|(first, tail)| !first.is_empty() && tail == rest && rest.contains('.')),
+        None => pattern == host,
+    }
 }
 
 /// Accepts exactly one server certificate, as Kong's DP does in shared mode.
@@ -440,6 +556,20 @@ pub fn reconnect_delay(failures: u32, jitter: f64) -> Duration {
     Duration::from_secs_f64(base * (0.75 + 0.5 * jitter.clamp(0.0, 1.0)))
 }
 
+/// A session that lasted this long was healthy, whatever it brought: the backoff starts over.
+pub const STABLE_SESSION: Duration = Duration::from_secs(60);
+
+/// Consecutive failures after a session that lasted `lasted` and did (or did not) bring a
+/// new configuration. A session ends for good reasons too (a control plane restart, a
+/// rollout of its pods): only short sessions without news count as failures.
+pub fn failures_after(failures: u32, lasted: Duration, new_config: bool) -> u32 {
+    if new_config || lasted >= STABLE_SESSION {
+        0
+    } else {
+        failures.saturating_add(1)
+    }
+}
+
 fn jitter() -> f64 {
     use std::hash::{BuildHasher, RandomState};
     (RandomState::new().hash_one(std::time::Instant::now()) % 10_000) as f64 / 10_000.0
@@ -455,15 +585,12 @@ pub async fn run(
     let mut failures = 0u32;
     loop {
         let before = hash.clone();
+        let started = tokio::time::Instant::now();
         let error = session(&s, &events, &mut hash, &mut shutdown).await;
         if *shutdown.borrow() {
             return;
         }
-        failures = if hash != before {
-            0
-        } else {
-            failures.saturating_add(1)
-        };
+        failures = failures_after(failures, started.elapsed(), hash != before);
         let retry_in = reconnect_delay(failures, jitter());
         tracing::warn!(endpoint = %s.endpoint, version = %s.version, error = %error, ?retry_in, "control plane session ended");
         if events
@@ -528,6 +655,31 @@ mod tests {
         let e = tls_config(&settings()).unwrap_err();
         assert!(matches!(e, ClientError::Settings(_)), "{e}");
         assert!(!format!("{:?}", settings()).contains("secret"));
+    }
+
+    #[test]
+    fn cn_host_matching_follows_openssl() {
+        assert!(host_matches("kong-cp.example.com", "KONG-CP.example.com"));
+        assert!(host_matches("*.example.com", "cp.example.com"));
+        assert!(!host_matches("*.example.com", "a.cp.example.com"));
+        assert!(!host_matches("*.com", "example.com"));
+        assert!(!host_matches("kong-cp", "kong-cp.example.com"));
+    }
+
+    #[test]
+    fn a_stable_session_resets_the_backoff_even_without_a_new_config() {
+        // Ten quick failures: the delay is at its cap.
+        let mut f = 0;
+        for _ in 0..10 {
+            f = failures_after(f, Duration::from_secs(1), false);
+        }
+        assert_eq!(reconnect_delay(f, 0.5), Duration::from_secs(30));
+        // Then an hour-long session that ends with the config unchanged (a CP restart).
+        f = failures_after(f, Duration::from_secs(3600), false);
+        assert_eq!(f, 0);
+        assert_eq!(reconnect_delay(f, 0.5), Duration::from_secs(1));
+        assert_eq!(failures_after(4, Duration::from_secs(2), true), 0);
+        assert_eq!(failures_after(4, Duration::from_secs(2), false), 5);
     }
 
     #[test]

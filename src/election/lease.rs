@@ -236,8 +236,13 @@ pub async fn run(
         match e.api.get_opt(&e.name).await {
             Ok(lease) => {
                 let resource_version = lease.as_ref().and_then(|l| l.resource_version());
-                c.observe(lease.as_ref().map(Record::from_lease), ms(started));
-                let step = c.decide(ms(started));
+                // NB: a change is observed when the read returns, as client-go records it:
+                // timed from before a slow read, a follower would count the holder's
+                // leaseDuration from too early and could take over while it still leads.
+                // Our own renewals stay timed from before the write (the safe side).
+                let read = ms(Instant::now());
+                c.observe(lease.as_ref().map(Record::from_lease), read);
+                let step = c.decide(read);
                 if step != Step::Wait {
                     let desired = c.desired(&step, &e.timings, Timestamp::now());
                     match write(&e, &step, &desired, resource_version.clone()).await {

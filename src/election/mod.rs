@@ -147,6 +147,29 @@ impl Gate {
         }
     }
 
+    /// Resolves once this replica no longer leads: its claim's `leading_until` passed
+    /// without a renewal extending it. A write in flight is abandoned then, so that it ends
+    /// `leaseDuration - renewDeadline` before another replica can take over.
+    pub async fn lapsed(&self) {
+        let mut claims = self.claims.clone();
+        loop {
+            let until = claims.borrow_and_update().leading_until;
+            let Some(until) = until.filter(|u| *u > Instant::now()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                changed = claims.changed() => {
+                    if changed.is_err() {
+                        // The elector is gone: nothing extends the claim any more.
+                        tokio::time::sleep_until(until.into()).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// Tells the elector that a write found a newer epoch in the store: stop leading.
     pub fn step_down(&self, epoch: i32) {
         let _ = self.step_down.send(epoch);
@@ -184,6 +207,42 @@ mod tests {
         // Past the renew deadline: no permit, even though the claim still names us.
         control.claims.send(lead(Instant::now())).unwrap();
         assert!(gate.permit().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_lapses_at_its_deadline_unless_a_renewal_extends_it() {
+        let (gate, control) = Gate::new();
+        let lead = |until| Claim {
+            holder: Some("me".into()),
+            epoch: 1,
+            since: None,
+            leading_until: Some(until),
+        };
+        let start = Instant::now();
+        control
+            .claims
+            .send(lead(start + Duration::from_secs(10)))
+            .unwrap();
+        let lapsed = tokio::spawn({
+            let gate = gate.clone();
+            async move {
+                gate.lapsed().await;
+                Instant::now()
+            }
+        });
+        // Renewed at 8 s: the deadline moves to 18 s.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        control
+            .claims
+            .send(lead(start + Duration::from_secs(18)))
+            .unwrap();
+        let at = lapsed.await.unwrap();
+        assert_eq!(at.duration_since(start).as_secs(), 18);
+        // Not leading at all: lapsed at once.
+        control.claims.send(Claim::default()).unwrap();
+        tokio::time::timeout(Duration::from_millis(1), gate.lapsed())
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Snapshot {
     pub body: Bytes,
     /// True when a data plane loading it would serve nothing.
     pub empty: bool,
+    /// The control plane's `timestamp` of the reconfigure message (epoch seconds, when it
+    /// built the payload): orders configurations across sessions and writers.
+    pub timestamp: Option<f64>,
 }
 
 /// Why a snapshot was not kept.
@@ -34,6 +37,9 @@ pub enum Dropped {
     AlreadyPending,
     /// Empty: writing it would make every new data plane come up empty.
     Empty,
+    /// Older than the configuration already stored (a lagging session): writing it would
+    /// replace a newer configuration with an older one.
+    Older,
 }
 
 /// The next step for the loop around the state machine.
@@ -58,6 +64,8 @@ pub fn backoff(failures: u32) -> Duration {
 pub struct Exporter {
     min_interval_ms: u64,
     last_written: Option<String>,
+    /// The control plane's timestamp of what the store holds, when known.
+    stored_timestamp: Option<f64>,
     last_write_ms: Option<u64>,
     pending: Option<Snapshot>,
     failures: u32,
@@ -71,6 +79,7 @@ impl Exporter {
         Exporter {
             min_interval_ms: min_interval.as_millis() as u64,
             last_written,
+            stored_timestamp: None,
             last_write_ms: None,
             pending: None,
             failures: 0,
@@ -95,6 +104,9 @@ impl Exporter {
             self.pending = None;
             return Err(Dropped::Unchanged);
         }
+        if older(snapshot.timestamp, self.stored_timestamp) {
+            return Err(Dropped::Older);
+        }
         self.pending = Some(snapshot);
         Ok(())
     }
@@ -117,18 +129,29 @@ impl Exporter {
         }
     }
 
-    /// What the store holds now (read after another writer may have written): a pending
-    /// snapshot with that hash has nothing left to do.
-    pub fn stored(&mut self, hash: Option<String>) {
+    /// What the store holds now (read after another writer may have written), with the
+    /// control plane's timestamp of it: a pending snapshot with that hash has nothing left
+    /// to do, and one older than it must not replace it. Returns the snapshot so dropped.
+    pub fn stored(&mut self, hash: Option<String>, timestamp: Option<f64>) -> Option<Snapshot> {
+        let mut dropped = None;
         if self.pending.as_ref().map(|p| &p.hash) == hash.as_ref() {
             self.pending = None;
+        } else if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| older(p.timestamp, timestamp))
+        {
+            dropped = self.pending.take();
         }
         self.last_written = hash;
+        self.stored_timestamp = timestamp;
+        dropped
     }
 
-    /// Records a successful write of `hash` at `now_ms`.
-    pub fn written(&mut self, hash: &str, now_ms: u64) {
+    /// Records a successful write of `hash` (with its control-plane `timestamp`) at `now_ms`.
+    pub fn written(&mut self, hash: &str, timestamp: Option<f64>, now_ms: u64) {
         self.last_written = Some(hash.to_owned());
+        self.stored_timestamp = timestamp;
         self.last_write_ms = Some(now_ms);
         self.failures = 0;
         self.retry_at_ms = None;
@@ -159,6 +182,12 @@ impl Exporter {
     }
 }
 
+/// Whether a configuration of `candidate` time is older than the stored one. Unknown times
+/// compare as not older: only what is known to be older is held back.
+fn older(candidate: Option<f64>, stored: Option<f64>) -> bool {
+    matches!((candidate, stored), (Some(c), Some(s)) if c < s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +196,7 @@ mod tests {
     fn what_another_writer_stored_is_not_written_again() {
         let mut e = Exporter::new(Duration::ZERO, None);
         e.offer(snap("a")).unwrap();
-        e.stored(Some(snap("a").hash));
+        e.stored(Some(snap("a").hash), None);
         assert_eq!(
             e.next(0),
             Next::Idle,
@@ -175,7 +204,7 @@ mod tests {
         );
         assert_eq!(e.offer(snap("a")), Err(Dropped::Unchanged));
         e.offer(snap("b")).unwrap();
-        e.stored(Some(snap("c").hash));
+        e.stored(Some(snap("c").hash), None);
         assert!(matches!(e.next(0), Next::Write(s) if s.hash == snap("b").hash));
     }
 
@@ -184,7 +213,43 @@ mod tests {
             hash: format!("{hash:a>32}"),
             body: Bytes::from(format!("{{\"h\":\"{hash}\"}}")),
             empty: false,
+            timestamp: None,
         }
+    }
+
+    fn at(hash: &str, timestamp: f64) -> Snapshot {
+        Snapshot {
+            timestamp: Some(timestamp),
+            ..snap(hash)
+        }
+    }
+
+    #[test]
+    fn a_pending_snapshot_older_than_the_stored_one_is_dropped_on_taking_the_lead() {
+        let mut e = ex(0);
+        e.offer(at("old", 100.0)).unwrap();
+        // Another replica stored a newer configuration while this session lagged.
+        let dropped = e.stored(Some(snap("new").hash), Some(200.0));
+        assert_eq!(dropped, Some(at("old", 100.0)));
+        assert_eq!(e.next(0), Next::Idle);
+        // The lagging session's configuration is refused until a newer one arrives.
+        assert_eq!(e.offer(at("old", 100.0)), Err(Dropped::Older));
+        e.offer(at("newer", 250.0)).unwrap();
+        assert!(matches!(e.next(0), Next::Write(s) if s.hash == snap("newer").hash));
+    }
+
+    #[test]
+    fn unknown_times_never_hold_a_write_back() {
+        let mut e = ex(0);
+        e.offer(snap("a")).unwrap();
+        assert_eq!(e.stored(Some(snap("b").hash), Some(200.0)), None);
+        assert!(matches!(e.next(0), Next::Write(s) if s.hash == snap("a").hash));
+        let mut e = ex(0);
+        e.offer(at("a", 100.0)).unwrap();
+        assert_eq!(e.stored(Some(snap("b").hash), None), None);
+        e.written(&snap("a").hash, Some(100.0), 0);
+        // What we wrote ourselves sets the bar too.
+        assert_eq!(e.offer(at("c", 50.0)), Err(Dropped::Older));
     }
 
     fn ex(min_interval_ms: u64) -> Exporter {
@@ -196,7 +261,7 @@ mod tests {
         let mut e = ex(5_000);
         e.offer(snap("a")).unwrap();
         assert_eq!(e.next(0), Next::Write(snap("a")));
-        e.written(&snap("a").hash, 0);
+        e.written(&snap("a").hash, None, 0);
         assert_eq!(e.next(1), Next::Idle);
     }
 
@@ -204,7 +269,7 @@ mod tests {
     fn an_identical_snapshot_writes_nothing() {
         let mut e = ex(0);
         e.offer(snap("a")).unwrap();
-        e.written(&snap("a").hash, 0);
+        e.written(&snap("a").hash, None, 0);
         assert_eq!(e.offer(snap("a")), Err(Dropped::Unchanged));
         assert_eq!(e.next(10), Next::Idle);
     }
@@ -222,12 +287,14 @@ mod tests {
             hash: "f".repeat(32),
             body: Bytes::from_static(b"{}"),
             empty: true,
+            timestamp: None,
         };
         assert_eq!(e.offer(empty), Err(Dropped::Empty));
         let zero = Snapshot {
             hash: EMPTY_CONFIG_HASH.into(),
             body: Bytes::from_static(b"{}"),
             empty: false,
+            timestamp: None,
         };
         assert_eq!(e.offer(zero), Err(Dropped::Empty));
         assert_eq!(e.next(0), Next::Idle);
@@ -241,6 +308,7 @@ mod tests {
             hash: "f".repeat(32),
             body: Bytes::new(),
             empty: true,
+            timestamp: None,
         };
         assert_eq!(e.offer(empty), Err(Dropped::Empty));
         assert_eq!(e.next(0), Next::Write(snap("a")));
@@ -255,7 +323,7 @@ mod tests {
             let now = i * 30;
             e.offer(snap(&format!("{:02}", i % 100))).unwrap();
             if let Next::Write(s) = e.next(now) {
-                e.written(&s.hash, now);
+                e.written(&s.hash, None, now);
                 writes.push((now, s.hash));
             }
         }
@@ -266,7 +334,7 @@ mod tests {
                 let Next::Write(s) = e.next(t) else {
                     panic!("due at {t}")
                 };
-                e.written(&s.hash, t);
+                e.written(&s.hash, None, t);
                 writes.push((t, s.hash));
             }
             Next::Idle => {}
@@ -301,7 +369,7 @@ mod tests {
         e.offer(snap("b")).unwrap();
         assert_eq!(e.next(2_000), Next::WaitUntil(3_500));
         assert_eq!(e.next(3_500), Next::Write(snap("b")));
-        e.written(&snap("b").hash, 3_500);
+        e.written(&snap("b").hash, None, 3_500);
         assert_eq!(e.failures(), 0);
     }
 
@@ -316,7 +384,7 @@ mod tests {
     fn returning_to_the_stored_config_cancels_a_pending_change() {
         let mut e = ex(10_000);
         e.offer(snap("a")).unwrap();
-        e.written(&snap("a").hash, 0);
+        e.written(&snap("a").hash, None, 0);
         e.offer(snap("b")).unwrap();
         assert_eq!(e.offer(snap("a")), Err(Dropped::Unchanged));
         assert_eq!(e.next(20_000), Next::Idle);

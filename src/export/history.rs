@@ -2,6 +2,7 @@
 //! `<prefix>/<version>/history/<unix-seconds>-<config hash>.json`, newest `limit` kept.
 
 use crate::kong::StorageUrl;
+use crate::storage::ObjectInfo;
 
 /// The history object for a config of `hash` written at `unix_secs`.
 pub fn history_key(url: &StorageUrl, version: &str, unix_secs: u64, hash: &str) -> String {
@@ -16,18 +17,22 @@ pub fn parse_history_key<'a>(prefix: &str, key: &'a str) -> Option<(u64, &'a str
     (hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some((secs, hash))
 }
 
-/// The history keys to delete so that the newest `limit` remain. Keys that are not
-/// history entries are never touched.
-pub fn to_prune(prefix: &str, keys: &[String], limit: usize) -> Vec<String> {
-    let mut entries: Vec<(u64, &String)> = keys
+/// The history entries to delete so that the newest `limit` remain, newest by the store's
+/// own time (`LastModified` / `updated`), not by the time in the key: that is the writing
+/// replica's clock, and replicas' clocks disagree. Objects that are not history entries
+/// are never touched.
+pub fn to_prune(prefix: &str, entries: &[ObjectInfo], limit: usize) -> Vec<String> {
+    let mut history: Vec<(std::time::SystemTime, u64, &String)> = entries
         .iter()
-        .filter_map(|k| parse_history_key(prefix, k).map(|(t, _)| (t, k)))
+        .filter_map(|o| {
+            parse_history_key(prefix, &o.key).map(|(t, _)| (o.last_modified, t, &o.key))
+        })
         .collect();
-    entries.sort_by(|a, b| b.cmp(a));
-    entries
+    history.sort_by(|a, b| b.cmp(a));
+    history
         .into_iter()
         .skip(limit)
-        .map(|(_, k)| k.clone())
+        .map(|(_, _, k)| k.clone())
         .collect()
 }
 
@@ -61,18 +66,44 @@ mod tests {
         }
     }
 
+    fn info(key: String, stored_at: u64) -> ObjectInfo {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(stored_at);
+        ObjectInfo {
+            key,
+            size: 1,
+            last_modified: t,
+            created: t,
+            version: "v".into(),
+        }
+    }
+
     #[test]
     fn pruning_keeps_the_newest_and_ignores_foreign_objects() {
         let p = "v/history/";
-        let keys: Vec<String> = [5u64, 1, 3, 4, 2]
+        let entries: Vec<ObjectInfo> = [5u64, 1, 3, 4, 2]
             .iter()
-            .map(|t| format!("{p}{t:010}-{H}.json"))
-            .chain(std::iter::once(format!("{p}README")))
+            .map(|t| info(format!("{p}{t:010}-{H}.json"), 1000 + t))
+            .chain(std::iter::once(info(format!("{p}README"), 1)))
             .collect();
-        let mut gone = to_prune(p, &keys, 2);
+        let mut gone = to_prune(p, &entries, 2);
         gone.sort();
         assert_eq!(gone, [1u64, 2, 3].map(|t| format!("{p}{t:010}-{H}.json")));
-        assert!(to_prune(p, &keys, 10).is_empty());
-        assert_eq!(to_prune(p, &keys, 0).len(), 5);
+        assert!(to_prune(p, &entries, 10).is_empty());
+        assert_eq!(to_prune(p, &entries, 0).len(), 5);
+    }
+
+    #[test]
+    fn pruning_orders_by_the_stores_time_not_the_writers_clock() {
+        let p = "v/history/";
+        // A replica whose clock ran an hour ahead wrote 9000; the store stored it first.
+        let entries = vec![
+            info(format!("{p}{:010}-{H}.json", 9000), 100),
+            info(format!("{p}{:010}-{H}.json", 5000), 200),
+            info(format!("{p}{:010}-{H}.json", 5100), 300),
+        ];
+        assert_eq!(
+            to_prune(p, &entries, 2),
+            [format!("{p}{:010}-{H}.json", 9000)]
+        );
     }
 }

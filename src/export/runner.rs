@@ -15,20 +15,29 @@ use crate::election::Gate;
 use crate::kong::StorageUrl;
 use crate::storage::{ErrorKind, Object, ObjectStore, Precondition, PutObject, StoreError};
 
-/// Object metadata naming the writer (Kong's own exporter sets `uploader` to its node id).
+/// Object metadata naming the exporter's Kong node id, as Kong's own exporter sets it
+/// (`uploader = self.node_id` in Kong's `config_sync_backup/strategies/s3.lua`): the
+/// operator's stable node id for the policy and version, whichever replica wrote.
 pub const META_UPLOADER: &str = "uploader";
+/// Object metadata naming the operator replica that wrote (its Lease identity).
+pub const META_WRITER: &str = "writer";
 /// Object metadata with the control plane's hash of the stored configuration.
 pub const META_CONFIG_HASH: &str = "config-hash";
 /// Object metadata with the writer's election epoch (the Lease's `leaseTransitions`).
 pub const META_EPOCH: &str = "fencing-epoch";
+/// Object metadata with the control plane's `timestamp` of the stored configuration (epoch
+/// seconds): a writer never replaces a stored configuration with an older one.
+pub const META_CONFIG_TIMESTAMP: &str = "config-timestamp";
 
 /// Where and how one version is exported.
 #[derive(Clone)]
 pub struct ExportTarget {
     pub url: StorageUrl,
     pub version: String,
-    /// Written as the `uploader` metadata.
+    /// Written as the `uploader` metadata: the stable node id.
     pub uploader: String,
+    /// Written as the `writer` metadata: this replica.
+    pub writer: String,
     pub min_interval: Duration,
     /// History entries kept; 0 keeps none.
     pub history_limit: usize,
@@ -45,6 +54,8 @@ pub enum Report {
     Disconnected { reason: String, label: &'static str },
     /// A frame was refused; the last good configuration stays.
     Rejected { reason: String, label: &'static str },
+    /// A new configuration is waiting to be written (the clock of a stalled export starts).
+    Received { hash: String },
     /// A snapshot was not exported (unchanged, empty...).
     Skipped { hash: String, why: &'static str },
     /// `config.json` was written.
@@ -102,7 +113,7 @@ pub async fn run(
                 let permit = gate.permit().filter(|p| fenced.is_none_or(|f| p.epoch > f));
                 let Some(permit) = permit else {
                     // Not leading: keep the newest snapshot until we are.
-                    wait_for_gate(
+                    let open = wait_for_gate(
                         &mut gate,
                         &mut events,
                         &mut exporter,
@@ -111,7 +122,7 @@ pub async fn run(
                         &mut shutdown,
                     )
                     .await;
-                    if *shutdown.borrow() {
+                    if !open || *shutdown.borrow() {
                         return;
                     }
                     continue;
@@ -136,21 +147,25 @@ pub async fn run(
                     Some(v) => Precondition::IfVersion(v),
                     None => Precondition::IfAbsent,
                 };
-                let result = write(
-                    &target,
-                    store.as_ref(),
-                    &key,
-                    &snapshot,
-                    permit.epoch,
-                    precondition,
-                )
-                .await;
+                // NB: a write may not outlive the lead it was granted under: abandoned at
+                // the renew deadline, it ends leaseDuration - renewDeadline before another
+                // replica can take over (the store's own bound catches the rest).
+                let result = tokio::select! {
+                    r = write(&target, store.as_ref(), &key, &snapshot, permit.epoch, precondition) => r,
+                    _ = gate.lapsed() => Err(StoreError {
+                        kind: ErrorKind::Network,
+                        op: "put",
+                        bucket: store.bucket().to_owned(),
+                        key: key.clone(),
+                        detail: "abandoned: the write did not finish within this replica's lead (renewDeadline)".into(),
+                    }),
+                };
                 drop(permit);
                 match result {
                     Ok(version) => {
                         seen = Some(Some(version));
                         conflicts = 0;
-                        exporter.written(&snapshot.hash, now_ms());
+                        exporter.written(&snapshot.hash, snapshot.timestamp, now_ms());
                         let latency = started.elapsed();
                         info!(key = %key, hash = %snapshot.hash, bytes = snapshot.body.len(), ?latency, "exported");
                         let _ = reports
@@ -187,11 +202,7 @@ pub async fn run(
                                         .await;
                                 } else {
                                     debug!(key = %key, "the stored configuration changed under us; retrying on the new version");
-                                    exporter.stored(
-                                        o.as_ref().and_then(|o| {
-                                            o.metadata.get(META_CONFIG_HASH).cloned()
-                                        }),
-                                    );
+                                    adopt(&key, o.as_ref(), &mut exporter, &reports).await;
                                     seen = Some(o.map(|o| o.info.version));
                                 }
                             }
@@ -229,7 +240,8 @@ pub async fn run(
 }
 
 /// While not leading: take events (the newest snapshot stays pending) until the claim
-/// changes or shutdown.
+/// changes or shutdown. False when the events have ended: the exporter stops, as it does
+/// when leading.
 async fn wait_for_gate(
     gate: &mut Gate,
     events: &mut mpsc::Receiver<Event>,
@@ -237,7 +249,7 @@ async fn wait_for_gate(
     received: &mut BTreeMap<String, Instant>,
     reports: &mpsc::Sender<Report>,
     shutdown: &mut watch::Receiver<bool>,
-) {
+) -> bool {
     // NB: the permit may also lapse by time alone (renew deadline); look again now and then.
     let recheck = tokio::time::sleep(Duration::from_millis(500));
     tokio::select! {
@@ -248,11 +260,14 @@ async fn wait_for_gate(
                     let _ = reports.send(report).await;
                 }
             }
-            None => std::future::pending::<()>().await,
+            // NB: not `pending()`: inside a select arm it outlives the other arms, and a
+            // closed channel would hold the task (and its snapshot) forever.
+            None => return false,
         },
         _ = recheck => {}
         _ = shutdown.changed() => {}
     }
+    true
 }
 
 /// Takes what the store holds as the last written state.
@@ -263,7 +278,16 @@ async fn adopt(
     reports: &mpsc::Sender<Report>,
 ) {
     let hash = o.and_then(|o| o.metadata.get(META_CONFIG_HASH).cloned());
-    exporter.stored(hash.clone());
+    let timestamp = o.and_then(stored_timestamp);
+    if let Some(older) = exporter.stored(hash.clone(), timestamp) {
+        warn!(key = %key, hash = %older.hash, "the stored configuration is newer than this replica's: not replacing it");
+        let _ = reports
+            .send(Report::Skipped {
+                hash: older.hash,
+                why: why_label(super::Dropped::Older),
+            })
+            .await;
+    }
     if let (Some(o), Some(hash)) = (o, hash) {
         let _ = reports
             .send(Report::Stored {
@@ -278,6 +302,14 @@ async fn adopt(
 
 fn stored_epoch(o: &Object) -> Option<i32> {
     o.metadata.get(META_EPOCH)?.parse().ok()
+}
+
+fn stored_timestamp(o: &Object) -> Option<f64> {
+    o.metadata
+        .get(META_CONFIG_TIMESTAMP)?
+        .parse()
+        .ok()
+        .filter(|t: &f64| t.is_finite())
 }
 
 fn handle(
@@ -300,13 +332,13 @@ fn handle(
             let hash = s.hash.clone();
             match exporter.offer(to_snapshot(s)) {
                 Ok(()) => {
-                    received.insert(hash, Instant::now());
+                    received.insert(hash.clone(), Instant::now());
                     // NB: bounded: only pending hashes are remembered.
                     if received.len() > 16 {
                         let keep = exporter.pending().map(|p| p.hash.clone());
                         received.retain(|h, _| Some(h) == keep.as_ref());
                     }
-                    None
+                    Some(Report::Received { hash })
                 }
                 Err(why) => {
                     debug!(hash = %hash, ?why, "snapshot not exported");
@@ -325,6 +357,7 @@ fn why_label(d: super::Dropped) -> &'static str {
         super::Dropped::Unchanged => "unchanged",
         super::Dropped::AlreadyPending => "already pending",
         super::Dropped::Empty => "empty configuration",
+        super::Dropped::Older => "older than the stored configuration",
     }
 }
 
@@ -334,14 +367,20 @@ fn to_snapshot(s: ConfigSnapshot) -> Snapshot {
         hash: s.hash,
         body: s.config,
         empty,
+        timestamp: s.timestamp.filter(|t| t.is_finite()),
     }
 }
 
 fn metadata(target: &ExportTarget, s: &Snapshot) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut m = BTreeMap::from([
         (META_UPLOADER.to_owned(), target.uploader.clone()),
+        (META_WRITER.to_owned(), target.writer.clone()),
         (META_CONFIG_HASH.to_owned(), s.hash.clone()),
-    ])
+    ]);
+    if let Some(t) = s.timestamp {
+        m.insert(META_CONFIG_TIMESTAMP.to_owned(), t.to_string());
+    }
+    m
 }
 
 async fn write(
@@ -390,14 +429,14 @@ async fn write_history(target: &ExportTarget, store: &dyn ObjectStore, s: &Snaps
 
 async fn prune_history(target: &ExportTarget, store: &dyn ObjectStore) {
     let prefix = target.url.history_prefix(&target.version);
-    let keys: Vec<String> = match store.list(&prefix).await {
-        Ok(list) => list.into_iter().map(|o| o.key).collect(),
+    let entries = match store.list(&prefix).await {
+        Ok(list) => list,
         Err(e) => {
             warn!(prefix = %prefix, error = %e, "cannot list the history");
             return;
         }
     };
-    for key in to_prune(&prefix, &keys, target.history_limit) {
+    for key in to_prune(&prefix, &entries, target.history_limit) {
         if let Err(e) = store.delete(&key).await {
             warn!(key = %key, error = %e, "cannot prune the history");
         }
@@ -441,6 +480,7 @@ mod tests {
             url: StorageUrl::parse("s3://bkt/kong").unwrap(),
             version: "3.6.1.4".into(),
             uploader: "kfo-0".into(),
+            writer: "kfo-0_abc".into(),
             min_interval: Duration::ZERO,
             history_limit,
         };
@@ -454,11 +494,17 @@ mod tests {
     }
 
     impl Harness {
+        /// The next report but `Received` (bookkeeping for the stall check).
         async fn report(&mut self) -> Report {
-            tokio::time::timeout(Duration::from_secs(5), self.reports.recv())
-                .await
-                .unwrap()
-                .unwrap()
+            loop {
+                let r = tokio::time::timeout(Duration::from_secs(5), self.reports.recv())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if !matches!(r, Report::Received { .. }) {
+                    return r;
+                }
+            }
         }
     }
 
@@ -488,6 +534,124 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("no history entry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_whose_events_end_stops_and_frees_its_pending_snapshot() {
+        let store = Arc::new(MemoryStore::new("bkt"));
+        let (events, rx) = mpsc::channel(16);
+        let (tx, _reports) = mpsc::channel(64);
+        let (_stop, stop_rx) = watch::channel(false);
+        let target = ExportTarget {
+            url: StorageUrl::parse("s3://bkt/kong").unwrap(),
+            version: "3.6.1.4".into(),
+            uploader: "kfo-0".into(),
+            writer: "kfo-0_abc".into(),
+            min_interval: Duration::ZERO,
+            history_limit: 0,
+        };
+        // A follower: the gate never grants a permit.
+        let (gate, _control) = Gate::new();
+        let task = tokio::spawn(run(target, store.clone(), rx, tx, gate, stop_rx));
+        let body = bytes::Bytes::from(GOOD.to_owned());
+        let weak = {
+            let Event::Snapshot(s) = snapshot('a', GOOD) else {
+                unreachable!()
+            };
+            let s = ConfigSnapshot {
+                config: body.clone(),
+                ..s
+            };
+            events.send(Event::Snapshot(s)).await.unwrap();
+            body.clone()
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(events);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the exporter did not stop when its events ended")
+            .unwrap();
+        assert_eq!(store.put_count(), 0);
+        // Only our handles hold the snapshot's bytes now.
+        drop(body);
+        assert!(
+            weak.is_unique(),
+            "the stopped exporter still holds its snapshot"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lagging_replica_never_replaces_a_newer_stored_config_with_an_older_one() {
+        let mut h = harness(0);
+        // Another replica (a newer leader whose session was ahead) stored config 'n' at 200.
+        let newer = r#"{"_format_version":"3.0","services":[{"id":"newer"}]}"#;
+        h.store
+            .put(PutObject {
+                key: "kong/3.6.1.4/config.json".into(),
+                body: bytes::Bytes::from_static(newer.as_bytes()),
+                content_type: "application/json".into(),
+                metadata: BTreeMap::from([
+                    (META_CONFIG_HASH.to_owned(), "n".repeat(32)),
+                    (META_CONFIG_TIMESTAMP.to_owned(), "200.5".to_owned()),
+                    (META_EPOCH.to_owned(), "0".to_owned()),
+                ]),
+                precondition: Precondition::None,
+            })
+            .await
+            .unwrap();
+        // This replica's session lags: it still has config 'o' from 100.
+        let Event::Snapshot(old) = snapshot('o', GOOD) else {
+            unreachable!()
+        };
+        let old = ConfigSnapshot {
+            timestamp: Some(100.0),
+            ..old
+        };
+        h.events.send(Event::Snapshot(old.clone())).await.unwrap();
+        let mut skipped = None;
+        for _ in 0..5 {
+            match h.report().await {
+                Report::Skipped { hash, why } => {
+                    skipped = Some((hash, why));
+                    break;
+                }
+                Report::Received { .. } | Report::Stored { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            skipped,
+            Some(("o".repeat(32), "older than the stored configuration"))
+        );
+        let stored = h
+            .store
+            .get("kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&stored.body[..], newer.as_bytes());
+        assert_eq!(h.store.put_count(), 1, "only the other replica's write");
+        // A configuration newer than the stored one is written, with its time.
+        let Event::Snapshot(next) = snapshot('x', GOOD) else {
+            unreachable!()
+        };
+        let next = ConfigSnapshot {
+            timestamp: Some(300.25),
+            ..next
+        };
+        h.events.send(Event::Snapshot(next)).await.unwrap();
+        loop {
+            if let Report::Exported { .. } = h.report().await {
+                break;
+            }
+        }
+        let stored = h
+            .store
+            .get("kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.metadata[META_CONFIG_TIMESTAMP], "300.25");
     }
 
     #[tokio::test]

@@ -3,9 +3,17 @@
 //! Kong accepts `s3://bucket/prefix` and `gcs://bucket/prefix`; any other scheme is a
 //! configuration error on the node. Keys are `<prefix>/<version>/config.json` (and
 //! `.../election/...`) with the path's leading `/` dropped and duplicate slashes collapsed,
-//! the way Kong's URI normaliser does it. We are stricter than Kong on one point: a URL
-//! with a query, a fragment, credentials or a port is refused, because Kong would silently
-//! fold those into the bucket or the prefix and no importer would find the object.
+//! the way Kong's URI normaliser does it. We are stricter than Kong where Kong would read
+//! the URL differently from us, and refuse:
+//! - an **empty prefix** (`s3://bucket`, `s3://bucket/`): Kong parses the URL with
+//!   LuaSocket's `socket.url.parse` (`src/url.lua` in lunarmodules/luasocket); without a path
+//!   its storage strategy fails at start, and with a bare `/` the key keeps a leading slash
+//!   (`/3.6.1.4/config.json`) that no importer reads;
+//! - a query, a fragment, `;params`, credentials or a port, which LuaSocket splits off the
+//!   path or host, so Kong would look under another bucket or prefix;
+//! - `.` and `..` segments and `%XX` escapes, which URL normalisers resolve or decode and
+//!   S3 and GCS keep literally: the same prefix could name two different keys;
+//! - any other character outside `A-Z a-z 0-9 . _ - ~`.
 
 use std::fmt;
 
@@ -32,7 +40,7 @@ impl Provider {
 pub struct StorageUrl {
     pub provider: Provider,
     pub bucket: String,
-    /// Normalised: no leading or trailing `/`, no empty segments; may be empty.
+    /// Normalised: no leading or trailing `/`, no empty segments; never empty.
     pub prefix: String,
 }
 
@@ -57,6 +65,16 @@ pub enum StorageUrlError {
     Extra(String),
     #[error("storage URL {0:?} contains whitespace or control characters")]
     Whitespace(String),
+    #[error(
+        "storage URL {0:?} has no prefix: use s3://<bucket>/<prefix> (e.g. s3://bucket/kong); Kong cannot use a bucket's root (without a path its storage strategy fails at start, and with a bare \"/\" it looks for /<version>/config.json)"
+    )]
+    EmptyPrefix(String),
+    #[error("storage URL {url:?} has an invalid prefix segment {segment:?}: {why}")]
+    Prefix {
+        url: String,
+        segment: String,
+        why: &'static str,
+    },
 }
 
 impl StorageUrl {
@@ -71,7 +89,7 @@ impl StorageUrl {
         } else {
             return Err(StorageUrlError::Scheme(url.to_owned()));
         };
-        if rest.contains(['?', '#', '@']) {
+        if rest.contains(['?', '#', '@', ';']) {
             return Err(StorageUrlError::Extra(url.to_owned()));
         }
         let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -88,10 +106,23 @@ impl StorageUrl {
                 why,
             });
         }
+        for segment in path.split('/').filter(|s| !s.is_empty()) {
+            if let Err(why) = check_segment(segment) {
+                return Err(StorageUrlError::Prefix {
+                    url: url.to_owned(),
+                    segment: segment.to_owned(),
+                    why,
+                });
+            }
+        }
+        let prefix = join_segments([path]);
+        if prefix.is_empty() {
+            return Err(StorageUrlError::EmptyPrefix(url.to_owned()));
+        }
         Ok(StorageUrl {
             provider,
             bucket: bucket.to_owned(),
-            prefix: join_segments([path]),
+            prefix,
         })
     }
 
@@ -120,11 +151,13 @@ impl StorageUrl {
 impl fmt::Display for StorageUrl {
     /// The canonical form, as injected into `KONG_CLUSTER_FALLBACK_CONFIG_STORAGE`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.provider.scheme(), self.bucket)?;
-        if !self.prefix.is_empty() {
-            write!(f, "/{}", self.prefix)?;
-        }
-        Ok(())
+        write!(
+            f,
+            "{}://{}/{}",
+            self.provider.scheme(),
+            self.bucket,
+            self.prefix
+        )
     }
 }
 
@@ -137,6 +170,26 @@ fn join_segments<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// One `/`-separated segment of the prefix: characters every URL parser, normaliser and
+/// object store reads the same way, and not a dot segment.
+fn check_segment(segment: &str) -> Result<(), &'static str> {
+    if segment == "." || segment == ".." {
+        return Err(
+            "\".\" and \"..\" segments are resolved by URL normalisers but kept by the store",
+        );
+    }
+    if segment.contains('%') {
+        return Err("%XX escapes are decoded by URL normalisers but kept by the store");
+    }
+    if !segment
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~'))
+    {
+        return Err("a prefix has only letters, digits, '.', '_', '-', '~' and '/'");
+    }
+    Ok(())
 }
 
 /// The rules S3 and GCS share for bucket names (3–63 chars here; GCS allows longer dotted
@@ -183,14 +236,49 @@ mod tests {
     }
 
     #[test]
-    fn empty_prefix_gives_version_at_the_root() {
-        for url in ["s3://bucket", "s3://bucket/", "s3://bucket//"] {
-            let u = StorageUrl::parse(url).unwrap();
-            assert_eq!(u.prefix, "");
-            assert_eq!(u.config_key("3.6.1.4"), "3.6.1.4/config.json");
-            assert_eq!(u.election_prefix("3.6.1.4"), "3.6.1.4/election/");
-            assert_eq!(u.to_string(), "s3://bucket");
+    fn an_empty_prefix_is_refused_because_kong_cannot_use_the_bucket_root() {
+        for url in [
+            "s3://bucket",
+            "s3://bucket/",
+            "s3://bucket//",
+            "gcs://bucket/",
+        ] {
+            let err = StorageUrl::parse(url).unwrap_err();
+            assert_eq!(err, StorageUrlError::EmptyPrefix(url.to_owned()), "{url}");
+            assert!(err.to_string().contains("s3://<bucket>/<prefix>"), "{err}");
         }
+    }
+
+    #[test]
+    fn prefixes_kong_would_read_differently_are_refused() {
+        for url in [
+            "s3://bucket/./kong",
+            "s3://bucket/kong/..",
+            "s3://bucket/a/../b",
+            "s3://bucket/a%20b",
+            "s3://bucket/a%2Fb",
+            "s3://bucket/kong;type=a",
+            "s3://bucket/k\\ong",
+            "s3://bucket/k'ong",
+            "gcs://bucket/kong/*",
+        ] {
+            let err = StorageUrl::parse(url).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StorageUrlError::Prefix { .. } | StorageUrlError::Extra(_)
+                ),
+                "{url}: {err}"
+            );
+        }
+        // Dots inside a segment are ordinary characters.
+        let u = StorageUrl::parse("s3://bucket/kong.v1/.cfg/...").unwrap();
+        assert_eq!(
+            u.config_key("3.6.1.4"),
+            "kong.v1/.cfg/.../3.6.1.4/config.json"
+        );
+        let u = StorageUrl::parse("s3://bucket/a_b-c~d").unwrap();
+        assert_eq!(u.to_string(), "s3://bucket/a_b-c~d");
     }
 
     #[test]

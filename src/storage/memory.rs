@@ -15,6 +15,8 @@ struct State {
     now: Option<SystemTime>,
     /// When set, every request fails with this kind (to test error handling).
     fail_with: Option<ErrorKind>,
+    /// Behave like a store that ignores conditional writes.
+    ignore_preconditions: bool,
     puts: u64,
 }
 
@@ -39,6 +41,11 @@ impl MemoryStore {
     /// Makes every following request fail with `kind` (`None` heals the store).
     pub fn fail_with(&self, kind: Option<ErrorKind>) {
         self.lock().fail_with = kind;
+    }
+
+    /// Makes the store ignore preconditions, as some S3-compatible stores do.
+    pub fn ignore_preconditions(&self, ignore: bool) {
+        self.lock().ignore_preconditions = ignore;
     }
 
     /// How many writes succeeded so far.
@@ -79,6 +86,7 @@ impl ObjectStore for MemoryStore {
             .get(&object.key)
             .map(|o| o.info.version.clone());
         let ok = match (&object.precondition, &current) {
+            _ if state.ignore_preconditions => true,
             (Precondition::None, _) => true,
             (Precondition::IfAbsent, current) => current.is_none(),
             (Precondition::IfVersion(v), Some(current)) => v == current,

@@ -193,6 +193,30 @@ pub(crate) fn classify(status: Option<u16>, code: Option<&str>) -> ErrorKind {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_store_that_ignores_preconditions_is_found_out() {
+        let store = memory::MemoryStore::new("b");
+        assert_eq!(enforces_preconditions(&store, "p/.probe").await, Ok(true));
+        assert_eq!(
+            store.get("p/.probe").await.unwrap().map(|o| o.info.key),
+            None
+        );
+        store.ignore_preconditions(true);
+        assert_eq!(enforces_preconditions(&store, "p/.probe").await, Ok(false));
+        assert_eq!(
+            store.get("p/.probe").await.unwrap().map(|o| o.info.key),
+            None
+        );
+    }
+
+    #[test]
+    fn a_write_may_take_longer_the_larger_it_is() {
+        let t = Timeouts::default();
+        assert_eq!(t.put(0), std::time::Duration::from_secs(20));
+        assert_eq!(t.put(1), std::time::Duration::from_secs(21));
+        assert_eq!(t.put(64 << 20), std::time::Duration::from_secs(84));
+    }
+
     #[test]
     fn provider_codes_win_over_statuses() {
         assert_eq!(
@@ -239,6 +263,44 @@ mod tests {
     }
 }
 
+/// Whether the store enforces conditional writes, which fencing rests on: writes a
+/// throwaway object at `probe_key`, then tries two writes that must be refused (a version
+/// that does not exist, and "only if absent" on the existing object), and deletes it.
+/// `Ok(false)`: the store accepted a write it should have refused. Some S3-compatible
+/// stores ignore `If-Match`/`If-None-Match`; S3 itself, MinIO and GCS enforce them.
+pub async fn enforces_preconditions(
+    store: &dyn ObjectStore,
+    probe_key: &str,
+) -> Result<bool, StoreError> {
+    let put = |precondition| PutObject {
+        key: probe_key.to_owned(),
+        body: Bytes::from_static(b"fencing probe of kong-fallback-operator; safe to delete\n"),
+        content_type: "text/plain".to_owned(),
+        metadata: BTreeMap::new(),
+        precondition,
+    };
+    let version = store.put(put(Precondition::None)).await?;
+    // NB: an ETag and a generation are never this; S3 wants ETags quoted.
+    let stale = if version.starts_with('"') {
+        "\"00000000000000000000000000000000\"".to_owned()
+    } else {
+        format!("{version}0")
+    };
+    let mut enforced = true;
+    for precondition in [Precondition::IfVersion(stale), Precondition::IfAbsent] {
+        match store.put(put(precondition)).await {
+            Ok(_) => enforced = false,
+            Err(e) if e.kind == ErrorKind::PreconditionFailed => {}
+            Err(e) => {
+                let _ = store.delete(probe_key).await;
+                return Err(e);
+            }
+        }
+    }
+    store.delete(probe_key).await?;
+    Ok(enforced)
+}
+
 /// How to reach a store: the provider's settings and credentials.
 #[derive(Clone, Debug)]
 pub enum Access {
@@ -253,15 +315,25 @@ pub enum Access {
     },
 }
 
-/// Opens the bucket `url` names with `access`.
+/// Opens the bucket `url` names with `access`; every call is bounded by
+/// [`Timeouts::default`].
 pub async fn open(
     url: &crate::kong::StorageUrl,
     access: Access,
 ) -> Result<Box<dyn ObjectStore>, String> {
+    open_with(url, access, Timeouts::default()).await
+}
+
+/// [`open`] with other bounds (tests, tools).
+pub async fn open_with(
+    url: &crate::kong::StorageUrl,
+    access: Access,
+    timeouts: Timeouts,
+) -> Result<Box<dyn ObjectStore>, String> {
     use crate::kong::Provider;
-    match (url.provider, access) {
+    let store: Box<dyn ObjectStore> = match (url.provider, access) {
         (Provider::S3, Access::S3 { settings, extras }) => {
-            Ok(Box::new(s3::S3Store::new(&settings, &url.bucket, extras)))
+            Box::new(s3::S3Store::new(&settings, &url.bucket, extras))
         }
         (
             Provider::Gcs,
@@ -273,11 +345,99 @@ pub async fn open(
             let store = gcs::GcsStore::new(endpoint.as_deref(), &credentials, &url.bucket)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(Box::new(store))
+            Box::new(store)
         }
-        (provider, _) => Err(format!(
-            "{url} is a {} URL but the credentials are for another provider",
-            provider.scheme()
-        )),
+        (provider, _) => {
+            return Err(format!(
+                "{url} is a {} URL but the credentials are for another provider",
+                provider.scheme()
+            ));
+        }
+    };
+    Ok(Box::new(Bounded {
+        inner: store,
+        timeouts,
+    }))
+}
+
+/// How long one storage call may take before it is abandoned as a network failure. A
+/// half-open connection must not hold an exporter (and its write permit) forever: neither
+/// SDK bounds a whole request by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Any call, and the base of a write.
+    pub call: std::time::Duration,
+    /// Added to a write's bound per MiB of body (a floor of 1 MiB/s).
+    pub per_mib: std::time::Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            call: std::time::Duration::from_secs(20),
+            per_mib: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The bound of a write of `bytes`.
+    pub fn put(&self, bytes: usize) -> std::time::Duration {
+        let mib = bytes.div_ceil(1 << 20) as u32;
+        self.call + self.per_mib * mib
+    }
+}
+
+/// An [`ObjectStore`] whose every call ends within its [`Timeouts`].
+struct Bounded {
+    inner: Box<dyn ObjectStore>,
+    timeouts: Timeouts,
+}
+
+impl Bounded {
+    async fn bound<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        limit: std::time::Duration,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(StoreError::new(
+                ErrorKind::Network,
+                op,
+                self.inner.bucket(),
+                key,
+                format!("no answer within {limit:?}; abandoned"),
+            ))
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Bounded {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+    async fn put(&self, object: PutObject) -> Result<String, StoreError> {
+        let limit = self.timeouts.put(object.body.len());
+        let key = object.key.clone();
+        self.bound("put", &key, limit, self.inner.put(object)).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        self.bound("get", key, self.timeouts.call, self.inner.get(key))
+            .await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.bound("list", prefix, self.timeouts.call, self.inner.list(prefix))
+            .await
+    }
+    async fn touch(&self, key: &str) -> Result<bool, StoreError> {
+        self.bound("touch", key, self.timeouts.call, self.inner.touch(key))
+            .await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.bound("delete", key, self.timeouts.call, self.inner.delete(key))
+            .await
     }
 }

@@ -41,6 +41,7 @@ pub const PATH: &str = "/mutate";
 pub fn review(
     body: &[u8],
     policies: &[FallbackConfigPolicy],
+    secrets: &inject::SecretFacts,
 ) -> (AdmissionReview<DynamicObject>, &'static str) {
     let parsed: AdmissionReview<Pod> = match serde_json::from_slice(body) {
         Ok(r) => r,
@@ -73,7 +74,7 @@ pub fn review(
     if pod.metadata.namespace.is_none() {
         pod.metadata.namespace = req.namespace.clone();
     }
-    let outcome = inject::inject(&pod, policies);
+    let outcome = inject::inject(&pod, policies, secrets);
     let mut resp = resp;
     if !outcome.remarks.is_empty() {
         resp.warnings = Some(
@@ -115,24 +116,35 @@ pub fn review(
     }
 }
 
+/// What the controller knows of the Secrets policies name, shared with the webhook.
+pub type SharedSecretFacts = Arc<std::sync::RwLock<inject::SecretFacts>>;
+
 #[derive(Clone)]
 struct Shared {
     policies: Store<FallbackConfigPolicy>,
+    secrets: SharedSecretFacts,
     metrics: Arc<Metrics>,
 }
 
 /// The webhook's routes.
-pub fn router(policies: Store<FallbackConfigPolicy>, metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route(PATH, post(mutate))
-        .with_state(Shared { policies, metrics })
+pub fn router(
+    policies: Store<FallbackConfigPolicy>,
+    secrets: SharedSecretFacts,
+    metrics: Arc<Metrics>,
+) -> Router {
+    Router::new().route(PATH, post(mutate)).with_state(Shared {
+        policies,
+        secrets,
+        metrics,
+    })
 }
 
 async fn mutate(State(s): State<Shared>, body: Bytes) -> impl IntoResponse {
     let started = Instant::now();
     let policies: Vec<FallbackConfigPolicy> =
         s.policies.state().iter().map(|p| (**p).clone()).collect();
-    let (review, result) = review(&body, &policies);
+    let secrets = s.secrets.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let (review, result) = review(&body, &policies, &secrets);
     s.metrics.webhook(result, started.elapsed());
     match result {
         "malformed" => warn!("refused a malformed AdmissionReview"),
@@ -170,6 +182,7 @@ pub async fn run(
     client: kube::Client,
     settings: Settings,
     policies: Store<FallbackConfigPolicy>,
+    secrets: SharedSecretFacts,
     metrics: Arc<Metrics>,
     health: Arc<crate::http::Health>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -217,7 +230,7 @@ pub async fn run(
     };
     let handle = axum_server::Handle::new();
     let server = {
-        let app = router(policies.clone(), metrics.clone());
+        let app = router(policies.clone(), secrets, metrics.clone());
         let handle = handle.clone();
         let tls = tls.clone();
         let addr = settings.addr;
@@ -234,6 +247,39 @@ pub async fn run(
     tracing::info!(addr = %bound, "serving the admission webhook");
     health.set(CERT_LOADED, true);
 
+    // The live registration's resourceVersion, watched so that a rewrite by another field
+    // manager (helm upgrade, Argo CD, Flux) is undone within a second, not at the next
+    // policy change.
+    let live_version: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let watch_registration = {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let api: kube::Api<
+            k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+        > = kube::Api::all(client.clone());
+        let config =
+            watcher::Config::default().fields(&format!("metadata.name={}", settings.configuration));
+        let live_version = live_version.clone();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+            while let Some(event) = events.next().await {
+                let update = match event {
+                    Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
+                        Some(c.metadata.resource_version)
+                    }
+                    Ok(watcher::Event::Delete(_)) => Some(None),
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                    Err(e) => {
+                        warn!(error = %e, "cannot watch the webhook registration; retrying");
+                        None
+                    }
+                };
+                if let Some(v) = update {
+                    *live_version.lock().unwrap_or_else(|e| e.into_inner()) = v;
+                }
+            }
+        })
+    };
     let mut applied = None;
     let mut last_check = Instant::now();
     loop {
@@ -272,11 +318,20 @@ pub async fn run(
             settings.failure_policy,
             settings.timeout_seconds,
         );
-        if applied.as_ref() != Some(&desired) {
+        let live = live_version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if registration::needs_apply(&desired, applied.as_ref(), live.as_deref()) {
+            let rewritten = applied.as_ref().is_some_and(|(c, _)| *c == desired);
             match registration::apply(&client, &desired).await {
-                Ok(()) => {
-                    tracing::info!(configuration = %settings.configuration, policies = all.len(), "registered the webhook");
-                    applied = Some(desired);
+                Ok(version) => {
+                    if rewritten {
+                        warn!(configuration = %settings.configuration, "the webhook registration was rewritten by another manager (a chart re-apply?); restored it");
+                    } else {
+                        tracing::info!(configuration = %settings.configuration, policies = all.len(), "registered the webhook");
+                    }
+                    applied = Some((desired, version));
                 }
                 Err(e) => warn!(error = %e, "cannot register the webhook"),
             }
@@ -286,6 +341,7 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
     }
+    watch_registration.abort();
     health.set(CERT_LOADED, false);
     handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     let _ = server.await;
@@ -337,7 +393,11 @@ mod tests {
 
     #[test]
     fn a_matching_pod_create_gets_a_json_patch() {
-        let (r, result) = review(&request("CREATE", json!({"app": "kong-dp"})), &[policy()]);
+        let (r, result) = review(
+            &request("CREATE", json!({"app": "kong-dp"})),
+            &[policy()],
+            &Default::default(),
+        );
         assert_eq!(result, "injected");
         let resp = response(&r);
         assert_eq!(resp["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
@@ -358,7 +418,7 @@ mod tests {
             ("CREATE", json!({"app": "web"})),
             ("UPDATE", json!({"app": "kong-dp"})),
         ] {
-            let (r, result) = review(&request(op, labels), &[policy()]);
+            let (r, result) = review(&request(op, labels), &[policy()], &Default::default());
             assert_eq!(result, "skipped");
             let resp = response(&r);
             assert_eq!(resp["allowed"], true);
@@ -374,7 +434,7 @@ mod tests {
             br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
             b"\xff\xfe",
         ] {
-            let (r, result) = review(body, &[policy()]);
+            let (r, result) = review(body, &[policy()], &Default::default());
             assert_eq!(result, "malformed");
             let resp = response(&r);
             assert_eq!(resp["allowed"], false);

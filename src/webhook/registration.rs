@@ -36,27 +36,48 @@ pub enum FailurePolicy {
     Fail,
 }
 
+/// `s` as a single-quoted CEL string literal. Validation already limits label keys, values
+/// and namespaces to characters that need no escaping; this is the second line of defence,
+/// since one malformed expression makes the apiserver refuse the whole registration.
+fn cel_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
 /// A CEL expression true for a pod whose labels `selector` matches (`None` for an empty
-/// selector, which claims nothing). Label keys and values cannot hold quotes.
+/// selector, which claims nothing).
 pub fn selector_cel(selector: &LabelSelector) -> Option<String> {
     let l = "object.metadata.labels";
     let list = |vs: &Option<Vec<String>>| {
-        let items: Vec<String> = vs.iter().flatten().map(|v| format!("'{v}'")).collect();
+        let items: Vec<String> = vs.iter().flatten().map(|v| cel_str(v)).collect();
         format!("[{}]", items.join(", "))
     };
     let mut terms: Vec<String> = selector
         .match_labels
         .iter()
         .flatten()
-        .map(|(k, v)| format!("('{k}' in {l} && {l}['{k}'] == '{v}')"))
+        .map(|(k, v)| {
+            let (k, v) = (cel_str(k), cel_str(v));
+            format!("({k} in {l} && {l}[{k}] == {v})")
+        })
         .collect();
     for e in selector.match_expressions.iter().flatten() {
-        let k = &e.key;
+        let k = cel_str(&e.key);
         terms.push(match e.operator.as_str() {
-            "In" => format!("('{k}' in {l} && {l}['{k}'] in {})", list(&e.values)),
-            "NotIn" => format!("(!('{k}' in {l}) || !({l}['{k}'] in {}))", list(&e.values)),
-            "Exists" => format!("('{k}' in {l})"),
-            _ => format!("!('{k}' in {l})"),
+            "In" => format!("({k} in {l} && {l}[{k}] in {})", list(&e.values)),
+            "NotIn" => format!("(!({k} in {l}) || !({l}[{k}] in {}))", list(&e.values)),
+            "Exists" => format!("({k} in {l})"),
+            _ => format!("!({k} in {l})"),
         });
     }
     if terms.is_empty() {
@@ -76,7 +97,7 @@ pub fn match_condition(policies: &[FallbackConfigPolicy]) -> String {
                 .chain(p.spec.backup.as_ref().map(|b| &b.selector));
             selectors
                 .filter_map(selector_cel)
-                .map(move |cel| format!("(request.namespace == '{ns}' && {cel})"))
+                .map(move |cel| format!("(request.namespace == {} && {cel})", cel_str(&ns)))
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -161,11 +182,12 @@ pub fn configuration(
     config
 }
 
-/// Applies `config` (server-side apply, forced: the operator owns these fields).
+/// Applies `config` (server-side apply, forced: the operator owns these fields) and returns
+/// the resourceVersion the apiserver now holds. An apply that changes nothing keeps it.
 pub async fn apply(
     client: &kube::Client,
     config: &MutatingWebhookConfiguration,
-) -> Result<(), kube::Error> {
+) -> Result<Option<String>, kube::Error> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let name = config.metadata.name.clone().unwrap_or_default();
     api.patch(
@@ -174,7 +196,24 @@ pub async fn apply(
         &Patch::Apply(config),
     )
     .await
-    .map(|_| ())
+    .map(|c| c.resource_version())
+}
+
+/// Whether the registration must be applied again: the operator's view changed, or someone
+/// else wrote the object since our last apply (a `helm upgrade`, an Argo CD sync or a Flux
+/// reconcile puts the chart's inert template back). `live` is the watched resourceVersion,
+/// `None` while unknown or after a deletion (which is left alone: an uninstall).
+pub fn needs_apply(
+    desired: &MutatingWebhookConfiguration,
+    applied: Option<&(MutatingWebhookConfiguration, Option<String>)>,
+    live: Option<&str>,
+) -> bool {
+    match applied {
+        None => true,
+        Some((config, version)) => {
+            config != desired || live.is_some_and(|live| version.as_deref() != Some(live))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +270,33 @@ mod tests {
     }
 
     #[test]
+    fn quotes_and_backslashes_in_labels_cannot_break_out_of_cel_strings() {
+        let s: LabelSelector = serde_json::from_value(json!({
+            "matchLabels": {"app": "a'b"},
+            "matchExpressions": [{"key": "k\\", "operator": "In", "values": ["x') || true || ('"]}]
+        }))
+        .unwrap();
+        let cel = selector_cel(&s).unwrap();
+        assert!(cel.contains(r"== 'a\'b'"), "{cel}");
+        assert!(cel.contains(r"('k\\' in "), "{cel}");
+        assert!(cel.contains(r"['x\') || true || (\'']"), "{cel}");
+        // Outside string literals only our own operators remain: no `|| true` escaped.
+        let mut outside = String::new();
+        let (mut quoted, mut escaped) = (false, false);
+        for c in cel.chars() {
+            match (quoted, escaped, c) {
+                (true, false, '\\') => escaped = true,
+                (true, true, _) => escaped = false,
+                (_, false, '\'') => quoted = !quoted,
+                (false, _, c) => outside.push(c),
+                _ => {}
+            }
+        }
+        assert!(!quoted, "unterminated string in {cel}");
+        assert!(!outside.contains("true"), "{outside}");
+    }
+
+    #[test]
     fn the_configuration_is_create_only_idempotent_and_scoped_to_policy_namespaces() {
         let policies = [
             policy("kong", json!({"matchLabels": {"app": "kong-dp"}})),
@@ -276,6 +342,44 @@ mod tests {
             ("kfo-webhook", Some("/mutate"))
         );
         assert_eq!(w.client_config.ca_bundle.as_ref().unwrap().0, b"PEM");
+    }
+
+    #[test]
+    fn a_registration_someone_else_rewrote_is_applied_again() {
+        let a = configuration(
+            "x",
+            &Target::Url("https://h/mutate".into()),
+            "",
+            &[],
+            FailurePolicy::Ignore,
+            5,
+        );
+        let b = configuration(
+            "x",
+            &Target::Url("https://h/mutate".into()),
+            "CA",
+            &[],
+            FailurePolicy::Ignore,
+            5,
+        );
+        let applied = (a.clone(), Some("10".to_owned()));
+        assert!(needs_apply(&a, None, None), "never applied");
+        assert!(
+            !needs_apply(&a, Some(&applied), Some("10")),
+            "ours, unchanged"
+        );
+        assert!(
+            !needs_apply(&a, Some(&applied), None),
+            "unknown or deleted: left alone"
+        );
+        assert!(
+            needs_apply(&a, Some(&applied), Some("11")),
+            "rewritten by another manager"
+        );
+        assert!(
+            needs_apply(&b, Some(&applied), Some("10")),
+            "our view changed"
+        );
     }
 
     #[test]

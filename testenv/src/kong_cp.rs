@@ -49,6 +49,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 pub enum Mtls {
     Shared,
     Pki,
+    /// pki, with a CP certificate that names the CP only in its subject CN (no
+    /// subjectAltName), as many internal CAs still issue them; Kong's data planes accept it.
+    PkiCnOnly,
 }
 
 /// What a data plane (or the operator) is given to reach this CP: the contents of the
@@ -484,14 +487,19 @@ impl ClusterPki {
                     },
                 })
             }
-            Mtls::Pki => {
+            Mtls::Pki | Mtls::PkiCnOnly => {
                 let (ca_pem, issuer) = crate::pki::ca("kong-cluster-ca")?;
+                // NB: not the dialled host (127.0.0.1): the client must check this name.
                 let server_name = "kong-cp.kong.svc".to_owned();
                 let cp_key = KeyPair::generate()?;
-                let mut cp_params = CertificateParams::new(vec![server_name.clone()])?;
-                cp_params
-                    .subject_alt_names
-                    .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+                let mut cp_params = if mode == Mtls::PkiCnOnly {
+                    CertificateParams::new(Vec::<String>::new())?
+                } else {
+                    let mut p = CertificateParams::new(vec![server_name.clone()])?;
+                    p.subject_alt_names
+                        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+                    p
+                };
                 cp_params
                     .distinguished_name
                     .push(DnType::CommonName, "kong-cp.kong.svc");
@@ -525,7 +533,7 @@ impl ClusterPki {
         let key = PrivateKeyDer::from_pem_slice(self.cp_key_pem.as_bytes())?;
         let verifier: Arc<dyn ClientCertVerifier> = match self.mode {
             Mtls::Shared => Arc::new(AnyClientCert(rustls::crypto::aws_lc_rs::default_provider())),
-            Mtls::Pki => {
+            Mtls::Pki | Mtls::PkiCnOnly => {
                 let mut roots = rustls::RootCertStore::empty();
                 let ca = self.ca_pem.as_deref().context("pki mode has a CA")?;
                 roots.add(CertificateDer::from_pem_slice(ca.as_bytes())?)?;

@@ -8,7 +8,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kfo_testenv::{KongCp, MinioEnv, Mtls, Proc, kube, minio};
 use kong_fallback_operator::api::FallbackConfigPolicy;
-use kong_fallback_operator::export::runner::{META_CONFIG_HASH, META_UPLOADER};
+use kong_fallback_operator::export::runner::{META_CONFIG_HASH, META_WRITER};
 use kong_fallback_operator::kong::config::config_hashes;
 use kube::api::{Api, PostParams};
 use kube::{Client, CustomResourceExt};
@@ -41,7 +41,7 @@ pub struct Operator {
     pub proc: Proc,
 }
 
-/// What `config.json` holds: (config hash, uploader).
+/// What `config.json` holds: (config hash, writing replica).
 pub type Stored = (String, String);
 
 impl Fleet {
@@ -171,7 +171,7 @@ impl Fleet {
         let m = o.metadata()?;
         Some((
             m.get(META_CONFIG_HASH)?.clone(),
-            m.get(META_UPLOADER)?.clone(),
+            m.get(META_WRITER)?.clone(),
         ))
     }
 

@@ -49,6 +49,7 @@ impl Pipeline {
             url: StorageUrl::parse(url).unwrap(),
             version: version.to_owned(),
             uploader: "kfo-test-replica".into(),
+            writer: "kfo-test-replica".into(),
             min_interval,
             history_limit: 3,
         };

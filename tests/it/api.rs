@@ -141,6 +141,82 @@ async fn a_bad_storage_url_scheme_is_rejected_naming_the_field() {
     assert!(msg.contains("spec.storage.url"), "{msg}");
 }
 
+/// Kong cannot use a bucket's root, and its URL normaliser reads dot segments, escapes and
+/// `;params` differently from the store: the apiserver refuses all of them.
+#[tokio::test]
+async fn a_storage_url_kong_would_read_differently_is_rejected() {
+    let (env, client) = setup().await;
+    let ns = env.namespace("api-prefix").await.unwrap();
+    for url in [
+        "s3://fallback",
+        "s3://fallback/",
+        "gcs://fallback//",
+        "s3://fallback/a/../b",
+        "s3://fallback/./kong",
+        "s3://fallback/a%20b",
+        "s3://fallback/kong;x=1",
+    ] {
+        let mut spec = valid_spec();
+        spec["storage"]["url"] = json!(url);
+        if url.starts_with("gcs") {
+            spec["storage"].as_object_mut().unwrap().remove("endpoint");
+        }
+        let msg = rejection(&client, &ns, spec).await;
+        assert!(msg.contains("spec.storage.url"), "{url}: {msg}");
+    }
+    // Dots inside a segment are fine.
+    let mut spec = valid_spec();
+    spec["storage"]["url"] = json!("s3://fallback/kong.v1/...x/");
+    let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &policy("dots", spec))
+        .await
+        .unwrap();
+}
+
+/// Label keys and values become CEL in the webhook's registration: the apiserver refuses
+/// any that Kubernetes' label syntax refuses, before they can reach it.
+#[tokio::test]
+async fn label_selectors_with_invalid_labels_are_rejected() {
+    let (env, client) = setup().await;
+    let ns = env.namespace("api-labels").await.unwrap();
+    for (selector, field) in [
+        (
+            json!({"matchLabels": {"app": "a'b"}}),
+            "spec.dataPlanes.selector.matchLabels",
+        ),
+        (
+            json!({"matchLabels": {"a'b": "x"}}),
+            "spec.dataPlanes.selector.matchLabels",
+        ),
+        (
+            json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["x') || true || ('"]}]}),
+            "spec.dataPlanes.selector.matchExpressions[0].values[0]",
+        ),
+        (
+            json!({"matchExpressions": [{"key": "app\\", "operator": "Exists"}]}),
+            "spec.dataPlanes.selector.matchExpressions[0].key",
+        ),
+        (
+            json!({"matchExpressions": [{"key": "app", "operator": "Near"}]}),
+            "spec.dataPlanes.selector.matchExpressions[0].operator",
+        ),
+    ] {
+        let mut spec = valid_spec();
+        spec["dataPlanes"]["selector"] = selector.clone();
+        let msg = rejection(&client, &ns, spec).await;
+        assert!(msg.contains(field), "{selector}: {msg}");
+    }
+    let mut spec = valid_spec();
+    spec["dataPlanes"]["selector"] = json!({
+        "matchLabels": {"app.kubernetes.io/name": "kong", "tier": ""},
+        "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a-1", "b_2.x"]}]
+    });
+    let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &policy("labels", spec))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_bad_enum_is_rejected_naming_the_field_and_the_allowed_values() {
     let (env, client) = setup().await;

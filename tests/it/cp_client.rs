@@ -25,7 +25,7 @@ fn settings(cp: &KongCp, version: &str) -> ClientSettings {
         server_name: cp.certs.server_name.clone(),
         mtls: match cp.certs.mode {
             Mtls::Shared => MtlsMode::Shared,
-            Mtls::Pki => MtlsMode::Pki,
+            Mtls::Pki | Mtls::PkiCnOnly => MtlsMode::Pki,
         },
         cert_pem: cp.certs.cert_pem.clone(),
         key_pem: cp.certs.key_pem.clone(),
@@ -129,6 +129,44 @@ async fn the_client_receives_every_push_in_shared_mode() {
 #[tokio::test]
 async fn the_client_receives_every_push_in_pki_mode() {
     receives_pushes(Mtls::Pki).await;
+}
+
+/// Kong's data planes accept a CP certificate that names the CP only in its subject CN
+/// (OpenSSL's host check falls back to it); so does the operator. The dialled host
+/// (127.0.0.1) differs from the server name, as with Konnect.
+#[tokio::test]
+async fn the_client_accepts_a_pki_certificate_named_only_in_its_cn() {
+    let cp = KongCp::start(Mtls::PkiCnOnly, "3.10.0.0").await.unwrap();
+    assert!(!cp.endpoint.starts_with(&cp.certs.server_name));
+    receives_pushes(Mtls::PkiCnOnly).await;
+}
+
+/// The CN fallback is only a fallback: another name, or a chain that does not lead to the
+/// CA, is still refused.
+#[tokio::test]
+async fn a_cn_only_certificate_for_another_name_or_ca_is_refused() {
+    let cp = KongCp::start(Mtls::PkiCnOnly, "3.10.0.0").await.unwrap();
+    let stranger = KongCp::start(Mtls::PkiCnOnly, "3.10.0.0").await.unwrap();
+    for s in [
+        ClientSettings {
+            server_name: "other.kong.svc".into(),
+            ..settings(&cp, "3.6.1.4")
+        },
+        ClientSettings {
+            ca_pem: stranger.certs.ca_pem.clone(),
+            ..settings(&cp, "3.6.1.4")
+        },
+    ] {
+        let mut c = start(s);
+        let error = c
+            .next(10, |e| match e {
+                Event::Disconnected { error, .. } => Some(error),
+                Event::Snapshot(_) => panic!("a refused certificate gave a config"),
+                _ => None,
+            })
+            .await;
+        assert!(matches!(error, ClientError::Tls { .. }), "{error}");
+    }
 }
 
 #[tokio::test]

@@ -222,6 +222,7 @@ async fn a_stale_leader_is_fenced(store: Arc<dyn ObjectStore>, bucket: &str, url
         url: url.clone(),
         version: "3.6.1.4".into(),
         uploader: uploader.into(),
+        writer: uploader.into(),
         min_interval: Duration::ZERO,
         history_limit: 0,
     };
@@ -479,17 +480,46 @@ mod backup_pods {
     use kong_fallback_operator::api::FallbackConfigPolicy;
     use kong_fallback_operator::controller;
     use kong_fallback_operator::election::mirror::{kong_elect, parse};
+    use kong_fallback_operator::inject::{self, SecretFacts};
     use kube::CustomResourceExt;
     use kube::api::{Api, Patch, PatchParams, PostParams};
     use serde_json::json;
 
-    async fn backup_pod(pods: &Api<Pod>, name: &str) -> String {
-        let pod: Pod = serde_json::from_value(json!({
+    /// A Ready backup pod of Kong `version`, created with what the webhook injects for
+    /// `policy` (or, with `None`, without the injection).
+    async fn backup_pod(
+        pods: &Api<Pod>,
+        name: &str,
+        version: &str,
+        policy: Option<&FallbackConfigPolicy>,
+    ) -> String {
+        let mut pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": "kong-backup"}},
-            "spec": {"containers": [{"name": "proxy", "image": "kong/kong-gateway:3.6.1.4"}]}
+            "metadata": {"name": name, "namespace": pods.namespace(), "labels": {"app": "kong-backup"}},
+            "spec": {"containers": [{"name": "proxy", "image": format!("kong/kong-gateway:{version}")}]}
         }))
         .unwrap();
+        if let Some(policy) = policy {
+            // What the controller knows: the write Secret exists with both keys.
+            let mut facts = SecretFacts::default();
+            facts.record(
+                pods.namespace().unwrap_or_default(),
+                "fallback-write",
+                Some(
+                    [
+                        "AWS_ACCESS_KEY_ID".to_owned(),
+                        "AWS_SECRET_ACCESS_KEY".to_owned(),
+                    ]
+                    .into(),
+                ),
+            );
+            let o = inject::inject(&pod, std::slice::from_ref(policy), &facts);
+            let mut doc = serde_json::to_value(&pod).unwrap();
+            let patch: json_patch::Patch =
+                serde_json::from_value(serde_json::Value::Array(o.patch)).unwrap();
+            json_patch::patch(&mut doc, &patch).unwrap();
+            pod = serde_json::from_value(doc).unwrap();
+        }
         let created = pods.create(&PostParams::default(), &pod).await.unwrap();
         set_ready(pods, name, true).await;
         created.metadata.uid.unwrap()
@@ -526,8 +556,6 @@ mod backup_pods {
         let s3 = minio().await;
         let bucket = s3.bucket("backup-pods").await.unwrap();
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let first = backup_pod(&pods, "kong-backup-0").await;
-        let second = backup_pod(&pods, "kong-backup-1").await;
         let secret: Secret = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fallback-write"},
             "stringData": {"AWS_ACCESS_KEY_ID": s3.root_user, "AWS_SECRET_ACCESS_KEY": s3.root_password}
@@ -553,27 +581,80 @@ mod backup_pods {
             }),
         );
         let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
-        api.create(&PostParams::default(), &policy).await.unwrap();
+        let policy = api.create(&PostParams::default(), &policy).await.unwrap();
+        // An unlabelled pod created before the injection, and one of another version.
+        let early = backup_pod(&pods, "kong-backup-early", "3.6.1.4", None).await;
+        let first = backup_pod(&pods, "kong-backup-0", "3.6.1.4", Some(&policy)).await;
+        let second = backup_pod(&pods, "kong-backup-1", "3.6.1.4", Some(&policy)).await;
+        let other = backup_pod(&pods, "kong-backup-37", "3.7.0.0", Some(&policy)).await;
         let running = crate::cluster::run_controller(&client, &ns, "kfo-backup-test");
 
         let store = minio_store(s3, &bucket);
-        let prefix = StorageUrl::parse(&format!("s3://{bucket}/kong"))
-            .unwrap()
-            .election_prefix("3.6.1.4");
+        let url = StorageUrl::parse(&format!("s3://{bucket}/kong")).unwrap();
+        let prefix = url.election_prefix("3.6.1.4");
+        let prefix_37 = url.election_prefix("3.7.0.0");
         let wait_designated = async |uid: &str| {
             crate::wait::until(&format!("{uid} designated and elected"), async || {
                 let leader = api.get("prod").await.ok()?.status?.leader?;
-                (leader.node_id.as_deref() == Some(uid)
+                let d = leader.backup_pods.iter().find(|d| d.version == "3.6.1.4")?;
+                (d.node_id == uid
                     && kong_elected(store.as_ref(), &prefix).await.as_deref() == Some(uid))
                 .then_some(leader)
             })
             .await
         };
-        // The oldest Ready backup pod is designated; Kong's election on every backup pod
-        // elects its node id (its UID, which the injection gives it as KONG_NODE_ID).
+        // The oldest Ready backup pod of each version whose node id is known (the injection
+        // gives it its UID as KONG_NODE_ID) is designated; Kong's election on the backup
+        // pods of that version elects its node id, registered under that version only.
         let leader = wait_designated(&first).await;
         assert_eq!(leader.backup_pod.as_deref(), Some("kong-backup-0"));
         assert!(leader.identity.starts_with("kfo-backup-test_"));
+        let d37 = leader
+            .backup_pods
+            .iter()
+            .find(|d| d.version == "3.7.0.0")
+            .expect("3.7.0.0 designated");
+        assert_eq!(
+            (d37.pod.as_str(), d37.node_id.as_str()),
+            ("kong-backup-37", other.as_str())
+        );
+        crate::wait::until("3.7.0.0 elects its own pod", async || {
+            (kong_elected(store.as_ref(), &prefix_37).await.as_deref() == Some(other.as_str()))
+                .then_some(())
+        })
+        .await;
+        let registered_36: Vec<String> = store
+            .list(&prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert!(
+            registered_36.iter().all(|k| !k.contains(&other)),
+            "3.7.0.0's node id is not registered under 3.6.1.4: {registered_36:?}"
+        );
+        // The pod created without the injection runs under another node id: named, never
+        // registered.
+        let p = api.get("prod").await.unwrap();
+        let leading = p
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Leading")
+            .unwrap();
+        assert!(
+            leading.message.contains("kong-backup-early"),
+            "{}",
+            leading.message
+        );
+        for prefix in [&prefix, &prefix_37] {
+            let keys = store.list(prefix).await.unwrap();
+            assert!(keys.iter().all(|o| !o.key.contains(&early)), "{keys:?}");
+        }
+        let reasons = crate::cluster::event_reasons(&client, &ns).await;
+        assert!(reasons.iter().any(|r| r == "NodeIdUnknown"), "{reasons:?}");
 
         // It stops being Ready: the other one is designated, and Kong's election follows.
         set_ready(&pods, "kong-backup-0", false).await;
@@ -600,11 +681,13 @@ mod backup_pods {
             leases.get_opt("prod").await.unwrap().is_none(),
             "the Lease is gone"
         );
-        assert_eq!(
-            store.list(&prefix).await.unwrap(),
-            [],
-            "no registration is left"
-        );
+        for prefix in [&prefix, &prefix_37] {
+            assert_eq!(
+                store.list(prefix).await.unwrap(),
+                [],
+                "no registration is left"
+            );
+        }
         running.abort();
     }
 }

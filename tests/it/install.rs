@@ -59,6 +59,16 @@ const USED: &[(&str, &str, &str)] = &[
         "mutatingwebhookconfigurations",
         "patch",
     ), // SSA
+    (
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "list",
+    ), // watch by name: restore after a chart re-apply
+    (
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "watch",
+    ),
 ];
 
 /// One install per test binary: the tests below share it.
@@ -321,6 +331,62 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(injected, "a new pod was injected");
+    // A `helm upgrade` / GitOps sync puts the chart's inert registration back (here as the
+    // install's field manager): the operator restores it and injection comes back.
+    let out = env
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=install-test",
+            "-f",
+            path.to_str().unwrap(),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mwcs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(admin.clone());
+    let expression =
+        |c: &k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration| {
+            c.webhooks
+                .as_ref()
+                .and_then(|w| w[0].match_conditions.clone())
+                .unwrap_or_default()[0]
+                .expression
+                .clone()
+        };
+    let restored = until("the registration restored", async || {
+        let c = mwcs.get("kong-fallback-operator").await.ok()?;
+        (expression(&c) != "false").then_some(c)
+    })
+    .await;
+    assert!(
+        expression(&restored).contains(&format!("request.namespace == '{ns}'")),
+        "{}",
+        expression(&restored)
+    );
+    let p = pods
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "kong-dp-after-reapply", "labels": {"app": "kong-dp"}},
+            "spec": template["spec"]}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        p.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(kong_fallback_operator::inject::ANNOTATION),
+        "a pod created after the chart re-apply was injected"
+    );
     // The rollout: the old pod's Deployment is restarted.
     until("the Deployment restarted", async || {
         deployments

@@ -367,3 +367,67 @@ async fn gcs_errors_say_missing_bucket_or_network() {
     let e = down.list("x/").await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Network, "{e}");
 }
+
+/// A store that accepts connections and never answers (a half-open connection, a hung
+/// proxy): every call of the product's clients ends with a network error, on time.
+#[tokio::test]
+async fn a_store_that_never_answers_fails_every_call_within_its_bound() {
+    use kong_fallback_operator::storage::s3::PutExtras;
+    use kong_fallback_operator::storage::{Access, ErrorKind, PutObject, Timeouts, open_with};
+    // A real socket that accepts and then says nothing; the connections are kept open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let timeouts = Timeouts {
+        call: std::time::Duration::from_secs(2),
+        per_mib: std::time::Duration::from_secs(1),
+    };
+    let url = StorageUrl::parse("s3://hung-bucket/kong").unwrap();
+    let access = Access::S3 {
+        settings: S3Settings {
+            region: "us-east-1".into(),
+            endpoint: Some(format!("http://{addr}")),
+            credentials: StaticCredentials {
+                access_key_id: "AKIAHUNG".into(),
+                secret_access_key: "hung-secret-value".into(),
+                session_token: None,
+            },
+        },
+        extras: PutExtras::default(),
+    };
+    let store = open_with(&url, access, timeouts).await.unwrap();
+    // NB: the outer limit only turns a hang (the old behaviour) into a failure.
+    let hang = std::time::Duration::from_secs(60);
+    let put = tokio::time::timeout(
+        hang,
+        store.put(PutObject {
+            key: "kong/3.6.1.4/config.json".into(),
+            body: bytes::Bytes::from_static(CONFIG.as_bytes()),
+            content_type: "application/json".into(),
+            metadata: Default::default(),
+            precondition: kong_fallback_operator::storage::Precondition::IfAbsent,
+        }),
+    )
+    .await
+    .expect("put hung")
+    .unwrap_err();
+    let get = tokio::time::timeout(hang, store.get("kong/3.6.1.4/config.json"))
+        .await
+        .expect("get hung")
+        .unwrap_err();
+    let list = tokio::time::timeout(hang, store.list("kong/"))
+        .await
+        .expect("list hung")
+        .unwrap_err();
+    for (e, op) in [(&put, "put"), (&get, "get"), (&list, "list")] {
+        assert_eq!((e.kind, e.op), (ErrorKind::Network, op), "{e}");
+    }
+    assert!(get.to_string().contains("abandoned"), "{get}");
+    assert!(!get.to_string().contains("hung-secret-value"), "{get}");
+    held.abort();
+}

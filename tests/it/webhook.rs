@@ -73,6 +73,14 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
         .await
         .unwrap();
 
+    // The credentials Secrets exist (a missing one is the next test's case).
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    for name in ["fallback-read", "fallback-write"] {
+        secrets
+            .create(&PostParams::default(), &credentials(name))
+            .await
+            .unwrap();
+    }
     // A pod created before the operator runs: no webhook, no injection.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     pods.create(&PostParams::default(), &pod("dp-early", "kong-dp"))
@@ -194,7 +202,6 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
 
     // Rotation: the certificate is due; a new CA and certificate are written, loaded and
     // registered, and admission keeps working.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let old_ca = secrets.get("webhook-tls").await.unwrap().data.unwrap()["ca.crt"].clone();
     secrets
         .patch(
@@ -266,6 +273,148 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
         .unwrap();
 }
 
+fn credentials(name: &str) -> Secret {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        "stringData": {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}
+    }))
+    .unwrap()
+}
+
+/// A typo in a Secret name, or a Secret an external-secrets tool deleted for a moment,
+/// must never keep a Kong pod from starting: references are optional, and one the
+/// controller knows to be missing is not injected at all. With `validationInterval: 0s`
+/// the store is never probed.
+#[tokio::test]
+async fn a_missing_read_secret_never_blocks_an_importer_and_a_zero_interval_never_probes() {
+    let env_ = kube().await;
+    env_.install_crd(&FallbackConfigPolicy::crd())
+        .await
+        .unwrap();
+    let client = env_.client().await.unwrap();
+    let ns = env_.namespace("webhook-secret").await.unwrap();
+    let policy: FallbackConfigPolicy = crate::cluster::policy(
+        "prod",
+        json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {
+                "url": "s3://fallback/kong", "region": "eu-west-1",
+                // Nothing listens there: a probe would fail.
+                "endpoint": "http://127.0.0.1:9",
+                "readCredentials": {"secretName": "fallback-read"},
+                "validationInterval": "0s"
+            },
+            "exporter": {"mode": "None"}
+        }),
+    );
+    let policies: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let configuration = kfo_testenv::unique_name("kfo-webhook");
+    let settings = controller::Settings {
+        namespace: Some(ns.clone()),
+        webhook: Some(crate::cluster::local_webhook(
+            &ns,
+            "webhook-tls",
+            &configuration,
+            registration::FailurePolicy::Fail,
+            Duration::from_secs(1),
+        )),
+        ..controller::Settings::new("kfo-webhook-secret-test")
+    };
+    let health = settings.health.clone();
+    let running = tokio::spawn(controller::run(client.clone(), settings));
+    let condition = |p: &FallbackConfigPolicy, t: &str| {
+        p.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    until("StorageReachable=False SecretMissing", async || {
+        let p = policies.get("prod").await.ok()?;
+        (condition(&p, "StorageReachable")? == ("False".into(), "SecretMissing".into()))
+            .then_some(())
+    })
+    .await;
+    until("ready", async || health.pending().is_empty().then_some(())).await;
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    until("the webhook registration", async || {
+        let c = mwcs.get_opt(&configuration).await.ok()??;
+        let w = c.webhooks?.into_iter().next()?;
+        let cond = w.match_conditions?.into_iter().next()?;
+        cond.expression.contains(&ns).then_some(())
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let missing = pods
+        .create(&PostParams::default(), &pod("dp-missing", "kong-dp"))
+        .await
+        .unwrap();
+    let e = env(&missing);
+    assert!(
+        recorded(&missing).is_some(),
+        "injected (without credentials)"
+    );
+    assert!(find(&e, "KONG_CLUSTER_FALLBACK_CONFIG_IMPORT").is_some());
+    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(
+            find(&e, name).is_none(),
+            "{name} references a missing Secret"
+        );
+    }
+    // Every reference a pod does get is optional: nothing can block it.
+    for var in &e {
+        if let Some(r) = var
+            .value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+        {
+            assert_eq!(r.optional, Some(true), "{var:?}");
+        }
+    }
+
+    // The Secret appears: new pods reference it, and the check is disabled, not failed.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(&PostParams::default(), &credentials("fallback-read"))
+        .await
+        .unwrap();
+    until("StorageReachable=True CheckDisabled", async || {
+        let p = policies.get("prod").await.ok()?;
+        (condition(&p, "StorageReachable")? == ("True".into(), "CheckDisabled".into()))
+            .then_some(())
+    })
+    .await;
+    let fixed = pods
+        .create(&PostParams::default(), &pod("dp-fixed", "kong-dp"))
+        .await
+        .unwrap();
+    let key = find(&env(&fixed), "AWS_SECRET_ACCESS_KEY")
+        .and_then(|v| v.value_from.clone()?.secret_key_ref)
+        .expect("a reference once the Secret exists");
+    assert_eq!(
+        (key.name.as_str(), key.optional),
+        ("fallback-read", Some(true))
+    );
+    // The pod created without credentials is reported, so a person knows to restart it.
+    until("dp-missing reported as not injected", async || {
+        let p = policies.get("prod").await.ok()?;
+        let pods = p.status?.pods?;
+        (pods.not_injected_pods == ["dp-missing"]).then_some(())
+    })
+    .await;
+
+    running.abort();
+    mwcs.delete(&configuration, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_certificate_not_there_yet_is_waited_for_not_fatal() {
     let client = kube().await.client().await.unwrap();
@@ -294,6 +443,7 @@ async fn a_certificate_not_there_yet_is_waited_for_not_fatal() {
         client.clone(),
         settings,
         store,
+        Default::default(),
         Default::default(),
         health.clone(),
         stopped,
