@@ -127,6 +127,9 @@ struct Context {
     /// What the Secrets policies name hold, as last read; the webhook leaves out
     /// references to Secrets or keys known to be missing.
     secrets: crate::webhook::SharedSecretFacts,
+    /// Whether this replica serves the webhook, and its readiness (for rollouts).
+    webhook_enabled: bool,
+    health: Arc<Health>,
     identity: String,
     metrics: Arc<Metrics>,
 }
@@ -222,6 +225,8 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         probes: probe::Probes::default(),
         rollouts: rollout::Rollouts::default(),
         secrets: Arc::default(),
+        webhook_enabled: webhook.is_some(),
+        health: health.clone(),
         identity,
         metrics: metrics.clone(),
     });
@@ -621,19 +626,62 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         let report = pods::report(policy, &policies, &all_pods, &secrets);
         status::set_pods(&mut desired, &report, policy.metadata.generation, now);
         if policy.spec.data_planes.rollout && !report.not_injected.is_empty() {
+            let webhook = if !ctx.webhook_enabled {
+                Err("this operator does not serve the webhook (run --webhook): restarted pods would not be injected".to_owned())
+            } else if ctx.health.pending().contains(&crate::webhook::CERT_LOADED) {
+                Err("the webhook does not serve yet (no certificate loaded)".to_owned())
+            } else {
+                Ok(())
+            };
+            let control_plane = export.as_ref().and_then(|v| {
+                v.states
+                    .iter()
+                    .find(|(_, s)| !s.connected)
+                    .map(|(version, s)| {
+                        let why = s
+                            .session_error
+                            .as_ref()
+                            .map_or("not connected yet".to_owned(), |e| e.1.clone());
+                        format!("version {version}: {why}")
+                    })
+            });
+            let conditions = rollout::Conditions {
+                webhook,
+                control_plane,
+                policies: &policies,
+                secrets: &secrets,
+            };
             match ctx
                 .rollouts
-                .restart(&ctx.client, &all_pods, &report.not_injected)
+                .restart(
+                    &ctx.client,
+                    policy,
+                    &all_pods,
+                    &report.not_injected,
+                    &conditions,
+                )
                 .await
             {
-                Ok(restarted) => {
-                    for (kind, _, workload) in restarted {
-                        let change = status::Change {
-                            warning: false,
-                            reason: "RolloutRestarted".into(),
-                            note: format!(
-                                "restarted {kind} {workload}: its pods lack the current injection"
-                            ),
+                Ok(done) => {
+                    for ((kind, _, workload), outcome) in done {
+                        let change = match outcome {
+                            rollout::Outcome::Restarted => status::Change {
+                                warning: false,
+                                reason: "RolloutRestarted".into(),
+                                note: format!(
+                                    "restarted {kind} {workload}: its pods lack the current injection"
+                                ),
+                            },
+                            rollout::Outcome::Held(why) => status::Change {
+                                warning: true,
+                                reason: "RolloutHeld".into(),
+                                note: format!("not restarting {kind} {workload}: {why}"),
+                            },
+                            rollout::Outcome::GaveUp(why) => status::Change {
+                                warning: true,
+                                reason: "RolloutGaveUp".into(),
+                                note: format!("{kind} {workload}: {why}"),
+                            },
                         };
                         publish(ctx, policy, change).await;
                     }

@@ -489,8 +489,10 @@ mod operator_mode {
     }
 }
 
+/// A restart cannot help while nothing would inject the new pods: the rollout is held,
+/// and the Event says what it waits for; the workload is left alone.
 #[tokio::test]
-async fn with_rollout_the_owner_of_a_pod_without_the_injection_is_restarted() {
+async fn a_rollout_that_cannot_inject_is_held_and_said_not_done() {
     let env = kube().await;
     env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
     let client = env.client().await.unwrap();
@@ -510,36 +512,116 @@ async fn with_rollout_the_owner_of_a_pod_without_the_injection_is_restarted() {
         .create(&pp, &policy)
         .await
         .unwrap();
+    // No webhook in this replica.
     let running = crate::cluster::run_controller(&client, &ns, "kfo-rollout-test");
-    let restarted = until("the Deployment restarted", async || {
-        let d = deployments.get("kong-dp").await.ok()?;
-        d.spec
-            .template
-            .metadata?
-            .annotations?
-            .get("kubectl.kubernetes.io/restartedAt")
-            .cloned()
-    })
-    .await;
-    assert!(
-        restarted.parse::<k8s_openapi::jiff::Timestamp>().is_ok(),
-        "{restarted}"
-    );
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let event = until("a RolloutRestarted event", async || {
+    let event = until("a RolloutHeld event", async || {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items
             .into_iter()
-            .find(|e| e.reason.as_deref() == Some("RolloutRestarted"))
+            .find(|e| e.reason.as_deref() == Some("RolloutHeld"))
     })
     .await;
+    let message = event.message.unwrap_or_default();
     assert!(
-        event
-            .message
-            .unwrap_or_default()
-            .contains("Deployment kong-dp")
+        message.contains("Deployment kong-dp") && message.contains("webhook"),
+        "{message}"
     );
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let d = deployments.get("kong-dp").await.unwrap();
+    let restarted = d
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.annotations)
+        .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"));
+    assert!(!restarted, "a restart that cannot inject was done");
     running.abort();
+}
+
+/// The pacing lives on the workload: a workload restarted the most times for this policy
+/// generation is not restarted again, whichever replica reads it, and the operator gives
+/// up once, with a Warning Event that says why.
+#[tokio::test]
+async fn a_rollout_gives_up_after_the_cap_recorded_on_the_workload() {
+    let env = kube().await;
+    env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+    let client = env.client().await.unwrap();
+    let ns = env.namespace("rollout-cap").await.unwrap();
+    let pp = PostParams::default();
+    let deployments = crate::cluster::deployment_with_a_pod(&client, &ns).await;
+    let policy: FallbackConfigPolicy = crate::cluster::policy(
+        "prod",
+        json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}, "rollout": true},
+            "storage": {"url": "gcs://fallback/kong", "readCredentials": {"ambient": true}},
+            "exporter": {"mode": "None"}
+        }),
+    );
+    let created = Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
+        .create(&pp, &policy)
+        .await
+        .unwrap();
+    // Another replica restarted it three times for this generation, an hour ago.
+    let pacing = json!({
+        "policy": created.metadata.uid.clone().unwrap(),
+        "generation": created.metadata.generation.unwrap(),
+        "restarts": 3,
+        "last": "2020-01-01T00:00:00Z"
+    })
+    .to_string();
+    deployments
+        .patch(
+            "kong-dp",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"fallback.kong-dp.io/rollout": pacing}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let configuration = kfo_testenv::unique_name("kfo-rollout-webhook");
+    let settings = controller::Settings {
+        namespace: Some(ns.clone()),
+        webhook: Some(crate::cluster::local_webhook(
+            &ns,
+            "webhook-tls",
+            &configuration,
+            kong_fallback_operator::webhook::registration::FailurePolicy::Ignore,
+            Duration::from_secs(1),
+        )),
+        ..controller::Settings::new("kfo-rollout-cap-test")
+    };
+    let running = tokio::spawn(controller::run(client.clone(), settings));
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let event = until("a RolloutGaveUp event", async || {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("RolloutGaveUp"))
+    })
+    .await;
+    let message = event.message.unwrap_or_default();
+    assert!(message.contains("restarted 3 times"), "{message}");
+    let d = deployments.get("kong-dp").await.unwrap();
+    let annotations = d.metadata.annotations.clone().unwrap_or_default();
+    let recorded: serde_json::Value =
+        serde_json::from_str(&annotations["fallback.kong-dp.io/rollout"]).unwrap();
+    assert_eq!(recorded["gaveUp"], true, "{recorded}");
+    let restarted = d
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.annotations)
+        .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"));
+    assert!(!restarted, "restarted past the cap");
+    running.abort();
+    Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+        client.clone(),
+    )
+    .delete(&configuration, &Default::default())
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -35,7 +35,8 @@ const USED: &[(&str, &str, &str)] = &[
         "fallbackconfigpolicies/status",
         "patch",
     ), // status (SSA)
-    ("", "pods", "list"),                                         // pod report (metadata)
+    ("", "pods", "get"), // rollout: the injection dry run of one pod per workload
+    ("", "pods", "list"), // pod report (metadata)
     ("", "pods", "watch"),
     ("", "secrets", "get"),  // credentials, cluster certificate, webhook TLS
     ("", "secrets", "list"), // Secret watch re-triggers policies
@@ -51,6 +52,9 @@ const USED: &[(&str, &str, &str)] = &[
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
     ("apps", "replicasets", "get"), // rollout: a pod's Deployment
+    ("apps", "deployments", "get"), // rollout: the pacing annotation
+    ("apps", "statefulsets", "get"),
+    ("apps", "daemonsets", "get"),
     ("apps", "deployments", "patch"),
     ("apps", "statefulsets", "patch"),
     ("apps", "daemonsets", "patch"),
