@@ -6,7 +6,10 @@
 //!   SIGTERM the leader, wait for it to exit (it releases the Lease), push, and time from the
 //!   signal until the new leader has stored it. A fresh replica replaces each stopped one.
 //!   The lease timings are shortened (printed) so that 20 rounds of each fit in minutes;
-//!   the kill figure scales with leaseDuration, the SIGTERM figure does not.
+//!   the kill figure scales with leaseDuration, the SIGTERM figure does not. Run for both
+//!   `exporter.standby` modes: `warm` (followers keep control-plane sessions) and `cold`
+//!   (only the leader connects, so a takeover also waits for the new session's first
+//!   configuration).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -26,13 +29,18 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples[idx]
 }
 
-async fn p2() {
+async fn p2(standby: &str) {
     let timings = Timings {
         lease: 4,
         renew: 3,
         retry: 1,
     };
-    let mut fleet = Fleet::new("bench-p2", timings).await;
+    let mut fleet = Fleet::with_standby(
+        &format!("bench-p2-{}", standby.to_lowercase()),
+        timings,
+        standby,
+    )
+    .await;
     let mut ops: Vec<Operator> = (0..3).map(|i| fleet.start(&format!("kfo-{i}"))).collect();
     let mut kill = Vec::new();
     let mut term = Vec::new();
@@ -79,7 +87,8 @@ async fn p2() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     println!(
-        "bench: P2 lease_s={} renew_s={} retry_s={} rounds={ROUNDS} kill_p50_s={:.2} kill_p99_s={:.2} term_p50_s={:.2} term_p99_s={:.2} target_kill_s={} target_term_s=2",
+        "bench: P2 standby={} lease_s={} renew_s={} retry_s={} rounds={ROUNDS} kill_p50_s={:.2} kill_p99_s={:.2} term_p50_s={:.2} term_p99_s={:.2} target_kill_s={} target_term_s=2",
+        standby.to_lowercase(),
         timings.lease,
         timings.renew,
         timings.retry,
@@ -98,6 +107,7 @@ fn main() {
         .unwrap();
     let only: Option<String> = std::env::args().skip(1).find(|a| a.starts_with('P'));
     if only.as_deref().is_none_or(|o| o == "P2") {
-        rt.block_on(p2());
+        rt.block_on(p2("Warm"));
+        rt.block_on(p2("Cold"));
     }
 }

@@ -320,7 +320,7 @@ impl Metrics {
                     .get_or_create(&with(error.kind.label()))
                     .inc();
             }
-            Report::Stored { .. } | Report::Received { .. } => {}
+            Report::Stored { .. } | Report::Received { .. } | Report::Refused { .. } => {}
             Report::Fenced { .. } => {
                 self.fenced.get_or_create(l).inc();
             }

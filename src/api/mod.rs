@@ -10,7 +10,7 @@ mod conditions;
 mod validate;
 
 pub use conditions::{ConditionType, set_condition};
-pub use validate::{Problem, validate};
+pub use validate::{Problem, parse_quantity, validate};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::core::Duration;
@@ -282,12 +282,24 @@ pub struct Exporter {
     )]
     pub versions: Vec<String>,
 
-    /// Custom plugins (beyond Kong's bundled ones) configured on the control plane. The
-    /// control plane withholds the configuration from a data plane that does not announce
-    /// every configured plugin.
+    /// Custom plugins (beyond Kong's bundled ones) that the data planes have. The operator
+    /// announces Kong's bundled plugins of each version plus these (narrowed by the pods'
+    /// `KONG_PLUGINS`): the control plane withholds the configuration from a data plane that
+    /// does not announce every configured plugin, and a configuration naming a plugin the
+    /// data planes lack is not exported.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub plugins: Vec<PluginRef>,
+
+    /// The Wasm filters the data planes have (Kong's `wasm_filters`), announced to the
+    /// control plane. A control plane with `wasm = on` withholds the configuration from a
+    /// data plane that lacks any filter it has installed (`filter_set_incompatible`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 256),
+        inner(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"), length(max = 128))
+    )]
+    pub wasm_filters: Vec<String>,
 
     /// At most one write per version in this interval; bursts of changes are coalesced and
     /// the newest configuration always wins. Kong's own exporter uses 60s.
@@ -301,11 +313,25 @@ pub struct Exporter {
     #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"))]
     pub max_config_size: String,
 
+    /// `Warm` (default): every replica keeps a control-plane session open, so a new leader
+    /// exports the newest configuration at once. `Cold`: only the leader connects (fewer
+    /// sessions on the control plane; a takeover waits for the new session's first
+    /// configuration).
+    #[serde(default)]
+    pub standby: Standby,
+
     /// How many previous configurations to keep per version under
     /// `<prefix>/<version>/history/` for rollback. 0 keeps none.
     #[serde(default = "default_history_limit")]
     #[schemars(range(min = 0, max = 1000))]
     pub history_limit: u32,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Standby {
+    #[default]
+    Warm,
+    Cold,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -337,11 +363,22 @@ pub struct ControlPlane {
     #[serde(default)]
     pub mtls: MtlsMode,
 
-    /// The TLS server name expected on the control plane's certificate.
-    /// Default `kong_clustering`, Kong's `cluster_server_name` default in shared mode.
+    /// The TLS server name expected on the control plane's certificate (Kong's
+    /// `cluster_server_name`). Default: `kong_clustering` in shared mode, the endpoint's host
+    /// in pki mode. It may differ from the endpoint's host, as with Konnect or a CP behind a
+    /// load balancer; in pki mode a certificate naming it only in its subject CN is accepted,
+    /// as Kong's data planes accept it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub server_name: Option<String>,
+
+    /// The control plane's `cluster_max_payload`: the largest (compressed) configuration
+    /// frame it sends, as a Kubernetes quantity. Default `16Mi`, Kong's default; Kong
+    /// refuses less than 4 MiB. Set it to the control plane's value: a larger frame ends
+    /// the session (`BadFrame`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"))]
+    pub max_payload: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

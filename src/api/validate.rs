@@ -27,6 +27,9 @@ impl fmt::Display for Problem {
 
 /// The largest configuration the operator will hold in memory, whatever the spec says.
 const MAX_CONFIG_SIZE_CEILING: u64 = 1 << 30;
+/// Kong's least `cluster_max_payload` (`kong/conf_loader/parse.lua`: "must be 4194304 (4MB)
+/// or greater").
+const MIN_CLUSTER_MAX_PAYLOAD: u64 = 4 << 20;
 
 /// Every problem of `spec`; empty when it is valid.
 pub fn validate(spec: &FallbackConfigPolicySpec) -> Vec<Problem> {
@@ -124,6 +127,19 @@ pub fn validate(spec: &FallbackConfigPolicySpec) -> Vec<Problem> {
                 format!("spec.exporter.plugins[{i}].name"),
                 format!("plugin {} is listed twice", plugin.name),
             );
+        }
+    }
+    if let Some(max) = exporter
+        .control_plane
+        .as_ref()
+        .and_then(|c| c.max_payload.as_deref())
+    {
+        match parse_quantity(max) {
+            Some(n) if (MIN_CLUSTER_MAX_PAYLOAD..=MAX_CONFIG_SIZE_CEILING).contains(&n) => {}
+            _ => p.add(
+                "spec.exporter.controlPlane.maxPayload",
+                format!("{max:?} must be between 4Mi (Kong's minimum cluster_max_payload) and 1Gi"),
+            ),
         }
     }
     match parse_quantity(&exporter.max_config_size) {
@@ -295,7 +311,7 @@ fn name_chars_ok(name: &str) -> Result<(), &'static str> {
 }
 
 /// A Kubernetes quantity limited to the forms a size takes here: `123`, `64Mi`, `1G`.
-pub(crate) fn parse_quantity(q: &str) -> Option<u64> {
+pub fn parse_quantity(q: &str) -> Option<u64> {
     let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
     let (num, unit) = q.split_at(split);
     let mult: u64 = match unit {
@@ -580,6 +596,21 @@ mod tests {
         v["election"] =
             json!({"leaseDuration": "15s", "renewDeadline": "10s", "retryPeriod": "0s"});
         assert_eq!(fields(&validate(&spec(v))), ["spec.election.retryPeriod"]);
+    }
+
+    #[test]
+    fn max_payload_follows_kongs_bounds() {
+        for (size, ok) in [
+            ("16Mi", true),
+            ("4Mi", true),
+            ("3Mi", false),
+            ("2Gi", false),
+            ("x", false),
+        ] {
+            let mut v = valid();
+            v["exporter"]["controlPlane"]["maxPayload"] = json!(size);
+            assert_eq!(validate(&spec(v)).is_empty(), ok, "{size}");
+        }
     }
 
     #[test]

@@ -60,11 +60,15 @@ pub struct Plan {
     /// Client settings without version and plugins (filled per version).
     pub client: ClientSettings,
     pub custom_plugins: Vec<(String, String)>,
+    /// Per version, the plugins the data planes enable where they set `KONG_PLUGINS`.
+    pub dp_plugins: BTreeMap<String, std::collections::BTreeSet<String>>,
     pub versions: Vec<String>,
     pub min_interval: std::time::Duration,
     pub history_limit: usize,
     /// Register the leader in the store's `election/` prefix (spec.election.mirrorToStorage).
     pub mirror: bool,
+    /// Whether followers keep their control-plane sessions open.
+    pub standby: crate::api::Standby,
     /// The policy object's UID: the node ids derive from it.
     pub policy_uid: String,
 }
@@ -302,19 +306,36 @@ impl Exporters {
                 };
                 tasks.push(tokio::spawn(mirror.run(gate.clone(), stop_rx.clone())));
             }
-            client.plugins = cp_client::plugins::announced(&parsed, &plan.custom_plugins);
+            client.plugins = cp_client::plugins::announced(
+                &parsed,
+                &plan.custom_plugins,
+                plan.dp_plugins.get(version),
+            );
             client.version = parsed;
             let target = ExportTarget {
                 url: plan.url.clone(),
                 version: version.clone(),
                 uploader: client.node_id.clone(),
                 writer: self.identity.clone(),
+                plugins: Some(client.plugins.clone()),
                 min_interval: plan.min_interval,
                 history_limit: plan.history_limit,
             };
             let (ev_tx, ev_rx) = mpsc::channel(16);
             let (rep_tx, mut rep_rx) = mpsc::channel(64);
-            tokio::spawn(cp_client::run(client, ev_tx, stop_rx.clone()));
+            match plan.standby {
+                crate::api::Standby::Warm => {
+                    tokio::spawn(cp_client::run(client, ev_tx, stop_rx.clone()));
+                }
+                crate::api::Standby::Cold => {
+                    tasks.push(tokio::spawn(session_while_leading(
+                        client,
+                        ev_tx,
+                        gate.clone(),
+                        stop_rx.clone(),
+                    )));
+                }
+            }
             tasks.push(tokio::spawn(runner::run(
                 target,
                 store.clone(),
@@ -359,6 +380,44 @@ impl Exporters {
             },
         );
         Ok(())
+    }
+}
+
+/// `standby: Cold`: a control-plane session only while this replica leads.
+async fn session_while_leading(
+    client: ClientSettings,
+    events: mpsc::Sender<cp_client::Event>,
+    mut gate: Gate,
+    mut stop: watch::Receiver<bool>,
+) {
+    // NB: the claim also lapses by time alone (renew deadline): look again now and then.
+    let look_again = std::time::Duration::from_millis(500);
+    let leading = |gate: &Gate| gate.claim().leading(std::time::Instant::now());
+    loop {
+        while !leading(&gate) {
+            tokio::select! {
+                _ = gate.changed() => {}
+                _ = tokio::time::sleep(look_again) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        let (end, ended) = watch::channel(false);
+        let session = tokio::spawn(cp_client::run(client.clone(), events.clone(), ended));
+        let stopping = loop {
+            tokio::select! {
+                _ = gate.changed() => {}
+                _ = tokio::time::sleep(look_again) => {}
+                _ = stop.changed() => break true,
+            }
+            if !leading(&gate) {
+                break false;
+            }
+        };
+        let _ = end.send(true);
+        let _ = session.await;
+        if stopping {
+            return;
+        }
     }
 }
 
@@ -442,6 +501,12 @@ pub fn apply(s: &mut VersionState, report: Report) {
             s.waiting_since.get_or_insert_with(SystemTime::now);
         }
         Report::Skipped { .. } => s.withheld = false,
+        Report::Refused { reason, .. } => {
+            s.withheld = false;
+            // NB: the configuration will not be stored: the stall clock does not run for it.
+            s.waiting_since = None;
+            s.export_error = Some(("PluginMissing".to_owned(), reason));
+        }
         Report::Exported {
             key,
             hash,

@@ -2,7 +2,7 @@
 //! among the selected data planes), the cluster certificate and the write credentials.
 //! The decisions are pure functions; [`build`] does the reads.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -55,12 +55,28 @@ pub fn pod_version(
             .map(|v| v.to_string())
             .map_err(|e| format!("pod {name}: annotation {VERSION_ANNOTATION}: {e}"));
     }
+    let Some(c) = kong_container(pod, container) else {
+        return Err(format!(
+            "pod {name}: no Kong container (set spec.dataPlanes.container)"
+        ));
+    };
+    let image = c.image.as_deref().unwrap_or_default();
+    version_from_image(image, trusted)
+        .map(|v| v.to_string())
+        .map_err(|e| format!("pod {name}: {e}"))
+}
+
+/// The Kong container of a pod: `container` if named, else `proxy`, else the only one.
+pub fn kong_container<'a>(
+    pod: &'a Pod,
+    container: Option<&str>,
+) -> Option<&'a k8s_openapi::api::core::v1::Container> {
     let containers = pod
         .spec
         .as_ref()
         .map(|s| s.containers.as_slice())
         .unwrap_or_default();
-    let chosen = match container {
+    match container {
         Some(c) => containers.iter().find(|x| x.name == c),
         None => containers
             .iter()
@@ -70,16 +86,47 @@ pub fn pod_version(
             } else {
                 None
             }),
-    };
-    let Some(c) = chosen else {
-        return Err(format!(
-            "pod {name}: no Kong container (set spec.dataPlanes.container)"
-        ));
-    };
-    let image = c.image.as_deref().unwrap_or_default();
-    version_from_image(image, trusted)
-        .map(|v| v.to_string())
-        .map_err(|e| format!("pod {name}: {e}"))
+    }
+}
+
+/// Per Kong version, the plugins that every data plane of that version which sets
+/// `KONG_PLUGINS` in its Kong container enables; versions none of whose pods sets it are
+/// absent (Kong's default, `bundled`). A value from a ConfigMap or Secret is not read here.
+pub fn dp_plugins(
+    pods: &[Pod],
+    container: Option<&str>,
+    trusted: &[String],
+    custom: &[(String, String)],
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for pod in pods {
+        let Ok(version) = pod_version(pod, container, trusted) else {
+            continue;
+        };
+        let Some(setting) = kong_container(pod, container)
+            .and_then(|c| c.env.as_ref())
+            .and_then(|env| env.iter().find(|e| e.name == "KONG_PLUGINS"))
+            .and_then(|e| e.value.clone())
+        else {
+            continue;
+        };
+        let Ok(parsed) = version.parse::<crate::kong::KongVersion>() else {
+            continue;
+        };
+        let candidates: BTreeSet<String> =
+            crate::cp_client::plugins::announced(&parsed, custom, None)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+        let enabled = crate::cp_client::plugins::enabled_by(&setting, &candidates);
+        match out.get_mut(&version) {
+            Some(set) => set.retain(|p| enabled.contains(p)),
+            None => {
+                out.insert(version, enabled);
+            }
+        }
+    }
+    out
 }
 
 /// The versions to export: explicit ones, else those of the pods; plus notes on pods
@@ -303,7 +350,8 @@ pub async fn build(
         )
     })?;
 
-    let pods = if spec.exporter.versions.is_empty() {
+    // NB: listed even with explicit versions: their KONG_PLUGINS narrow what is announced.
+    let pods = {
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let lp = ListParams::default().labels(&selector_string(&spec.data_planes.selector));
         api.list(&lp)
@@ -315,8 +363,6 @@ pub async fn build(
                 )
             })?
             .items
-    } else {
-        Vec::new()
     };
     let (versions, notes) = versions(
         &spec.exporter.versions,
@@ -349,10 +395,23 @@ pub async fn build(
     let (access, secret_versions) = write_access(client, &ns, spec, &url).await?;
     let mut versions_of_secrets = vec![cert.resource_version().unwrap_or_default()];
     versions_of_secrets.extend(secret_versions);
+    let custom_plugins: Vec<(String, String)> = spec
+        .exporter
+        .plugins
+        .iter()
+        .map(|p| (p.name.clone(), p.version.clone()))
+        .collect();
+    let dp_plugins = dp_plugins(
+        &pods,
+        spec.data_planes.container.as_deref(),
+        &spec.data_planes.image_repositories,
+        &custom_plugins,
+    );
     let inputs = serde_json::to_string(&(
         &spec.exporter,
         &spec.storage,
         spec.election.mirror_to_storage,
+        &dp_plugins,
     ))
     .unwrap_or_default();
     let fp = fingerprint(&[
@@ -386,19 +445,21 @@ pub async fn build(
                 .parse()
                 .map_err(|_| ("Internal".to_owned(), "version".to_owned()))?,
             plugins: Vec::new(),
-            max_frame: DEFAULT_MAX_FRAME,
+            filters: spec.exporter.wasm_filters.clone(),
+            max_frame: cp
+                .max_payload
+                .as_deref()
+                .and_then(crate::api::parse_quantity)
+                .map_or(DEFAULT_MAX_FRAME, |n| n as usize),
             max_config: max_config_bytes(&spec.exporter.max_config_size),
         },
-        custom_plugins: spec
-            .exporter
-            .plugins
-            .iter()
-            .map(|p| (p.name.clone(), p.version.clone()))
-            .collect(),
+        custom_plugins,
+        dp_plugins,
         versions,
         min_interval: Duration::from(spec.exporter.min_interval),
         history_limit: spec.exporter.history_limit as usize,
         mirror: spec.election.mirror_to_storage,
+        standby: spec.exporter.standby,
         policy_uid: policy.uid().unwrap_or_default(),
     };
     Ok((plan, notes))

@@ -343,7 +343,7 @@ fn connection(view: &ExportView) -> (bool, String, String) {
                 false,
                 "ConfigWithheld".into(),
                 format!(
-                    "version {version}: connected, but the control plane sent no configuration; it withholds it when a configured plugin is missing from the ones announced (add custom plugins to spec.exporter.plugins) or its version is newer than the control plane's, or when the data plane version is newer than the control plane"
+                    "version {version}: connected, but the control plane sent no configuration; it withholds it when a configured plugin is missing from the ones announced (add custom plugins to spec.exporter.plugins and the pods' KONG_PLUGINS) or its version is newer than the control plane's, when the control plane runs Wasm filters not listed in spec.exporter.wasmFilters, or when the data plane version is newer than the control plane"
                 ),
             );
         }

@@ -62,6 +62,8 @@ pub struct ClientSettings {
     pub version: KongVersion,
     /// `(name, version)` announced in `basic_info`.
     pub plugins: Vec<(String, String)>,
+    /// Wasm filter names announced in `basic_info`.
+    pub filters: Vec<String>,
     /// Largest compressed frame accepted (`cluster_max_payload`).
     pub max_frame: usize,
     /// Largest decompressed configuration accepted.
@@ -137,13 +139,18 @@ impl ClientError {
     }
 }
 
-/// The `basic_info` frame (KONG-PROTOCOL.md §2).
-pub fn basic_info(plugins: &[(String, String)]) -> String {
+/// The `basic_info` frame (KONG-PROTOCOL.md §2): Wasm filters as a map of name to
+/// `{name}`, as Kong's `data_plane.lua` sends them.
+pub fn basic_info(plugins: &[(String, String)], filters: &[String]) -> String {
     let plugins: Vec<serde_json::Value> = plugins
         .iter()
         .map(|(name, version)| serde_json::json!({"name": name, "version": version}))
         .collect();
-    serde_json::json!({"type": "basic_info", "plugins": plugins, "labels": {}, "process_conf": {}, "filters": {}})
+    let filters: serde_json::Map<String, serde_json::Value> = filters
+        .iter()
+        .map(|f| (f.clone(), serde_json::json!({"name": f})))
+        .collect();
+    serde_json::json!({"type": "basic_info", "plugins": plugins, "labels": {}, "process_conf": {}, "filters": filters})
         .to_string()
 }
 
@@ -452,7 +459,9 @@ pub async fn session(
         Err(_) => return ClientError::Handshake("timed out".into()),
     };
     if let Err(e) = ws
-        .send(Message::Binary(basic_info(&s.plugins).into_bytes().into()))
+        .send(Message::Binary(
+            basic_info(&s.plugins, &s.filters).into_bytes().into(),
+        ))
         .await
     {
         return ClientError::Protocol(e.to_string());
@@ -623,6 +632,7 @@ mod tests {
             hostname: "kfo-0".into(),
             version: "3.6.1.4".parse().unwrap(),
             plugins: vec![("key-auth".into(), "3.6.1".into())],
+            filters: Vec::new(),
             max_frame: DEFAULT_MAX_FRAME,
             max_config: 64 << 20,
         }
@@ -641,13 +651,14 @@ mod tests {
 
     #[test]
     fn basic_info_lists_plugins_with_versions() {
-        let v: serde_json::Value = serde_json::from_str(&basic_info(&settings().plugins)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&basic_info(&settings().plugins, &["rl".to_owned()])).unwrap();
         assert_eq!(v["type"], "basic_info");
         assert_eq!(
             v["plugins"][0],
             serde_json::json!({"name": "key-auth", "version": "3.6.1"})
         );
-        assert!(v["filters"].is_object());
+        assert_eq!(v["filters"], serde_json::json!({"rl": {"name": "rl"}}));
     }
 
     #[test]

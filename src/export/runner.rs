@@ -38,6 +38,9 @@ pub struct ExportTarget {
     pub uploader: String,
     /// Written as the `writer` metadata: this replica.
     pub writer: String,
+    /// The plugins announced to the control plane (what the data planes have): a
+    /// configuration that configures any other is refused. `None`: not checked.
+    pub plugins: Option<Vec<(String, String)>>,
     pub min_interval: Duration,
     /// History entries kept; 0 keeps none.
     pub history_limit: usize,
@@ -58,6 +61,9 @@ pub enum Report {
     Received { hash: String },
     /// A snapshot was not exported (unchanged, empty...).
     Skipped { hash: String, why: &'static str },
+    /// A configuration the data planes could not load was not exported: the reason names
+    /// what they lack.
+    Refused { hash: String, reason: String },
     /// `config.json` was written.
     Exported {
         key: String,
@@ -114,6 +120,7 @@ pub async fn run(
                 let Some(permit) = permit else {
                     // Not leading: keep the newest snapshot until we are.
                     let open = wait_for_gate(
+                        &target,
                         &mut gate,
                         &mut events,
                         &mut exporter,
@@ -229,7 +236,7 @@ pub async fn run(
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { return };
-                if let Some(report) = handle(&mut exporter, &mut received, ev) {
+                if let Some(report) = handle(&target, &mut exporter, &mut received, ev) {
                     let _ = reports.send(report).await;
                 }
             }
@@ -243,6 +250,7 @@ pub async fn run(
 /// changes or shutdown. False when the events have ended: the exporter stops, as it does
 /// when leading.
 async fn wait_for_gate(
+    target: &ExportTarget,
     gate: &mut Gate,
     events: &mut mpsc::Receiver<Event>,
     exporter: &mut Exporter,
@@ -256,7 +264,7 @@ async fn wait_for_gate(
         _ = gate.changed() => {}
         ev = events.recv() => match ev {
             Some(ev) => {
-                if let Some(report) = handle(exporter, received, ev) {
+                if let Some(report) = handle(target, exporter, received, ev) {
                     let _ = reports.send(report).await;
                 }
             }
@@ -313,6 +321,7 @@ fn stored_timestamp(o: &Object) -> Option<f64> {
 }
 
 fn handle(
+    target: &ExportTarget,
     exporter: &mut Exporter,
     received: &mut BTreeMap<String, Instant>,
     ev: Event,
@@ -330,6 +339,18 @@ fn handle(
         }),
         Event::Snapshot(s) => {
             let hash = s.hash.clone();
+            if let Some(announced) = &target.plugins {
+                let lacking = crate::cp_client::plugins::missing(&s.summary.plugins, announced);
+                if !lacking.is_empty() {
+                    let reason = format!(
+                        "the configuration {hash} configures {} that the data planes of {} lack (Kong's bundled plugins at that version, spec.exporter.plugins and the pods' KONG_PLUGINS): not exported, since a data plane could not load it",
+                        lacking.join(", "),
+                        target.version
+                    );
+                    warn!(hash = %hash, plugins = ?lacking, "a configuration with plugins the data planes lack was not exported");
+                    return Some(Report::Refused { hash, reason });
+                }
+            }
             match exporter.offer(to_snapshot(s)) {
                 Ok(()) => {
                     received.insert(hash.clone(), Instant::now());
@@ -481,6 +502,7 @@ mod tests {
             version: "3.6.1.4".into(),
             uploader: "kfo-0".into(),
             writer: "kfo-0_abc".into(),
+            plugins: None,
             min_interval: Duration::ZERO,
             history_limit,
         };
@@ -547,6 +569,7 @@ mod tests {
             version: "3.6.1.4".into(),
             uploader: "kfo-0".into(),
             writer: "kfo-0_abc".into(),
+            plugins: None,
             min_interval: Duration::ZERO,
             history_limit: 0,
         };
@@ -652,6 +675,53 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(stored.metadata[META_CONFIG_TIMESTAMP], "300.25");
+    }
+
+    #[tokio::test]
+    async fn a_config_naming_a_plugin_the_data_planes_lack_is_refused_not_exported() {
+        let store = Arc::new(MemoryStore::new("bkt"));
+        let (events, rx) = mpsc::channel(16);
+        let (tx, mut reports) = mpsc::channel(64);
+        let (_stop, stop_rx) = watch::channel(false);
+        let target = ExportTarget {
+            url: StorageUrl::parse("s3://bkt/kong").unwrap(),
+            version: "3.6.1.4".into(),
+            uploader: "kfo-0".into(),
+            writer: "kfo-0_abc".into(),
+            plugins: Some(vec![("key-auth".to_owned(), "3.6.1".to_owned())]),
+            min_interval: Duration::ZERO,
+            history_limit: 0,
+        };
+        tokio::spawn(run(target, store.clone(), rx, tx, Gate::always(), stop_rx));
+        let with_acl = r#"{"_format_version":"3.0","services":[{"id":"s"}],"plugins":[{"name":"key-auth"},{"name":"acl"}]}"#;
+        events.send(snapshot('a', with_acl)).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), reports.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let Report::Refused { hash, reason } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(hash, "a".repeat(32));
+        assert!(
+            reason.contains("acl") && !reason.contains("key-auth,"),
+            "{reason}"
+        );
+        assert_eq!(store.put_count(), 0);
+        // One with announced plugins only is exported.
+        let fine =
+            r#"{"_format_version":"3.0","services":[{"id":"s"}],"plugins":[{"name":"key-auth"}]}"#;
+        events.send(snapshot('b', fine)).await.unwrap();
+        loop {
+            let r = tokio::time::timeout(Duration::from_secs(5), reports.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if matches!(r, Report::Exported { .. }) {
+                break;
+            }
+        }
+        assert_eq!(store.put_count(), 1);
     }
 
     #[tokio::test]

@@ -191,6 +191,9 @@ pub struct ConfigSummary {
     pub format_version: String,
     /// Row counts per entity set with at least one row, sorted by name.
     pub entities: Vec<(String, usize)>,
+    /// The names of the configured plugins (the `name` of each `plugins` row), sorted and
+    /// unique: what a data plane must have to load the configuration.
+    pub plugins: Vec<String>,
 }
 
 impl ConfigSummary {
@@ -223,9 +226,18 @@ pub fn validate_config(config: &Value) -> Result<ConfigSummary, ConfigError> {
         None => return Err(ConfigError::MissingFormatVersion),
     };
     let mut entities = Vec::new();
+    let mut plugins = std::collections::BTreeSet::new();
     for (name, value) in table {
         if name.starts_with('_') {
             continue;
+        }
+        if name == "plugins"
+            && let Value::Array(rows) = value
+        {
+            plugins.extend(
+                rows.iter()
+                    .filter_map(|r| r.get("name")?.as_str().map(str::to_owned)),
+            );
         }
         match value {
             Value::Array(rows) if rows.iter().all(Value::is_object) => {
@@ -242,6 +254,7 @@ pub fn validate_config(config: &Value) -> Result<ConfigSummary, ConfigError> {
     Ok(ConfigSummary {
         format_version,
         entities,
+        plugins: plugins.into_iter().collect(),
     })
 }
 
@@ -281,6 +294,7 @@ impl<'de> serde::de::Visitor<'de> for TableVisitor {
         use serde::de::{Error, IgnoredAny};
         let mut format_version: Option<Result<String, String>> = None;
         let mut entities = Vec::new();
+        let mut plugins = std::collections::BTreeSet::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key == "_format_version" {
                 let v: Value = map.next_value()?;
@@ -290,6 +304,14 @@ impl<'de> serde::de::Visitor<'de> for TableVisitor {
                 });
             } else if key.starts_with('_') {
                 map.next_value::<IgnoredAny>()?;
+            } else if key == "plugins" {
+                let rows = map.next_value::<PluginSet>().map_err(|_| {
+                    A::Error::custom(format!("entity set {key:?} is not an array of objects"))
+                })?;
+                if rows.count > 0 {
+                    entities.push((key.into_owned(), rows.count));
+                }
+                plugins.extend(rows.names);
             } else {
                 let rows = map.next_value::<EntitySet>().map_err(|_| {
                     A::Error::custom(format!("entity set {key:?} is not an array of objects"))
@@ -308,6 +330,7 @@ impl<'de> serde::de::Visitor<'de> for TableVisitor {
         Ok(Ok(ConfigSummary {
             format_version,
             entities,
+            plugins: plugins.into_iter().collect(),
         }))
     }
 }
@@ -347,6 +370,84 @@ impl<'de> serde::Deserialize<'de> for EntitySet {
     }
 }
 
+/// The `plugins` entity set: rows counted, each row's `name` kept.
+struct PluginSet {
+    count: usize,
+    names: Vec<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for PluginSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PluginSet;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of objects")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PluginSet, A::Error> {
+                let mut set = PluginSet {
+                    count: 0,
+                    names: Vec::new(),
+                };
+                while let Some(row) = seq.next_element::<PluginRow>()? {
+                    set.count += 1;
+                    set.names.extend(row.0);
+                }
+                Ok(set)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<PluginSet, A::Error> {
+                match map.next_key::<serde::de::IgnoredAny>()? {
+                    None => Ok(PluginSet {
+                        count: 0,
+                        names: Vec::new(),
+                    }),
+                    Some(_) => Err(serde::de::Error::custom("not an array")),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One plugin row: its `name` (when a string), the rest skipped.
+struct PluginRow(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for PluginRow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PluginRow;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<PluginRow, A::Error> {
+                let mut name = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "name" {
+                        name = match map.next_value::<Value>()? {
+                            Value::String(s) => Some(s),
+                            _ => None,
+                        };
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(PluginRow(name))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// One row: any object, skipped without allocation.
 struct Row;
 
@@ -379,6 +480,8 @@ mod tests {
     fn the_streaming_check_agrees_with_the_tree_check() {
         for doc in [
             json!({"_format_version": "3.0", "_transform": false, "services": [{"id": "s"}], "routes": [{}, {}], "plugins": [], "vaults": {}}),
+            json!({"_format_version": "3.0", "plugins": [{"name": "key-auth", "config": {"name": "x"}}, {"name": "acl"}, {"name": "key-auth"}, {"id": "p"}]}),
+            json!({"_format_version": "3.0", "plugins": {}}),
             json!({"_format_version": "3.0", "workspaces": [{"id": "w"}]}),
             json!([]),
             json!({"services": []}),
@@ -392,6 +495,14 @@ mod tests {
             assert_eq!(validate_config_text(&text), validate_config(&doc), "{text}");
         }
         assert!(validate_config_text("{not json").is_err());
+    }
+
+    #[test]
+    fn the_names_of_configured_plugins_are_collected() {
+        let text = r#"{"_format_version":"3.0","plugins":[{"name":"key-auth","config":{"name":"x"}},{"name":"acl"},{"name":"key-auth"},{"id":"p"}]}"#;
+        let s = validate_config_text(text).unwrap();
+        assert_eq!(s.plugins, ["acl", "key-auth"]);
+        assert_eq!(s.count("plugins"), 4);
     }
 
     fn serialized(v: &Value) -> String {

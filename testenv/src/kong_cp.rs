@@ -88,6 +88,13 @@ pub struct DataPlane {
 struct Shared {
     /// The gzip'd reconfigure frame and the plugins (name, CP version) it configures.
     current: Option<(Arc<Vec<u8>>, Vec<String>)>,
+    /// The raw table, hash and timestamp of `current`, for per-DP rewrites (strip mode).
+    current_raw: Option<(String, String, f64)>,
+    /// Kong Enterprise's `allow_inconsistent_data_plane_plugins = on`: instead of
+    /// withholding, strip the plugins a DP lacks from what it is sent (the hash stays).
+    strip_missing_plugins: bool,
+    /// `wasm = on` with these filters installed: a DP must announce every one of them.
+    wasm_filters: Vec<String>,
     dps: BTreeMap<u64, DataPlane>,
     /// The CP's own version of custom plugins; bundled ones have the CP's core version.
     plugin_versions: BTreeMap<String, String>,
@@ -166,20 +173,31 @@ impl KongCp {
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let mut json = Vec::with_capacity(config_table.len() + 128);
-        json.extend_from_slice(
-            format!(r#"{{"type":"reconfigure","timestamp":{timestamp},"config_table":"#).as_bytes(),
-        );
-        json.extend_from_slice(config_table.as_bytes());
-        json.extend_from_slice(format!(r#","config_hash":"{config_hash}"}}"#).as_bytes());
-        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-        gz.write_all(&json).expect("writing to memory");
-        let frame = gz.finish().expect("writing to memory");
+        let frame = reconfigure_frame(config_table, config_hash, timestamp);
         let size = frame.len();
         let plugins = configured_plugins(config_table);
-        self.shared.lock().unwrap().current = Some((Arc::new(frame), plugins));
+        {
+            let mut shared = self.shared.lock().unwrap();
+            shared.current = Some((Arc::new(frame), plugins));
+            shared.current_raw = Some((config_table.to_owned(), config_hash.to_owned(), timestamp));
+        }
         self.push.send_modify(|n| *n += 1);
         size
+    }
+
+    /// Turns Wasm on with `filters` installed: a DP whose `basic_info` lacks any of them is
+    /// withheld the configuration (`filter_set_incompatible`), as Kong's
+    /// `check_configuration_compatibility` does (`kong/clustering/compat/init.lua`).
+    pub fn set_wasm_filters(&self, filters: &[&str]) {
+        self.shared.lock().unwrap().wasm_filters =
+            filters.iter().map(|f| (*f).to_owned()).collect();
+    }
+
+    /// Behaves as Kong Enterprise with `allow_inconsistent_data_plane_plugins = on`: a DP
+    /// that lacks a configured plugin is sent the configuration without it, instead of
+    /// nothing (`update_compatible_payload` in Kong EE's `kong/clustering/compat/init.lua`).
+    pub fn strip_missing_plugins(&self, on: bool) {
+        self.shared.lock().unwrap().strip_missing_plugins = on;
     }
 
     /// Installs a custom plugin of `version` on the CP (for the plugin version check).
@@ -200,6 +218,32 @@ impl KongCp {
     pub fn rejected_handshakes(&self) -> u32 {
         self.shared.lock().unwrap().rejected_handshakes
     }
+}
+
+/// The gzip'd reconfigure frame of `config_table`.
+fn reconfigure_frame(config_table: &str, config_hash: &str, timestamp: f64) -> Vec<u8> {
+    let mut json = Vec::with_capacity(config_table.len() + 128);
+    json.extend_from_slice(
+        format!(r#"{{"type":"reconfigure","timestamp":{timestamp},"config_table":"#).as_bytes(),
+    );
+    json.extend_from_slice(config_table.as_bytes());
+    json.extend_from_slice(format!(r#","config_hash":"{config_hash}"}}"#).as_bytes());
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&json).expect("writing to memory");
+    gz.finish().expect("writing to memory")
+}
+
+/// `config_table` without the plugin rows whose name the DP did not announce.
+fn without_plugins(config_table: &str, dp: &[(String, String)]) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(config_table).unwrap_or_default();
+    if let Some(rows) = v["plugins"].as_array_mut() {
+        rows.retain(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|name| dp.iter().any(|(n, _)| n == name))
+        });
+    }
+    v.to_string()
 }
 
 /// Names of the plugins configured in `config_table` (Kong checks only those).
@@ -329,6 +373,10 @@ impl Session {
                 )
             })
             .collect();
+        let dp_filters: Vec<String> = info["filters"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         let dp_version = params.get("node_version").cloned().unwrap_or_default();
         let id = {
             let mut s = self.shared.lock().unwrap();
@@ -373,10 +421,35 @@ impl Session {
             if pending {
                 pending = false;
                 sent_version = *self.push.borrow_and_update();
-                let current = self.shared.lock().unwrap().current.clone();
+                let (current, raw, strip, wasm) = {
+                    let s = self.shared.lock().unwrap();
+                    (
+                        s.current.clone(),
+                        s.current_raw.clone(),
+                        s.strip_missing_plugins,
+                        s.wasm_filters.clone(),
+                    )
+                };
                 if let Some((frame, configured)) = current {
-                    match self.plugin_check(&configured, &plugins) {
-                        Ok(()) => {
+                    let check = if wasm.iter().any(|f| !dp_filters.contains(f)) {
+                        Err("filter_set_incompatible")
+                    } else {
+                        self.plugin_check(&configured, &plugins)
+                    };
+                    // Strip mode: a DP that lacks plugins gets the table without them.
+                    let frame = match (&check, raw) {
+                        (Err("plugin_set_incompatible"), Some((table, hash, ts))) if strip => {
+                            Ok(Arc::new(reconfigure_frame(
+                                &without_plugins(&table, &plugins),
+                                &hash,
+                                ts,
+                            )))
+                        }
+                        (Ok(()), _) => Ok(frame),
+                        (Err(e), _) => Err(*e),
+                    };
+                    match frame {
+                        Ok(frame) => {
                             set_status("normal");
                             if ws
                                 .send(Message::Binary((*frame).clone().into()))

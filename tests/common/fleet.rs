@@ -47,6 +47,11 @@ pub type Stored = (String, String);
 impl Fleet {
     /// A namespace with the Secrets and a policy in `mode: Operator`, and no operator yet.
     pub async fn new(prefix: &str, timings: Timings) -> Fleet {
+        Self::with_standby(prefix, timings, "Warm").await
+    }
+
+    /// [`Fleet::new`] with `exporter.standby` (`Warm` or `Cold`).
+    pub async fn with_standby(prefix: &str, timings: Timings, standby: &str) -> Fleet {
         let env = kube().await;
         env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
         let client = env.client().await.unwrap();
@@ -93,6 +98,7 @@ impl Fleet {
                     "versions": [VERSION],
                     "minInterval": "0s",
                     "historyLimit": 0,
+                    "standby": standby,
                     "controlPlane": {"endpoint": cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}
                 },
                 "election": {

@@ -36,8 +36,9 @@ impl Pipeline {
             ca_pem: None,
             node_id: "5f3c1d6e-2b8a-4f0e-9c1d-7a6b5e4d3c2b".into(),
             hostname: "kfo-test".into(),
-            plugins: cp_client::plugins::announced(&v, &[]),
+            plugins: cp_client::plugins::announced(&v, &[], None),
             version: v,
+            filters: Vec::new(),
             max_frame: cp_client::DEFAULT_MAX_FRAME,
             max_config: 64 << 20,
         };
@@ -50,6 +51,7 @@ impl Pipeline {
             version: version.to_owned(),
             uploader: "kfo-test-replica".into(),
             writer: "kfo-test-replica".into(),
+            plugins: None,
             min_interval,
             history_limit: 3,
         };

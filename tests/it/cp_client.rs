@@ -32,8 +32,9 @@ fn settings(cp: &KongCp, version: &str) -> ClientSettings {
         ca_pem: cp.certs.ca_pem.clone(),
         node_id: "5f3c1d6e-2b8a-4f0e-9c1d-7a6b5e4d3c2b".into(),
         hostname: "kfo-test".into(),
-        plugins: cp_client::plugins::announced(&v, &[]),
+        plugins: cp_client::plugins::announced(&v, &[], None),
         version: v,
+        filters: Vec::new(),
         max_frame: cp_client::DEFAULT_MAX_FRAME,
         max_config: 64 << 20,
     }
@@ -226,6 +227,77 @@ async fn a_wrong_client_certificate_is_refused_by_the_cp_and_reported() {
         "the CP refused the stranger's certificate"
     );
     assert!(pki.data_planes().is_empty());
+}
+
+/// A data plane whose `KONG_PLUGINS` lacks a configured plugin: a CP that withholds sends
+/// nothing, a CP with Kong EE's `allow_inconsistent_data_plane_plugins = on` strips it.
+/// Either way what arrives is what such a data plane would receive.
+#[tokio::test]
+async fn a_restricted_plugin_list_gets_what_a_real_data_plane_would() {
+    let v: kong_fallback_operator::kong::KongVersion = "3.6.1.4".parse().unwrap();
+    let only: std::collections::BTreeSet<String> = ["rate-limiting".to_owned()].into();
+    for strip in [false, true] {
+        let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+        cp.strip_missing_plugins(strip);
+        cp.push(TABLE, &hash(TABLE));
+        let mut s = settings(&cp, "3.6.1.4");
+        s.plugins = cp_client::plugins::announced(&v, &[], Some(&only));
+        assert_eq!(s.plugins.len(), 1);
+        let mut c = start(s);
+        if strip {
+            let snap = c
+                .next(15, |e| match e {
+                    Event::Snapshot(s) => Some(s),
+                    _ => None,
+                })
+                .await;
+            assert!(
+                snap.summary.plugins.is_empty(),
+                "{:?}",
+                snap.summary.plugins
+            );
+            assert_eq!(snap.summary.count("services"), 1);
+            assert_eq!(snap.hash, hash(TABLE), "the CP keeps the original hash");
+        } else {
+            c.next(15, |e| match e {
+                Event::NoConfig => Some(()),
+                Event::Snapshot(_) => panic!("withheld: a DP without key-auth gets nothing"),
+                _ => None,
+            })
+            .await;
+        }
+    }
+}
+
+/// A CP with Wasm on withholds the configuration from a DP that does not announce every
+/// filter it has; the policy's `exporter.wasmFilters` are announced.
+#[tokio::test]
+async fn wasm_filters_must_be_announced() {
+    let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    cp.set_wasm_filters(&["rate-limiter"]);
+    cp.push(TABLE, &hash(TABLE));
+    let mut c = start(settings(&cp, "3.6.1.4"));
+    c.next(15, |e| match e {
+        Event::NoConfig => Some(()),
+        Event::Snapshot(_) => panic!("withheld: the filter was not announced"),
+        _ => None,
+    })
+    .await;
+    assert!(
+        cp.data_planes()
+            .iter()
+            .any(|d| d.sync_status == "filter_set_incompatible")
+    );
+    let mut s = settings(&cp, "3.6.1.4");
+    s.filters = vec!["rate-limiter".into()];
+    let mut c = start(s);
+    let snap = c
+        .next(15, |e| match e {
+            Event::Snapshot(s) => Some(s),
+            _ => None,
+        })
+        .await;
+    assert_eq!(snap.hash, hash(TABLE));
 }
 
 #[tokio::test]

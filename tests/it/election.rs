@@ -199,6 +199,7 @@ fn snapshot(n: u32) -> Event {
         summary: ConfigSummary {
             format_version: "3.0".into(),
             entities: vec![("services".into(), 1)],
+            plugins: Vec::new(),
         },
         timestamp: None,
     })
@@ -213,6 +214,43 @@ fn leading(epoch: i32) -> Claim {
     }
 }
 
+/// `exporter.standby: Cold`: only the leader holds a control-plane session; after the
+/// leader is killed the new one connects and exports.
+#[tokio::test]
+async fn with_cold_standby_only_the_leader_holds_a_control_plane_session() {
+    let timings = Timings {
+        lease: 4,
+        renew: 3,
+        retry: 1,
+    };
+    let mut fleet = Fleet::with_standby("cold", timings, "Cold").await;
+    let ops: Vec<_> = ["kfo-a", "kfo-b"].iter().map(|n| fleet.start(n)).collect();
+    let hash = fleet.push();
+    let ((_, first), _) = fleet
+        .wait_stored(&hash, Duration::from_secs(30))
+        .await
+        .expect("exported");
+    // Followers connect nothing: one session, the leader's, stays up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let connected = || {
+        fleet
+            .cp
+            .data_planes()
+            .iter()
+            .filter(|d| d.connected)
+            .count()
+    };
+    assert_eq!(connected(), 1, "{:?}", fleet.cp.data_planes());
+    let leader = ops.iter().find(|o| o.name == first).unwrap();
+    leader.proc.signal("KILL").unwrap();
+    let hash = fleet.push();
+    let ((_, second), _) = fleet
+        .wait_stored(&hash, Duration::from_secs(60))
+        .await
+        .expect("the new leader connected and exported");
+    assert_ne!(second, first);
+}
+
 /// A leader paused after its permit wakes up after a newer leader wrote: its write is
 /// refused by the store and it steps down; the newer configuration stays.
 async fn a_stale_leader_is_fenced(store: Arc<dyn ObjectStore>, bucket: &str, url_scheme: &str) {
@@ -223,6 +261,7 @@ async fn a_stale_leader_is_fenced(store: Arc<dyn ObjectStore>, bucket: &str, url
         version: "3.6.1.4".into(),
         uploader: uploader.into(),
         writer: uploader.into(),
+        plugins: None,
         min_interval: Duration::ZERO,
         history_limit: 0,
     };
