@@ -309,6 +309,20 @@ mod operator_mode {
             "Connected"
         );
         assert_eq!(condition(&p, "Exporting").unwrap().1, "Exported");
+        // MinIO enforces conditional writes: the leader's check says fencing holds, and
+        // its throwaway probe object is gone.
+        until("Fencing=True", async || {
+            let p = api.get("prod").await.ok()?;
+            let c = condition(&p, "Fencing")?;
+            (c.0 == "True" && c.1 == "Enforced").then_some(())
+        })
+        .await;
+        assert!(
+            s3.read(&bucket, "kong/.kong-fallback-operator/fencing-probe")
+                .await
+                .unwrap()
+                .is_none()
+        );
         // The only replica holds the policy's Lease, owned by the policy.
         let leader = p.status.as_ref().unwrap().leader.clone().unwrap();
         assert!(leader.identity.starts_with("kfo-test-0_"), "{leader:?}");
