@@ -3,10 +3,11 @@
 //!
 //! Modules, from pure to I/O: [`api`] and [`kong`] are pure; [`storage`] talks to object
 //! stores; [`controller`] talks to Kubernetes; [`metrics`] and [`http`] are what
-//! Prometheus and the kubelet see.
+//! Prometheus and the kubelet see; [`cleanup`] releases the policies for an uninstall.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cleanup;
 pub mod controller;
 pub mod cp_client;
 pub mod doctor;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kong_fallback_operator::kong::{KongVersion, StorageUrl};
-use kong_fallback_operator::{api, controller, doctor, http, storage, telemetry, webhook};
+use kong_fallback_operator::{api, cleanup, controller, doctor, http, storage, telemetry, webhook};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +62,41 @@ enum Command {
         /// Use no GCS credentials (emulators only).
         #[arg(long)]
         gcs_anonymous: bool,
+    },
+    /// Before uninstalling: for every policy, remove the operator's registrations from the
+    /// store, delete its Lease and remove its finalizer, so that policies and their
+    /// namespaces can be deleted without the operator. Exits non-zero only if an apiserver
+    /// call fails; an unreachable store only warns.
+    Cleanup {
+        /// Only the policies of this namespace (default: all namespaces).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Scale this Deployment (in `--operator-namespace`) to zero and wait for its pods
+        /// first: a running operator adds its finalizer back at once.
+        #[arg(long)]
+        stop_deployment: Option<String>,
+        /// How long to wait for that Deployment's pods to go, in seconds.
+        #[arg(long, default_value_t = 60)]
+        stop_timeout: u64,
+        /// The operator's namespace (the downward API's metadata.namespace).
+        #[arg(
+            long = "operator-namespace",
+            env = "POD_NAMESPACE",
+            default_value = "kong-fallback-operator"
+        )]
+        operator_namespace: String,
+        /// Also delete the MutatingWebhookConfiguration `--webhook-configuration`.
+        #[arg(long)]
+        delete_webhook_configuration: bool,
+        /// The MutatingWebhookConfiguration's name.
+        #[arg(
+            long = "webhook-configuration",
+            default_value = "kong-fallback-operator"
+        )]
+        webhook_configuration: String,
+        /// The bound of one policy's store work, in seconds.
+        #[arg(long, default_value_t = 15)]
+        store_timeout: u64,
     },
 }
 
@@ -204,6 +239,28 @@ async fn main() -> anyhow::Result<()> {
             ));
             controller::run(client, settings).await?;
             server.abort();
+        }
+        Command::Cleanup {
+            namespace,
+            stop_deployment,
+            stop_timeout,
+            operator_namespace,
+            delete_webhook_configuration,
+            webhook_configuration,
+            store_timeout,
+        } => {
+            let client = kube::Client::try_default().await.context(
+                "failed to build a Kubernetes client (no kubeconfig and not in a cluster?)",
+            )?;
+            let options = cleanup::Options {
+                namespace,
+                stop_deployment: stop_deployment.map(|d| (operator_namespace, d)),
+                stop_timeout: std::time::Duration::from_secs(stop_timeout),
+                delete_webhook_configuration: delete_webhook_configuration
+                    .then_some(webhook_configuration),
+                store_timeout: std::time::Duration::from_secs(store_timeout),
+            };
+            cleanup::run(&client, &options, |line| println!("{line}")).await?;
         }
         Command::Doctor {
             version,

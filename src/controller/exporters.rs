@@ -20,7 +20,6 @@ use crate::election::Gate;
 use crate::election::mirror::{Flavor, Mirror};
 use crate::export::runner::{self, ExportTarget, Report};
 use crate::kong::StorageUrl;
-use crate::kong::storage_url::Provider;
 use crate::metrics::{ExportLabels, Metrics};
 use crate::storage::{self, Access};
 
@@ -237,7 +236,7 @@ impl Exporters {
             .map(|d| {
                 let mirror = Mirror {
                     store: store.clone(),
-                    flavor: flavor(&plan.url),
+                    flavor: Flavor::of(&plan.url),
                     url: plan.url.clone(),
                     version: d.version.clone(),
                     node_id: d.node_id.clone(),
@@ -299,7 +298,7 @@ impl Exporters {
             if plan.mirror {
                 let mirror = Mirror {
                     store: store.clone(),
-                    flavor: flavor(&plan.url),
+                    flavor: Flavor::of(&plan.url),
                     url: plan.url.clone(),
                     version: version.clone(),
                     node_id: client.node_id.clone(),
@@ -461,13 +460,6 @@ async fn check_fencing(
             _ = tokio::time::sleep(retry) => {}
             _ = stop.changed() => return,
         }
-    }
-}
-
-fn flavor(url: &StorageUrl) -> Flavor {
-    match url.provider {
-        Provider::S3 => Flavor::S3,
-        Provider::Gcs => Flavor::Gcs,
     }
 }
 

@@ -42,6 +42,16 @@ pub enum Flavor {
     Gcs,
 }
 
+impl Flavor {
+    /// The flavour of the store `url` names.
+    pub fn of(url: &StorageUrl) -> Flavor {
+        match url.provider {
+            crate::kong::Provider::S3 => Flavor::S3,
+            crate::kong::Provider::Gcs => Flavor::Gcs,
+        }
+    }
+}
+
 /// The S3 register time of the leader of `epoch`: smaller for newer epochs.
 pub fn register_time(epoch: i32) -> i64 {
     REGISTER_BASE - i64::from(epoch.max(0))
@@ -123,6 +133,49 @@ pub fn kong_elect(
                 .total_cmp(&b.register_time)
                 .then_with(|| a.node_id.cmp(&b.node_id))
         })
+}
+
+/// Whether `o`, listed under `election_prefix`, is a registration the mirror wrote for
+/// `node_id`: on S3 a key [`registration_key`] makes (an integer register time no later
+/// than [`REGISTER_BASE`]; Kong registers with its clock, years later), on GCS the node's
+/// key. Lets an uninstall remove the operator's registrations without touching a native
+/// node's. Pure.
+pub fn is_mirrored(flavor: Flavor, election_prefix: &str, o: &ObjectInfo, node_id: &str) -> bool {
+    let Some(name) = o.key.strip_prefix(election_prefix) else {
+        return false;
+    };
+    match flavor {
+        Flavor::S3 => {
+            let Some((time, node)) = name.split_once('-') else {
+                return false;
+            };
+            node == node_id
+                && time.bytes().all(|b| b.is_ascii_digit())
+                && time.parse::<i64>().is_ok_and(|t| t <= REGISTER_BASE)
+        }
+        Flavor::Gcs => name == node_id,
+    }
+}
+
+/// Removes the registrations the mirror wrote for `node_id` under `version`'s election
+/// prefix (see [`is_mirrored`]) and returns how many went. For a leader that is gone:
+/// a running [`Mirror`] removes its own when it stops.
+pub async fn remove_mirrored(
+    store: &dyn ObjectStore,
+    flavor: Flavor,
+    url: &StorageUrl,
+    version: &str,
+    node_id: &str,
+) -> Result<usize, StoreError> {
+    let prefix = url.election_prefix(version);
+    let mut removed = 0;
+    for o in store.list(&prefix).await? {
+        if is_mirrored(flavor, &prefix, &o, node_id) {
+            store.delete(&o.key).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Mirrors one version while this replica leads; `node_id` is the Kong node id to register
@@ -239,6 +292,41 @@ mod tests {
     }
 
     const NOW: u64 = 1_790_000_000;
+
+    #[test]
+    fn only_the_mirrors_own_registrations_count_as_mirrored() {
+        let p = url().election_prefix("3.6.1.4");
+        let ours = |epoch| registration_key(Flavor::S3, &url(), "3.6.1.4", epoch, "node-a");
+        for epoch in [0, 1, 7, 999_999_999] {
+            assert!(
+                is_mirrored(Flavor::S3, &p, &info(&ours(epoch), 0, NOW), "node-a"),
+                "epoch {epoch}"
+            );
+        }
+        for (key, why) in [
+            (ours(3).replace("node-a", "node-b"), "another node"),
+            (format!("{p}1733649544-node-a"), "Kong's own clock"),
+            (
+                format!("{p}1733649544.5-node-a"),
+                "Kong's own clock, fractional",
+            ),
+            (format!("{p}999999997.0-node-a"), "not an integer key"),
+            (format!("{p}node-a"), "no register time"),
+            (
+                registration_key(Flavor::S3, &url(), "3.7.0.0", 3, "node-a"),
+                "another version's prefix",
+            ),
+        ] {
+            assert!(
+                !is_mirrored(Flavor::S3, &p, &info(&key, 0, NOW), "node-a"),
+                "{why}: {key}"
+            );
+        }
+        let gcs = |key: &str| is_mirrored(Flavor::Gcs, &p, &info(key, 0, NOW), "node-a");
+        assert!(gcs(&format!("{p}node-a")));
+        assert!(!gcs(&format!("{p}node-b")));
+        assert!(!gcs(&format!("{p}999999997-node-a")));
+    }
 
     #[test]
     fn keys_follow_kongs_formats() {

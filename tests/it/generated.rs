@@ -134,3 +134,84 @@ fn a_typo_in_values_fails_at_install_and_cert_manager_is_an_option() {
     assert!(!rendered.contains("MutatingWebhookConfiguration"));
     assert!(!rendered.contains("mutatingwebhookconfigurations"));
 }
+
+fn yaml_documents(rendered: &[u8]) -> Vec<serde_json::Value> {
+    serde_norway::Deserializer::from_slice(rendered)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn the_chart_runs_cleanup_before_uninstall_unless_told_not_to() {
+    let on = helm_template(&[]);
+    assert!(
+        on.status.success(),
+        "{}",
+        String::from_utf8_lossy(&on.stderr)
+    );
+    let docs = yaml_documents(&on.stdout);
+    let job = docs
+        .iter()
+        .find(|d| d["kind"] == "Job")
+        .unwrap_or_else(|| panic!("no hook Job in:\n{}", String::from_utf8_lossy(&on.stdout)));
+    let annotations = &job["metadata"]["annotations"];
+    assert_eq!(annotations["helm.sh/hook"], "pre-delete");
+    assert_eq!(
+        annotations["helm.sh/hook-delete-policy"],
+        "before-hook-creation,hook-succeeded"
+    );
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let (pod, operator) = (
+        &job["spec"]["template"]["spec"],
+        &deployment["spec"]["template"]["spec"],
+    );
+    assert_eq!(pod["serviceAccountName"], operator["serviceAccountName"]);
+    assert_eq!(pod["securityContext"], operator["securityContext"]);
+    let (c, oc) = (&pod["containers"][0], &operator["containers"][0]);
+    assert_eq!(c["image"], oc["image"]);
+    assert_eq!(c["securityContext"], oc["securityContext"]);
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "cleanup");
+    for arg in [
+        "--stop-deployment=kfo-kong-fallback-operator",
+        "--delete-webhook-configuration",
+        "--webhook-configuration=kfo-kong-fallback-operator",
+    ] {
+        assert!(args.contains(&arg), "{arg} missing from {args:?}");
+    }
+    // NB: the Job's pod must not match the Deployment's selector, or the cleanup would
+    // wait for itself to go.
+    let selector = deployment["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    let labels = job["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .unwrap();
+    assert!(
+        !selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "{labels:?}"
+    );
+    // One namespace watched: one namespace cleaned.
+    let one = helm_template(&["--set", "watchNamespace=kong"]);
+    assert!(one.status.success());
+    assert!(String::from_utf8_lossy(&one.stdout).contains("- --namespace=kong"));
+
+    let off = helm_template(&["--set", "cleanupOnUninstall=false"]);
+    assert!(
+        off.status.success(),
+        "{}",
+        String::from_utf8_lossy(&off.stderr)
+    );
+    assert!(
+        !yaml_documents(&off.stdout)
+            .iter()
+            .any(|d| d["kind"] == "Job"),
+        "a hook Job with cleanupOnUninstall=false"
+    );
+}

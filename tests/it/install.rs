@@ -19,8 +19,8 @@ use tokio::sync::Mutex;
 use crate::wait::until;
 
 const DEPLOY: &str = "deploy/kong-fallback-operator.yaml";
-const NS: &str = "kong-fallback-operator";
-const SA: &str = "kong-fallback-operator";
+pub(crate) const NS: &str = "kong-fallback-operator";
+pub(crate) const SA: &str = "kong-fallback-operator";
 
 /// The API calls the operator makes: (API group, resource, verb). Keep in step with the
 /// code; the chart must grant exactly these.
@@ -36,7 +36,7 @@ const USED: &[(&str, &str, &str)] = &[
         "patch",
     ), // status (SSA)
     ("", "pods", "get"), // rollout: the injection dry run of one pod per workload
-    ("", "pods", "list"), // pod report (metadata)
+    ("", "pods", "list"), // pod report (metadata); cleanup waits for the operator's pods
     ("", "pods", "watch"),
     ("", "secrets", "get"),  // credentials, cluster certificate, webhook TLS
     ("", "secrets", "list"), // Secret watch re-triggers policies
@@ -55,7 +55,7 @@ const USED: &[(&str, &str, &str)] = &[
     ("apps", "deployments", "get"), // rollout: the pacing annotation
     ("apps", "statefulsets", "get"),
     ("apps", "daemonsets", "get"),
-    ("apps", "deployments", "patch"),
+    ("apps", "deployments", "patch"), // rollout; cleanup --stop-deployment (replicas: 0)
     ("apps", "statefulsets", "patch"),
     ("apps", "daemonsets", "patch"),
     (
@@ -73,12 +73,17 @@ const USED: &[(&str, &str, &str)] = &[
         "mutatingwebhookconfigurations",
         "watch",
     ),
+    (
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "delete",
+    ), // cleanup --delete-webhook-configuration
 ];
 
-/// One install per test binary: the tests below share it.
+/// One install per test binary: the tests below (and `cleanup`'s) share it.
 static INSTALLED: Mutex<bool> = Mutex::const_new(false);
 
-async fn install() {
+pub(crate) async fn install() {
     let mut done = INSTALLED.lock().await;
     if *done {
         return;
@@ -183,6 +188,14 @@ fn the_deployment_runs_restricted() {
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert!(docs.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+    // NB: rendered without hooks: applied with the rest, the chart's pre-delete Job
+    // would run `cleanup` (stop the operator, strip the finalizers) at install time.
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["metadata"]["annotations"]["helm.sh/hook"].is_string()),
+        "a Helm hook in {DEPLOY}"
+    );
 }
 
 #[tokio::test]

@@ -37,3 +37,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "kfo.webhookSecret" -}}
 {{- printf "%s-webhook-tls" (include "kfo.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{- /* The pod and container security contexts of the Deployment and the cleanup Job: the
+"restricted" Pod Security Standard. */ -}}
+{{- define "kfo.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "kfo.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
