@@ -188,8 +188,9 @@ async fn p5_child_with_env(frame_path: &str, bucket: &str) {
             secret_access_key: var("KFO_P5_PASSWORD"),
             session_token: None,
         },
+        ca_pem: None,
     };
-    let store = S3Store::new(&settings, bucket, PutExtras::default());
+    let store = S3Store::new(&settings, bucket, PutExtras::default()).unwrap();
     let frame = std::fs::read(frame_path).unwrap();
     let start = Instant::now();
     let snapshot = decode(&frame, 1 << 30).unwrap().unwrap();

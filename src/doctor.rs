@@ -152,6 +152,7 @@ pub fn access_from_env(
                         secret_access_key: secret,
                         session_token: get(env::AWS_SESSION_TOKEN),
                     },
+                    ca_pem: None,
                 },
                 extras: PutExtras::default(),
             })

@@ -172,8 +172,12 @@ pub struct Storage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_credentials: Option<Credentials>,
 
-    /// A CA bundle the operator trusts for the storage endpoint (a private CA in front of
-    /// an S3-compatible store). Kong pods need the same CA in `lua_ssl_trusted_certificate`.
+    /// A PEM CA bundle for an S3-compatible store whose TLS certificate comes from a private
+    /// CA: the operator's S3 client trusts it in addition to the system's CA roots. Not used for
+    /// GCS (its client library takes no extra CA). Not injected into Kong pods: they need
+    /// the same CA in `lua_ssl_trusted_certificate` (`KONG_LUA_SSL_TRUSTED_CERTIFICATE`).
+    /// A change of the Secret restarts the exporters; a bundle that is not PEM certificates
+    /// makes the storage unusable until fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<SecretKeyRef>,
 

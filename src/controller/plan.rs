@@ -188,6 +188,40 @@ fn require(secret: &Secret, ns: &str, key: &str) -> Result<String, SetupError> {
     })
 }
 
+/// The CA bundle `spec.storage.caCert` names and the resource version of its Secret;
+/// `None` when the policy names none. A bundle that is not PEM certificates is an error.
+async fn ca_bundle(
+    api: &Api<Secret>,
+    ns: &str,
+    spec: &crate::api::FallbackConfigPolicySpec,
+) -> Result<Option<(String, String)>, SetupError> {
+    let Some(ca) = &spec.storage.ca_cert else {
+        return Ok(None);
+    };
+    let field = "spec.storage.caCert";
+    let s = secret(api, ns, &ca.secret_name, field).await?;
+    let pem = text(&s, &ca.key).ok_or_else(|| {
+        (
+            "SecretKeyMissing".to_owned(),
+            format!(
+                "Secret {ns}/{} ({field}) has no key {}",
+                ca.secret_name, ca.key
+            ),
+        )
+    })?;
+    // NB: checked here too, so the condition names the Secret; the S3 client refuses it anyway.
+    crate::storage::s3::trust_store(&pem).map_err(|e| {
+        (
+            "InvalidCaBundle".to_owned(),
+            format!(
+                "Secret {ns}/{} ({field}) key {}: {e}",
+                ca.secret_name, ca.key
+            ),
+        )
+    })?;
+    Ok(Some((pem, s.resource_version().unwrap_or_default())))
+}
+
 /// Reads the Secrets `spec.storage` names for credentials and records in `facts` which keys
 /// each holds, or that it is missing. A Secret that cannot be read is left as it was known.
 pub async fn record_credential_secrets(
@@ -273,6 +307,14 @@ async fn access(
         (Provider::S3, Some(name)) => {
             let s = secret(&secrets, &ns, name, field).await?;
             versions_of_secrets.push(s.resource_version().unwrap_or_default());
+            // NB: its version joins the others, so a changed CA restarts the exporters.
+            let ca_pem = match ca_bundle(&secrets, &ns, spec).await? {
+                Some((pem, version)) => {
+                    versions_of_secrets.push(version);
+                    Some(pem)
+                }
+                None => None,
+            };
             let p = spec.storage.put_options.as_ref();
             Access::S3 {
                 settings: S3Settings {
@@ -290,6 +332,7 @@ async fn access(
                         secret_access_key: require(&s, &ns, env::AWS_SECRET_ACCESS_KEY)?,
                         session_token: text(&s, env::AWS_SESSION_TOKEN),
                     },
+                    ca_pem,
                 },
                 extras: PutExtras {
                     server_side_encryption: p.and_then(|p| p.server_side_encryption).map(
@@ -311,6 +354,8 @@ async fn access(
                 ),
             ));
         }
+        // NB: spec.storage.caCert is not read for GCS: the google-cloud-storage client
+        // builds its own HTTP client and takes no trust roots (see `storage::gcs`).
         (Provider::Gcs, Some(name)) => {
             let s = secret(&secrets, &ns, name, field).await?;
             versions_of_secrets.push(s.resource_version().unwrap_or_default());

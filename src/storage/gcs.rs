@@ -4,6 +4,11 @@
 //! list, delete and metadata calls are gRPC only (`StorageControl`), which emulators do
 //! not serve and some networks block; those three use the JSON API directly, with the
 //! same credentials (google-cloud-auth) and endpoint.
+//!
+//! NB: no private CA (`spec.storage.caCert`) here. google-cloud-storage 1.21 builds its
+//! own reqwest client inside `Storage::builder().build()` and takes neither an HTTP client
+//! nor trust roots, so only the platform roots apply. GCS itself has a public certificate
+//! (`spec.storage.endpoint` is for S3-compatible stores only).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

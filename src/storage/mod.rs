@@ -333,7 +333,7 @@ pub async fn open_with(
     use crate::kong::Provider;
     let store: Box<dyn ObjectStore> = match (url.provider, access) {
         (Provider::S3, Access::S3 { settings, extras }) => {
-            Box::new(s3::S3Store::new(&settings, &url.bucket, extras))
+            Box::new(s3::S3Store::new(&settings, &url.bucket, extras).map_err(|e| e.to_string())?)
         }
         (
             Provider::Gcs,

@@ -1,4 +1,7 @@
 //! S3 and S3-compatible stores, through aws-sdk-s3.
+//!
+//! With a CA bundle (`spec.storage.caCert`), the SDK's own HTTPS client is built with a
+//! trust store of the platform roots plus that bundle; nothing else about it changes.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -6,6 +9,9 @@ use std::time::SystemTime;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_http_client::tls;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use super::{
     ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, StoreError, classify,
@@ -40,11 +46,67 @@ pub struct S3Settings {
     /// used with it, as Kong does.
     pub endpoint: Option<String>,
     pub credentials: StaticCredentials,
+    /// PEM certificates trusted for the endpoint besides the platform roots (a private CA in
+    /// front of an S3-compatible store).
+    pub ca_pem: Option<String>,
+}
+
+/// Why a CA bundle cannot be trusted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CaBundleError {
+    #[error("the CA bundle is not valid PEM: {0}")]
+    Pem(String),
+    #[error("the CA bundle holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    Empty,
+    #[error("certificate {index} of the CA bundle is not a usable CA certificate: {reason}")]
+    Certificate { index: usize, reason: String },
+    #[error("cannot build the TLS settings with the CA bundle: {0}")]
+    Tls(String),
+}
+
+/// The trust store for `ca_pem`: the platform roots plus every certificate of the bundle.
+///
+/// NB: the SDK parses a custom trust store only when it opens the first connection, and
+/// panics there on a certificate it cannot read. So the bundle is read here first, with
+/// the same calls (`pem_slice_iter`, `RootCertStore::add`), and refused as an error.
+pub fn trust_store(ca_pem: &str) -> Result<tls::TrustStore, CaBundleError> {
+    let certs = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CaBundleError::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(CaBundleError::Empty);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| CaBundleError::Certificate {
+            index: i + 1,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(tls::TrustStore::default().with_pem_certificate(ca_pem.as_bytes()))
+}
+
+/// The SDK's rustls HTTPS client (aws-lc, as its default one) trusting `ca_pem` too.
+///
+/// NB: unlike the default client, this one does not read `HTTPS_PROXY`/`NO_PROXY`: the
+/// builder that takes a TLS context offers no proxy setting.
+fn https_client(ca_pem: &str) -> Result<aws_sdk_s3::config::SharedHttpClient, CaBundleError> {
+    let context = tls::TlsContext::builder()
+        .with_trust_store(trust_store(ca_pem)?)
+        .build()
+        .map_err(|e| CaBundleError::Tls(e.to_string()))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
 }
 
 /// An S3 client for `settings`. Kong always uses path-style addressing; so do we, so the
-/// operator and the data planes resolve a bucket the same way on every store.
-pub fn client(settings: &S3Settings) -> aws_sdk_s3::Client {
+/// operator and the data planes resolve a bucket the same way on every store. `Err` when
+/// the CA bundle cannot be read.
+pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, CaBundleError> {
     let c = &settings.credentials;
     let mut config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -60,7 +122,10 @@ pub fn client(settings: &S3Settings) -> aws_sdk_s3::Client {
     if let Some(endpoint) = &settings.endpoint {
         config = config.endpoint_url(endpoint.trim_end_matches('/'));
     }
-    aws_sdk_s3::Client::from_conf(config.build())
+    if let Some(ca_pem) = &settings.ca_pem {
+        config = config.http_client(https_client(ca_pem)?);
+    }
+    Ok(aws_sdk_s3::Client::from_conf(config.build()))
 }
 
 /// Extra PutObject arguments for `config.json` (Kong's `cluster_fallback_export_s3_config`).
@@ -79,12 +144,17 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    pub fn new(settings: &S3Settings, bucket: &str, extras: PutExtras) -> Self {
-        S3Store {
-            client: client(settings),
+    /// `Err` when the CA bundle of `settings` cannot be read.
+    pub fn new(
+        settings: &S3Settings,
+        bucket: &str,
+        extras: PutExtras,
+    ) -> Result<Self, CaBundleError> {
+        Ok(S3Store {
+            client: client(settings)?,
             bucket: bucket.to_owned(),
             extras,
-        }
+        })
     }
 
     fn error<E, R>(&self, op: &'static str, key: &str, err: SdkError<E, R>) -> StoreError
@@ -283,6 +353,67 @@ impl ObjectStore for S3Store {
 mod tests {
     use super::*;
 
+    fn settings_with_ca(ca_pem: &str) -> S3Settings {
+        S3Settings {
+            region: "us-east-1".into(),
+            endpoint: Some("https://127.0.0.1:9".into()),
+            credentials: StaticCredentials {
+                access_key_id: "a".into(),
+                secret_access_key: "b".into(),
+                session_token: None,
+            },
+            ca_pem: Some(ca_pem.into()),
+        }
+    }
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn a_ca_bundle_that_cannot_be_read_is_an_error_not_a_panic() {
+        let not_der = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n";
+        let cases = [
+            ("", "holds no PEM certificate"),
+            ("not a certificate", "holds no PEM certificate"),
+            (
+                "-----BEGIN PRIVATE KEY-----\naGVsbG8=\n-----END PRIVATE KEY-----\n",
+                "holds no PEM certificate",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\n!!! not base64 !!!\n-----END CERTIFICATE-----\n",
+                "not valid PEM",
+            ),
+            ("-----BEGIN CERTIFICATE-----\nMIIB\n", "not valid PEM"),
+            (not_der, "certificate 1 of the CA bundle"),
+        ];
+        for (pem, expected) in cases {
+            let e = client(&settings_with_ca(pem)).map(|_| ()).unwrap_err();
+            assert!(e.to_string().contains(expected), "{pem:?}: {e}");
+            // The store refuses it the same way.
+            let e = S3Store::new(&settings_with_ca(pem), "b", PutExtras::default())
+                .map(|_| ())
+                .unwrap_err();
+            assert!(e.to_string().contains(expected), "{pem:?}: {e}");
+        }
+        // One bad certificate spoils the bundle: the SDK would panic on it later.
+        let e = trust_store(&format!("{}{not_der}", ca_pem())).unwrap_err();
+        assert!(
+            matches!(e, CaBundleError::Certificate { index: 2, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bundle_of_ca_certificates_builds_a_client() {
+        let bundle = format!("{}\n{}", ca_pem(), ca_pem());
+        assert!(trust_store(&bundle).is_ok());
+        assert!(client(&settings_with_ca(&bundle)).is_ok());
+    }
+
     #[test]
     fn debug_output_never_contains_the_secret() {
         let c = StaticCredentials {
@@ -295,7 +426,8 @@ mod tests {
             S3Settings {
                 region: "r".into(),
                 endpoint: None,
-                credentials: c
+                credentials: c,
+                ca_pem: None,
             }
         );
         assert!(s.contains("AKIAEXAMPLE"));

@@ -2,6 +2,7 @@
 //!
 //! - [`kube()`]: etcd + kube-apiserver (secure serving, RBAC, a generated kubeconfig),
 //! - [`minio()`]: a MinIO server (root credentials, fresh buckets, read-only principals),
+//! - [`minio_tls()`]: another one serving TLS only, with a certificate from a private CA,
 //! - [`gcs()`]: fake-gcs-server, the GCS emulator (fresh buckets).
 //!
 //! Each is started once per test binary, on first use, and shared: a test takes its own
@@ -22,7 +23,7 @@ mod process;
 pub use gcs::{GcsEnv, gcs};
 pub use kong_cp::{ClusterCerts, DataPlane, KongCp, Mtls};
 pub use kube::{KubeEnv, kube};
-pub use minio::{MinioEnv, ReadOnlyCredentials, minio};
+pub use minio::{MinioEnv, ReadOnlyCredentials, minio, minio_tls};
 pub use process::{Proc, binary, repo_root};
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,21 +1,30 @@
-//! A real MinIO server on loopback: the S3-compatible store of the tests.
+//! Real MinIO servers on loopback: the S3-compatible store of the tests, plain HTTP
+//! ([`minio`]) or TLS with a private CA ([`minio_tls`]).
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedHttpClient};
+use aws_smithy_http_client::tls;
+use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 use tokio::sync::OnceCell;
 
 use crate::process::{Proc, binary, free_port, run_dir, wait_until};
 
 pub const REGION: &str = "us-east-1";
 
-/// The shared MinIO server of this test binary.
+/// A shared MinIO server of this test binary.
 pub struct MinioEnv {
-    /// `http://127.0.0.1:<port>`: what `AWS_CONFIG_STORAGE_ENDPOINT` would hold.
+    /// `http://127.0.0.1:<port>` (or `https://` for [`minio_tls`]): what
+    /// `AWS_CONFIG_STORAGE_ENDPOINT` would hold.
     pub endpoint: String,
     pub root_user: String,
     pub root_password: String,
+    /// The PEM of the private CA that signed the server certificate ([`minio_tls`] only).
+    /// Nothing else trusts it: a client without it must refuse the server.
+    pub ca_pem: Option<String>,
+    /// The SDK's HTTPS client trusting `ca_pem`, for the helpers' own clients.
+    http: Option<SharedHttpClient>,
     proc: Proc,
 }
 
@@ -42,24 +51,72 @@ pub async fn minio() -> &'static MinioEnv {
     }
 }
 
+/// Starts a second MinIO on first use, serving TLS only, with a certificate for
+/// `127.0.0.1` signed by a private CA ([`MinioEnv::ca_pem`]), and returns it.
+pub async fn minio_tls() -> &'static MinioEnv {
+    // NB: kept on failure, as in [`minio`].
+    static ENV: OnceCell<Result<MinioEnv, String>> = OnceCell::const_new();
+    let env = ENV
+        .get_or_init(|| async { MinioEnv::start_tls().await.map_err(|e| format!("{e:#}")) })
+        .await;
+    match env {
+        Ok(env) => env,
+        Err(e) => panic!("testenv: cannot start the TLS MinIO: {e}"),
+    }
+}
+
+/// A private CA and a serving certificate for `127.0.0.1` it signed, as MinIO reads them
+/// from its `--certs-dir`: `public.crt` and `private.key`. Returns the CA's PEM.
+fn write_serving_certs(certs_dir: &std::path::Path) -> Result<String> {
+    let (ca_pem, issuer) = crate::pki::ca("kfo-testenv-minio-ca")?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "minio-tls");
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::create_dir_all(certs_dir)?;
+    std::fs::write(certs_dir.join("public.crt"), cert.pem())?;
+    std::fs::write(certs_dir.join("private.key"), key.serialize_pem())?;
+    Ok(ca_pem)
+}
+
 impl MinioEnv {
     async fn start() -> Result<MinioEnv> {
+        MinioEnv::launch("minio", None).await
+    }
+
+    async fn start_tls() -> Result<MinioEnv> {
+        let certs_dir = run_dir().join("minio-tls-certs");
+        let ca_pem = write_serving_certs(&certs_dir)?;
+        MinioEnv::launch("minio-tls", Some((certs_dir, ca_pem))).await
+    }
+
+    /// Starts MinIO as `name`, serving TLS from `tls`'s certs dir when given.
+    async fn launch(name: &str, tls: Option<(std::path::PathBuf, String)>) -> Result<MinioEnv> {
         let bin = tokio::task::spawn_blocking(|| binary("minio")).await??;
-        let dir = run_dir().join("minio");
+        let dir = run_dir().join(name);
         std::fs::create_dir_all(&dir)?;
         let (port, console) = (free_port()?, free_port()?);
         let root_user = "kfo-root".to_owned();
         let root_password = format!("kfo-{}", crate::kube::random_suffix());
+        let mut args = vec![
+            "server".into(),
+            "--quiet".into(),
+            format!("--address=127.0.0.1:{port}"),
+            format!("--console-address=127.0.0.1:{console}"),
+        ];
+        if let Some((certs_dir, _)) = &tls {
+            args.push(format!("--certs-dir={}", certs_dir.display()));
+        }
+        args.push(dir.display().to_string());
         let proc = Proc::start(
-            "minio",
+            name,
             &bin,
-            &[
-                "server".into(),
-                "--quiet".into(),
-                format!("--address=127.0.0.1:{port}"),
-                format!("--console-address=127.0.0.1:{console}"),
-                dir.display().to_string(),
-            ],
+            &args,
             &[
                 ("MINIO_ROOT_USER", &root_user),
                 ("MINIO_ROOT_PASSWORD", &root_password),
@@ -68,24 +125,32 @@ impl MinioEnv {
                 ("MINIO_UPDATE", "off"),
             ],
         )?;
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{port}");
+        let mut http = reqwest::Client::builder();
+        if let Some((_, ca_pem)) = &tls {
+            http = http.tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes())?]);
+        }
+        let http = http.build()?;
         let ready = format!("{endpoint}/minio/health/ready");
         wait_until(&proc, Duration::from_secs(60), || async {
             matches!(http.get(&ready).send().await, Ok(r) if r.status().is_success())
         })
         .await?;
+        let ca_pem = tls.map(|(_, pem)| pem);
         Ok(MinioEnv {
             endpoint,
             root_user,
             root_password,
+            http: ca_pem.as_deref().map(https_client),
+            ca_pem,
             proc,
         })
     }
 
     /// An S3 client with the root credentials (path-style, like Kong).
     pub fn root_client(&self) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::Config::builder()
+        let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(REGION))
             .endpoint_url(&self.endpoint)
@@ -96,9 +161,11 @@ impl MinioEnv {
                 None,
                 None,
                 "testenv",
-            ))
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
+            ));
+        if let Some(http) = &self.http {
+            config = config.http_client(http.clone());
+        }
+        aws_sdk_s3::Client::from_conf(config.build())
     }
 
     /// The body of `bucket/key`, read with the root credentials; `None` if it is missing.
@@ -138,7 +205,7 @@ impl MinioEnv {
                 {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation"], "Resource": [format!("arn:aws:s3:::{bucket}")]}
             ]
         });
-        let config = aws_sdk_sts::Config::builder()
+        let mut config = aws_sdk_sts::Config::builder()
             .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
             .region(aws_sdk_sts::config::Region::new(REGION))
             .endpoint_url(&self.endpoint)
@@ -148,9 +215,11 @@ impl MinioEnv {
                 None,
                 None,
                 "testenv",
-            ))
-            .build();
-        let out = aws_sdk_sts::Client::from_conf(config)
+            ));
+        if let Some(http) = &self.http {
+            config = config.http_client(http.clone());
+        }
+        let out = aws_sdk_sts::Client::from_conf(config.build())
             .assume_role()
             .role_arn("arn:xxx:xxx:xxx:xxxx")
             .role_session_name("kfo-read-only")
@@ -176,4 +245,18 @@ impl MinioEnv {
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }
+}
+
+/// The SDK's rustls HTTPS client trusting `ca_pem` (which testenv generated, so it parses).
+fn https_client(ca_pem: &str) -> SharedHttpClient {
+    let context = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::empty().with_pem_certificate(ca_pem.as_bytes()))
+        .build()
+        .expect("a TLS context");
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https()
 }

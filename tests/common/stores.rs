@@ -17,14 +17,18 @@ pub fn minio_settings(env: &MinioEnv, secret: &str) -> S3Settings {
             secret_access_key: secret.to_owned(),
             session_token: None,
         },
+        ca_pem: None,
     }
 }
 
 /// The product's S3 store on `bucket` of the test MinIO, as its root user.
 pub fn minio_store(env: &MinioEnv, bucket: &str) -> Arc<dyn ObjectStore> {
-    Arc::new(S3Store::new(
-        &minio_settings(env, &env.root_password),
-        bucket,
-        PutExtras::default(),
-    ))
+    Arc::new(
+        S3Store::new(
+            &minio_settings(env, &env.root_password),
+            bucket,
+            PutExtras::default(),
+        )
+        .unwrap(),
+    )
 }

@@ -240,9 +240,10 @@ async fn wrong_write_credentials_are_reported_as_credentials_and_retried() {
             secret_access_key: ro.secret_access_key.clone(),
             session_token: Some(ro.session_token),
         },
+        ca_pem: None,
     };
     let store: Arc<dyn ObjectStore> =
-        Arc::new(S3Store::new(&settings, &bucket, PutExtras::default()));
+        Arc::new(S3Store::new(&settings, &bucket, PutExtras::default()).unwrap());
     let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
     let t = table(1);
     cp.push(&t, &hash(&t));
