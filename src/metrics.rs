@@ -320,7 +320,10 @@ impl Metrics {
                     .get_or_create(&with(error.kind.label()))
                     .inc();
             }
-            Report::Stored { .. } | Report::Received { .. } | Report::Refused { .. } => {}
+            Report::Stored { .. }
+            | Report::Received { .. }
+            | Report::Refused { .. }
+            | Report::Foreign { .. } => {}
             Report::Fenced { .. } => {
                 self.fenced.get_or_create(l).inc();
             }

@@ -316,6 +316,7 @@ impl Exporters {
                 version: version.clone(),
                 uploader: client.node_id.clone(),
                 writer: self.identity.clone(),
+                owner: format!("{}/{}", key.0, key.1),
                 plugins: Some(client.plugins.clone()),
                 min_interval: plan.min_interval,
                 history_limit: plan.history_limit,
@@ -535,6 +536,14 @@ pub fn apply(s: &mut VersionState, report: Report) {
             });
         }
         Report::Fenced { .. } => {}
+        Report::Foreign { owner, key } => {
+            s.export_error = Some((
+                "SharedPrefix".to_owned(),
+                format!(
+                    "{key} was written by policy {owner}: two policies (or clusters) share this storage prefix, and the operator does not overwrite the other's configuration; give each policy its own prefix"
+                ),
+            ));
+        }
     }
 }
 

@@ -217,6 +217,8 @@ pub async fn run(
     let epoch = Instant::now();
     let ms = move |i: Instant| i.duration_since(epoch).as_millis() as u64;
     let mut c = Candidate::new(e.identity.clone());
+    // The Lease object's UID, as last read: the epoch counts within it.
+    let mut lease_uid: Option<String> = None;
     // Lease changes wake a waiting candidate at once (a release hands over immediately).
     let (wake_tx, mut wake) = mpsc::channel::<()>(1);
     let watch_task = {
@@ -236,6 +238,7 @@ pub async fn run(
         match e.api.get_opt(&e.name).await {
             Ok(lease) => {
                 let resource_version = lease.as_ref().and_then(|l| l.resource_version());
+                lease_uid = lease.as_ref().and_then(|l| l.uid());
                 // NB: a change is observed when the read returns, as client-go records it:
                 // timed from before a slow read, a follower would count the holder's
                 // leaseDuration from too early and could take over while it still leads.
@@ -260,7 +263,14 @@ pub async fn run(
             }
             Err(err) => warn!(lease = %e.name, error = %err, "cannot read the Lease"),
         }
-        publish(&control, &c, &e.timings, epoch, &changed);
+        publish(
+            &control,
+            &c,
+            lease_uid.as_deref(),
+            &e.timings,
+            epoch,
+            &changed,
+        );
 
         // The holder renews every retryPeriod; a follower looks again as often (a watch
         // event wakes it earlier, so a release is taken over at once).
@@ -269,10 +279,13 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             Some(()) = wake.recv() => {}
             Some(fenced) = control.step_down.recv() => {
-                warn!(lease = %e.name, epoch = fenced, "a newer leader wrote the store: stepping down");
-                c.step_down();
-                publish(&control, &c, &e.timings, epoch, &changed);
-                // NB: do not renew at once: let the Lease say who leads now.
+                warn!(lease = %e.name, epoch = fenced, "a newer leader wrote the store: stepping down and releasing the Lease");
+                // NB: release, not just stop renewing: holding the Lease at an epoch the
+                // store has passed would keep this policy without a writer, with a status
+                // that says it leads. The next acquisition (any replica's) counts a new,
+                // higher epoch.
+                release(&e, &mut c, &mut control, &changed).await;
+                publish(&control, &c, lease_uid.as_deref(), &e.timings, epoch, &changed);
                 tokio::time::sleep(e.timings.retry_period).await;
             }
             _ = shutdown.changed() => break,
@@ -320,7 +333,14 @@ async fn release(e: &Elector, c: &mut Candidate, control: &mut GateControl, chan
     }
 }
 
-fn publish(control: &GateControl, c: &Candidate, t: &Timings, epoch: Instant, changed: &impl Fn()) {
+fn publish(
+    control: &GateControl,
+    c: &Candidate,
+    lease_uid: Option<&str>,
+    t: &Timings,
+    epoch: Instant,
+    changed: &impl Fn(),
+) {
     let r = c.record();
     let claim = Claim {
         holder: r.and_then(|r| r.holder.clone()),
@@ -329,6 +349,7 @@ fn publish(control: &GateControl, c: &Candidate, t: &Timings, epoch: Instant, ch
         leading_until: c
             .leading_until(t)
             .map(|until| epoch + Duration::from_millis(until)),
+        lease_uid: lease_uid.map(str::to_owned),
     };
     let before = control.claims.borrow().clone();
     // NB: a renewal moves leading_until only; that is not news for status.

@@ -51,6 +51,9 @@ pub struct Claim {
     /// Set while this replica leads: it may write until then (its last renewal plus the
     /// renew deadline, on this process's monotonic clock).
     pub leading_until: Option<Instant>,
+    /// The Lease object's UID: epochs compare only within one Lease (a Lease deleted and
+    /// created again starts over at 0).
+    pub lease_uid: Option<String>,
 }
 
 impl Claim {
@@ -62,6 +65,8 @@ impl Claim {
 /// The right to write, for one write: holds off a graceful release until dropped.
 pub struct Permit {
     pub epoch: i32,
+    /// The UID of the Lease the epoch counts in.
+    pub lease_uid: Option<String>,
     _inflight: OwnedRwLockReadGuard<()>,
 }
 
@@ -111,6 +116,7 @@ impl Gate {
             leading_until: Some(
                 Instant::now() + std::time::Duration::from_secs(100 * 365 * 86_400),
             ),
+            lease_uid: None,
         };
         // NB: the receiver keeps the last value after the sender is gone.
         let _ = control.claims.send(claim);
@@ -136,6 +142,7 @@ impl Gate {
         let guard = self.inflight.clone().try_read_owned().ok()?;
         Some(Permit {
             epoch: claim.epoch,
+            lease_uid: claim.lease_uid,
             _inflight: guard,
         })
     }
@@ -190,6 +197,7 @@ mod tests {
             epoch: 3,
             since: None,
             leading_until: Some(until),
+            lease_uid: None,
         };
         control
             .claims
@@ -217,6 +225,7 @@ mod tests {
             epoch: 1,
             since: None,
             leading_until: Some(until),
+            lease_uid: None,
         };
         let start = Instant::now();
         control

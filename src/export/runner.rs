@@ -25,6 +25,11 @@ pub const META_WRITER: &str = "writer";
 pub const META_CONFIG_HASH: &str = "config-hash";
 /// Object metadata with the writer's election epoch (the Lease's `leaseTransitions`).
 pub const META_EPOCH: &str = "fencing-epoch";
+/// Object metadata with the UID of the Lease the fencing epoch counts in.
+pub const META_LEASE: &str = "fencing-lease";
+/// Object metadata naming the policy that wrote (`namespace/name`): another policy (or
+/// cluster) writing the same prefix is a conflict to report, not a newer leader.
+pub const META_OWNER: &str = "fencing-owner";
 /// Object metadata with the control plane's `timestamp` of the stored configuration (epoch
 /// seconds): a writer never replaces a stored configuration with an older one.
 pub const META_CONFIG_TIMESTAMP: &str = "config-timestamp";
@@ -38,6 +43,8 @@ pub struct ExportTarget {
     pub uploader: String,
     /// Written as the `writer` metadata: this replica.
     pub writer: String,
+    /// Written as the `fencing-owner` metadata: the policy, `namespace/name`.
+    pub owner: String,
     /// The plugins announced to the control plane (what the data planes have): a
     /// configuration that configures any other is refused. `None`: not checked.
     pub plugins: Option<Vec<(String, String)>>,
@@ -86,6 +93,9 @@ pub enum Report {
     },
     /// A write was refused because a newer leader (`epoch`) wrote the object: stepped down.
     Fenced { mine: i32, epoch: i32 },
+    /// The stored object was written by another policy (or cluster) on the same prefix:
+    /// not overwritten; retried with backoff.
+    Foreign { owner: String, key: String },
 }
 
 /// Runs until `events` closes or `shutdown` fires: feeds snapshots into the decision
@@ -107,6 +117,7 @@ pub async fn run(
     // epoch (we just took the lead) re-reads before writing.
     let mut seen: Option<Option<String>> = None;
     let mut seen_epoch: Option<i32> = None;
+    let mut seen_lease: Option<String> = None;
     let mut conflicts = 0u32;
     // The epoch we were fenced at: no more writes until the Lease gives us a newer one.
     let mut fenced: Option<i32> = None;
@@ -137,9 +148,26 @@ pub async fn run(
                 if seen_epoch != Some(permit.epoch) || seen.is_none() {
                     match store.get(&key).await {
                         Ok(o) => {
+                            if let Fence::Foreign(owner) = fence(
+                                o.as_ref(),
+                                &target.owner,
+                                permit.lease_uid.as_deref(),
+                                permit.epoch,
+                            ) {
+                                let retry_in = exporter.failed(now_ms());
+                                warn!(key = %key, owner = %owner, ?retry_in, "another policy writes this prefix: not overwriting its configuration");
+                                let _ = reports
+                                    .send(Report::Foreign {
+                                        owner,
+                                        key: key.clone(),
+                                    })
+                                    .await;
+                                continue;
+                            }
                             adopt(&key, o.as_ref(), &mut exporter, &reports).await;
                             seen = Some(o.map(|o| o.info.version));
                             seen_epoch = Some(permit.epoch);
+                            seen_lease.clone_from(&permit.lease_uid);
                         }
                         Err(error) => {
                             let retry_in = exporter.failed(now_ms());
@@ -158,7 +186,7 @@ pub async fn run(
                 // the renew deadline, it ends leaseDuration - renewDeadline before another
                 // replica can take over (the store's own bound catches the rest).
                 let result = tokio::select! {
-                    r = write(&target, store.as_ref(), &key, &snapshot, permit.epoch, precondition) => r,
+                    r = write(&target, store.as_ref(), &key, &snapshot, (permit.epoch, permit.lease_uid.as_deref()), precondition) => r,
                     _ = gate.lapsed() => Err(StoreError {
                         kind: ErrorKind::Network,
                         op: "put",
@@ -193,10 +221,14 @@ pub async fn run(
                         received.insert(snapshot.hash.clone(), started);
                         match store.get(&key).await {
                             Ok(o) => {
-                                let theirs = o.as_ref().and_then(stored_epoch);
                                 let mine = seen_epoch.unwrap_or(0);
-                                if theirs.is_some_and(|e| e > mine) {
-                                    let theirs = theirs.unwrap_or(mine);
+                                let verdict =
+                                    fence(o.as_ref(), &target.owner, seen_lease.as_deref(), mine);
+                                if let Fence::Foreign(_) = verdict {
+                                    // NB: re-read under the next permit, which reports it.
+                                    seen = None;
+                                    seen_epoch = None;
+                                } else if let Fence::Newer(theirs) = verdict {
                                     warn!(key = %key, mine, theirs, "a newer leader wrote the configuration: stepping down");
                                     gate.step_down(mine);
                                     fenced = Some(mine);
@@ -312,6 +344,42 @@ fn stored_epoch(o: &Object) -> Option<i32> {
     o.metadata.get(META_EPOCH)?.parse().ok()
 }
 
+/// What the stored object says about writing over it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fence {
+    /// Ours to replace (conditionally on its version, as always).
+    Proceed,
+    /// A newer leader of our Lease wrote it at this epoch: step down.
+    Newer(i32),
+    /// Another policy or cluster wrote it: report, do not overwrite.
+    Foreign(String),
+}
+
+/// The fencing decision for the stored object `o`, for our policy `owner` writing at
+/// `mine` in the Lease `lease`. Epochs compare only within one Lease: a Lease deleted and
+/// created again (a policy replaced) counts from 0 again, and an older incarnation's
+/// higher epoch must not fence the new one forever. Objects without these metadata (older
+/// writers) compare by epoch alone. Pure.
+fn fence(o: Option<&Object>, owner: &str, lease: Option<&str>, mine: i32) -> Fence {
+    let Some(o) = o else {
+        return Fence::Proceed;
+    };
+    if let Some(theirs) = o.metadata.get(META_OWNER)
+        && theirs != owner
+    {
+        return Fence::Foreign(theirs.clone());
+    }
+    if let (Some(theirs), Some(ours)) = (o.metadata.get(META_LEASE), lease)
+        && theirs != ours
+    {
+        return Fence::Proceed;
+    }
+    match stored_epoch(o) {
+        Some(theirs) if theirs > mine => Fence::Newer(theirs),
+        _ => Fence::Proceed,
+    }
+}
+
 fn stored_timestamp(o: &Object) -> Option<f64> {
     o.metadata
         .get(META_CONFIG_TIMESTAMP)?
@@ -409,11 +477,15 @@ async fn write(
     store: &dyn ObjectStore,
     key: &str,
     s: &Snapshot,
-    epoch: i32,
+    (epoch, lease): (i32, Option<&str>),
     precondition: Precondition,
 ) -> Result<String, StoreError> {
     let mut metadata = metadata(target, s);
     metadata.insert(META_EPOCH.to_owned(), epoch.to_string());
+    metadata.insert(META_OWNER.to_owned(), target.owner.clone());
+    if let Some(lease) = lease {
+        metadata.insert(META_LEASE.to_owned(), lease.to_owned());
+    }
     store
         .put(PutObject {
             key: key.to_owned(),
@@ -502,6 +574,7 @@ mod tests {
             version: "3.6.1.4".into(),
             uploader: "kfo-0".into(),
             writer: "kfo-0_abc".into(),
+            owner: "kong/prod".into(),
             plugins: None,
             min_interval: Duration::ZERO,
             history_limit,
@@ -569,6 +642,7 @@ mod tests {
             version: "3.6.1.4".into(),
             uploader: "kfo-0".into(),
             writer: "kfo-0_abc".into(),
+            owner: "kong/prod".into(),
             plugins: None,
             min_interval: Duration::ZERO,
             history_limit: 0,
@@ -688,6 +762,7 @@ mod tests {
             version: "3.6.1.4".into(),
             uploader: "kfo-0".into(),
             writer: "kfo-0_abc".into(),
+            owner: "kong/prod".into(),
             plugins: Some(vec![("key-auth".to_owned(), "3.6.1".to_owned())]),
             min_interval: Duration::ZERO,
             history_limit: 0,
@@ -722,6 +797,181 @@ mod tests {
             }
         }
         assert_eq!(store.put_count(), 1);
+    }
+
+    fn stored_by(owner: &str, lease: &str, epoch: i32) -> Object {
+        Object {
+            info: crate::storage::ObjectInfo {
+                key: "k".into(),
+                size: 1,
+                last_modified: SystemTime::UNIX_EPOCH,
+                created: SystemTime::UNIX_EPOCH,
+                version: "v".into(),
+            },
+            body: bytes::Bytes::new(),
+            content_type: None,
+            metadata: BTreeMap::from([
+                (META_OWNER.to_owned(), owner.to_owned()),
+                (META_LEASE.to_owned(), lease.to_owned()),
+                (META_EPOCH.to_owned(), epoch.to_string()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn epochs_compare_only_within_one_lease_and_one_policy() {
+        let o = stored_by("kong/prod", "lease-1", 7);
+        assert_eq!(
+            fence(Some(&o), "kong/prod", Some("lease-1"), 5),
+            Fence::Newer(7)
+        );
+        assert_eq!(
+            fence(Some(&o), "kong/prod", Some("lease-1"), 7),
+            Fence::Proceed
+        );
+        // The Lease was deleted and created again (the policy replaced): epochs restart.
+        assert_eq!(
+            fence(Some(&o), "kong/prod", Some("lease-2"), 0),
+            Fence::Proceed
+        );
+        // Another policy (or cluster) on the same prefix.
+        assert_eq!(
+            fence(Some(&o), "edge/prod", Some("lease-1"), 9),
+            Fence::Foreign("kong/prod".into())
+        );
+        // Older writers without these metadata compare by epoch alone.
+        let mut legacy = o.clone();
+        legacy.metadata.remove(META_OWNER);
+        legacy.metadata.remove(META_LEASE);
+        assert_eq!(
+            fence(Some(&legacy), "kong/prod", Some("lease-2"), 0),
+            Fence::Newer(7)
+        );
+        assert_eq!(fence(None, "kong/prod", None, 0), Fence::Proceed);
+    }
+
+    #[tokio::test]
+    async fn a_configuration_another_policy_wrote_on_the_same_prefix_is_not_overwritten() {
+        let mut h = harness(0);
+        let mut theirs = stored_by("edge/other", "lease-x", 3);
+        theirs.body = bytes::Bytes::from_static(b"{}");
+        h.store
+            .put(PutObject {
+                key: "kong/3.6.1.4/config.json".into(),
+                body: theirs.body.clone(),
+                content_type: "application/json".into(),
+                metadata: theirs.metadata.clone(),
+                precondition: Precondition::None,
+            })
+            .await
+            .unwrap();
+        h.events.send(snapshot('a', GOOD)).await.unwrap();
+        let Report::Foreign { owner, key } = h.report().await else {
+            panic!()
+        };
+        assert_eq!(
+            (owner.as_str(), key.as_str()),
+            ("edge/other", "kong/3.6.1.4/config.json")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(h.store.put_count(), 1, "only theirs");
+    }
+
+    /// A store where, just before our first write, the previous incarnation of our Lease
+    /// (epoch 7) writes once more: our conditional write fails and we re-read its object.
+    struct Raced {
+        inner: Arc<MemoryStore>,
+        raced: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Raced {
+        fn bucket(&self) -> &str {
+            self.inner.bucket()
+        }
+        async fn put(&self, object: PutObject) -> Result<String, StoreError> {
+            if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let old = stored_by("kong/prod", "lease-old", 7);
+                self.inner
+                    .put(PutObject {
+                        key: object.key.clone(),
+                        body: bytes::Bytes::from_static(GOOD.as_bytes()),
+                        content_type: "application/json".into(),
+                        metadata: old.metadata,
+                        precondition: Precondition::None,
+                    })
+                    .await?;
+            }
+            self.inner.put(object).await
+        }
+        async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<crate::storage::ObjectInfo>, StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn touch(&self, key: &str) -> Result<bool, StoreError> {
+            self.inner.touch(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recreated_lease_is_not_fenced_by_its_previous_incarnations_epoch() {
+        let memory = Arc::new(MemoryStore::new("bkt"));
+        let store = Arc::new(Raced {
+            inner: memory.clone(),
+            raced: Default::default(),
+        });
+        let (gate, control) = Gate::new();
+        control
+            .claims
+            .send(crate::election::Claim {
+                holder: Some("me".into()),
+                epoch: 0,
+                since: None,
+                leading_until: Some(Instant::now() + Duration::from_secs(3600)),
+                lease_uid: Some("lease-new".into()),
+            })
+            .unwrap();
+        let (events, rx) = mpsc::channel(16);
+        let (tx, mut reports) = mpsc::channel(64);
+        let (_stop, stop_rx) = watch::channel(false);
+        let target = ExportTarget {
+            url: StorageUrl::parse("s3://bkt/kong").unwrap(),
+            version: "3.6.1.4".into(),
+            uploader: "kfo-0".into(),
+            writer: "kfo-0_abc".into(),
+            owner: "kong/prod".into(),
+            plugins: None,
+            min_interval: Duration::ZERO,
+            history_limit: 0,
+        };
+        tokio::spawn(run(target, store.clone(), rx, tx, gate, stop_rx));
+        let newer = GOOD.replace("\"s\"", "\"s2\"");
+        events.send(snapshot('b', &newer)).await.unwrap();
+        loop {
+            let r = tokio::time::timeout(Duration::from_secs(5), reports.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            match r {
+                Report::Exported { .. } => break,
+                Report::Fenced { .. } => panic!("fenced by another Lease's epoch"),
+                _ => {}
+            }
+        }
+        let o = memory
+            .get("kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.raced.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(o.metadata[META_LEASE], "lease-new");
+        assert_eq!(o.metadata[META_EPOCH], "0");
+        drop(control);
     }
 
     #[tokio::test]

@@ -51,6 +51,7 @@ impl Pipeline {
             version: version.to_owned(),
             uploader: "kfo-test-replica".into(),
             writer: "kfo-test-replica".into(),
+            owner: "kong/prod".into(),
             plugins: None,
             min_interval,
             history_limit: 3,

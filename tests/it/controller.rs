@@ -614,11 +614,13 @@ mod operator_mode {
             (condition(&api.get("prod").await.ok()?, "Ready")?.0 == "True").then_some(())
         })
         .await;
-        let reasons = crate::cluster::event_reasons(&client, &ns).await;
-        assert!(
-            reasons.contains(&"Credentials".to_owned()) && reasons.contains(&"Exported".to_owned()),
-            "{reasons:?}"
-        );
+        // NB: the Events of a reconcile follow its status write: wait for them.
+        let reasons = until("the Exported Event", async || {
+            let reasons = crate::cluster::event_reasons(&client, &ns).await;
+            reasons.contains(&"Exported".to_owned()).then_some(reasons)
+        })
+        .await;
+        assert!(reasons.contains(&"Credentials".to_owned()), "{reasons:?}");
         running.abort();
     }
 }

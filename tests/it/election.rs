@@ -211,7 +211,53 @@ fn leading(epoch: i32) -> Claim {
         epoch,
         since: None,
         leading_until: Some(Instant::now() + Duration::from_secs(3600)),
+        lease_uid: None,
     }
+}
+
+/// A leader whose write found a newer epoch in the store steps down by releasing its Lease:
+/// holding it at an epoch the store has passed would leave the policy without a writer.
+/// The next acquisition counts a new, higher epoch.
+#[tokio::test]
+async fn a_fenced_leader_releases_its_lease_and_the_next_lead_has_a_higher_epoch() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kong_fallback_operator::election::lease::{self, Elector};
+    let env = kfo_testenv::kube().await;
+    let client = env.client().await.unwrap();
+    let ns = env.namespace("fenced-release").await.unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &ns);
+    let elector = Elector {
+        api: api.clone(),
+        name: "prod".into(),
+        identity: "kfo-a_123456".into(),
+        timings: lease::Timings {
+            lease_duration: Duration::from_secs(4),
+            renew_deadline: Duration::from_secs(3),
+            retry_period: Duration::from_secs(1),
+        },
+        owner: None,
+    };
+    let (gate, control) = Gate::new();
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(lease::run(elector, control, || {}, stop_rx));
+    let leading = crate::wait::until("leading", async || {
+        let c = gate.claim();
+        (c.leading(Instant::now()) && c.lease_uid.is_some()).then_some(c)
+    })
+    .await;
+    gate.step_down(leading.epoch);
+    let after = crate::wait::until("a new epoch after the release", async || {
+        let c = gate.claim();
+        (c.leading(Instant::now()) && c.epoch > leading.epoch).then_some(c)
+    })
+    .await;
+    let lease = api.get("prod").await.unwrap();
+    assert_eq!(
+        lease.spec.unwrap().lease_transitions,
+        Some(after.epoch),
+        "the Lease counts the new epoch"
+    );
+    assert_eq!(after.lease_uid, leading.lease_uid, "the same Lease object");
 }
 
 /// `exporter.standby: Cold`: only the leader holds a control-plane session; after the
@@ -261,6 +307,7 @@ async fn a_stale_leader_is_fenced(store: Arc<dyn ObjectStore>, bucket: &str, url
         version: "3.6.1.4".into(),
         uploader: uploader.into(),
         writer: uploader.into(),
+        owner: "kong/prod".into(),
         plugins: None,
         min_interval: Duration::ZERO,
         history_limit: 0,
