@@ -176,7 +176,13 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         pod_writer,
         watcher::watcher(pods_api, watcher::Config::default().any_semantic()).default_backoff(),
     );
-    let (policies, secrets): (Api<FallbackConfigPolicy>, Api<Secret>) = match &namespace {
+    // NB: Secrets are watched as metadata only: a change re-triggers the policies that name
+    // the Secret, which then read just those Secrets. No other Secret's value ever reaches
+    // this process.
+    let (policies, secrets): (
+        Api<FallbackConfigPolicy>,
+        Api<kube::core::PartialObjectMeta<Secret>>,
+    ) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -282,11 +288,13 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         })
     };
     // A Secret a policy references re-triggers it, so a fixed Secret clears the error at once.
+    let secret_events = watcher::watcher(secrets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
     controller
-        .watches(
-            secrets,
-            watcher::Config::default().any_semantic(),
-            move |secret: Secret| {
+        .watches_stream(
+            secret_events,
+            move |secret: kube::core::PartialObjectMeta<Secret>| {
                 let ns = secret.namespace().unwrap_or_default();
                 let name = secret.name_any();
                 by_secret

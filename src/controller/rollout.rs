@@ -169,6 +169,36 @@ impl Rollouts {
         names: &[String],
         conditions: &Conditions<'_>,
     ) -> Result<Vec<(Workload, Outcome)>, kube::Error> {
+        match self
+            .restart_inner(client, policy, pods, names, conditions)
+            .await
+        {
+            // NB: the chart grants rollouts only with rbac.rollout=true: say so, once.
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                let why = format!(
+                    "the operator may not restart workloads ({}): install it with the chart value rbac.rollout=true, or restart the pods yourself",
+                    e.message
+                );
+                let w: Workload = ("Workloads".into(), String::new(), "of this policy".into());
+                let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                if held.get(&w) == Some(&why) {
+                    return Ok(Vec::new());
+                }
+                held.insert(w.clone(), why.clone());
+                Ok(vec![(w, Outcome::Held(why))])
+            }
+            other => other,
+        }
+    }
+
+    async fn restart_inner(
+        &self,
+        client: &Client,
+        policy: &FallbackConfigPolicy,
+        pods: &[Arc<PartialObjectMeta<Pod>>],
+        names: &[String],
+        conditions: &Conditions<'_>,
+    ) -> Result<Vec<(Workload, Outcome)>, kube::Error> {
         // One pod per workload: the one the injection dry run looks at.
         let mut workloads: BTreeMap<Workload, String> = BTreeMap::new();
         for pod in pods.iter().filter(|p| names.contains(&p.name_any())) {

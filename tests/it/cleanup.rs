@@ -185,6 +185,27 @@ async fn cleanup_releases_the_policies_an_operator_left_so_their_namespace_can_g
         .create(&pp, &pod)
         .await
         .unwrap();
+    // What the chart grants in its own namespace (`<release>-self`): patch of the operator's
+    // own Deployment, by name, here for this stand-in.
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "kfo-self"},
+        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["kfo"], "verbs": ["patch"]}]
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), &op_ns)
+        .create(&pp, &role)
+        .await
+        .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "kfo-self"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kfo-self"},
+        "subjects": [{"kind": "ServiceAccount", "name": "kong-fallback-operator", "namespace": "kong-fallback-operator"}]
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), &op_ns)
+        .create(&pp, &binding)
+        .await
+        .unwrap();
 
     // With no operator, a deleted policy stays Terminating, and so does its namespace.
     policies

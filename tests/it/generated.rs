@@ -125,7 +125,7 @@ fn a_typo_in_values_fails_at_install_and_cert_manager_is_an_option() {
     );
     assert!(rendered.contains("--webhook-cert-dir="));
     assert!(
-        !rendered.contains("kind: Role\n"),
+        !rendered.contains("resources: [\"secrets\"]\n    verbs: [\"create\"]"),
         "no Secret-writing Role with cert-manager"
     );
 

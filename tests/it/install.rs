@@ -35,7 +35,6 @@ const USED: &[(&str, &str, &str)] = &[
         "fallbackconfigpolicies/status",
         "patch",
     ), // status (SSA)
-    ("", "pods", "get"), // rollout: the injection dry run of one pod per workload
     ("", "pods", "list"), // pod report (metadata); cleanup waits for the operator's pods
     ("", "pods", "watch"),
     ("", "secrets", "get"),  // credentials, cluster certificate, webhook TLS
@@ -51,13 +50,7 @@ const USED: &[(&str, &str, &str)] = &[
     ("coordination.k8s.io", "leases", "delete"), // finalizer
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
-    ("apps", "replicasets", "get"), // rollout: a pod's Deployment
-    ("apps", "deployments", "get"), // rollout: the pacing annotation
-    ("apps", "statefulsets", "get"),
-    ("apps", "daemonsets", "get"),
-    ("apps", "deployments", "patch"), // rollout; cleanup --stop-deployment (replicas: 0)
-    ("apps", "statefulsets", "patch"),
-    ("apps", "daemonsets", "patch"),
+    ("apps", "deployments", "patch"), // cleanup --stop-deployment (its own, by name)
     (
         "admissionregistration.k8s.io",
         "mutatingwebhookconfigurations",
@@ -79,6 +72,69 @@ const USED: &[(&str, &str, &str)] = &[
         "delete",
     ), // cleanup --delete-webhook-configuration
 ];
+
+/// What `rbac.rollout=true` adds for `dataPlanes.rollout` (off by default).
+const USED_BY_ROLLOUT: &[(&str, &str, &str)] = &[
+    ("", "pods", "get"),            // the injection dry run of one pod per workload
+    ("apps", "replicasets", "get"), // a pod's Deployment
+    ("apps", "deployments", "get"), // the pacing annotation
+    ("apps", "statefulsets", "get"),
+    ("apps", "daemonsets", "get"),
+    ("apps", "deployments", "patch"), // the restart
+    ("apps", "statefulsets", "patch"),
+    ("apps", "daemonsets", "patch"),
+];
+
+/// The chart rendered with `--set rbac.rollout=true`.
+fn rendered_with_rollout() -> Vec<Value> {
+    let helm = kfo_testenv::binary("helm").unwrap();
+    let out = std::process::Command::new(&helm)
+        .args([
+            "template",
+            NS,
+            "charts/kong-fallback-operator",
+            "--namespace",
+            NS,
+            "--set",
+            "rbac.rollout=true",
+        ])
+        .current_dir(kfo_testenv::repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_norway::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// (group, resource, verb) of every Role and ClusterRole rule in `docs`.
+fn granted(docs: &[Value]) -> BTreeSet<(String, String, String)> {
+    let mut granted = BTreeSet::new();
+    for doc in docs {
+        if !matches!(doc["kind"].as_str(), Some("ClusterRole" | "Role")) {
+            continue;
+        }
+        for rule in doc["rules"].as_array().unwrap() {
+            for group in rule["apiGroups"].as_array().unwrap() {
+                for resource in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        granted.insert((
+                            group.as_str().unwrap().to_owned(),
+                            resource.as_str().unwrap().to_owned(),
+                            verb.as_str().unwrap().to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    granted
+}
 
 /// One install per test binary: the tests below (and `cleanup`'s) share it.
 static INSTALLED: Mutex<bool> = Mutex::const_new(false);
@@ -141,33 +197,28 @@ fn deploy_is_the_chart_rendered_with_default_values() {
 
 #[test]
 fn the_chart_grants_exactly_what_the_code_uses() {
-    let mut granted = BTreeSet::new();
-    for doc in documents() {
-        if !matches!(doc["kind"].as_str(), Some("ClusterRole" | "Role")) {
-            continue;
-        }
-        for rule in doc["rules"].as_array().unwrap() {
-            for group in rule["apiGroups"].as_array().unwrap() {
-                for resource in rule["resources"].as_array().unwrap() {
-                    for verb in rule["verbs"].as_array().unwrap() {
-                        granted.insert((
-                            group.as_str().unwrap().to_owned(),
-                            resource.as_str().unwrap().to_owned(),
-                            verb.as_str().unwrap().to_owned(),
-                        ));
-                    }
-                }
-            }
-        }
+    let as_set = |list: &[&[(&str, &str, &str)]]| -> BTreeSet<(String, String, String)> {
+        list.iter()
+            .flat_map(|l| l.iter())
+            .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    for (what, granted, used) in [
+        ("defaults", granted(&documents()), as_set(&[USED])),
+        (
+            "rbac.rollout=true",
+            granted(&rendered_with_rollout()),
+            as_set(&[USED, USED_BY_ROLLOUT]),
+        ),
+    ] {
+        let extra: Vec<_> = granted.difference(&used).collect();
+        let missing: Vec<_> = used.difference(&granted).collect();
+        assert!(extra.is_empty(), "{what}: granted but unused: {extra:?}");
+        assert!(
+            missing.is_empty(),
+            "{what}: used but not granted: {missing:?}"
+        );
     }
-    let used: BTreeSet<_> = USED
-        .iter()
-        .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
-        .collect();
-    let extra: Vec<_> = granted.difference(&used).collect();
-    let missing: Vec<_> = used.difference(&granted).collect();
-    assert!(extra.is_empty(), "granted but unused: {extra:?}");
-    assert!(missing.is_empty(), "used but not granted: {missing:?}");
 }
 
 #[test]
@@ -299,6 +350,31 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
             "--field-manager=install-test",
             "-f",
             path.to_str().unwrap(),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The policy asks for rollouts: grant them as `rbac.rollout=true` does (the ClusterRole
+    // of that rendering replaces the default one).
+    let with_rollout = rendered_with_rollout()
+        .into_iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .unwrap();
+    let path_rbac =
+        std::env::temp_dir().join(format!("kfo-install-rbac-{}.json", std::process::id()));
+    std::fs::write(&path_rbac, with_rollout.to_string()).unwrap();
+    let out = env
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=install-test",
+            "-f",
+            path_rbac.to_str().unwrap(),
         ])
         .await
         .unwrap();
