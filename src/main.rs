@@ -29,6 +29,14 @@ struct Cli {
     command: Command,
 }
 
+/// A size as a Kubernetes quantity (`64Mi`, `100M`, `1048576`).
+fn parse_size(s: &str) -> Result<usize, String> {
+    kong_fallback_operator::api::parse_quantity(s)
+        .filter(|n| *n > 0)
+        .map(|n| n as usize)
+        .ok_or_else(|| format!("{s:?} is not a positive size such as 64Mi"))
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller against the cluster of the current kubeconfig (or in-cluster).
@@ -42,6 +50,11 @@ enum Command {
         /// Where to serve /metrics, /healthz and /readyz (plain HTTP).
         #[arg(long, env = "KFO_HTTP_ADDR", default_value = "0.0.0.0:8080")]
         http_addr: SocketAddr,
+        /// The largest configuration (decompressed) any policy may make the operator hold,
+        /// whatever its `exporter.maxConfigSize` says (a quantity, e.g. 64Mi). Size the
+        /// memory limit at about three times this per exported version.
+        #[arg(long, env = "KFO_MAX_CONFIG_SIZE", default_value = "64Mi", value_parser = parse_size)]
+        max_config_size: usize,
         #[command(flatten)]
         webhook: WebhookArgs,
     },
@@ -218,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
             identity,
             namespace,
             http_addr,
+            max_config_size,
             webhook,
         } => {
             let client = kube::Client::try_default().await.context(
@@ -226,6 +240,7 @@ async fn main() -> anyhow::Result<()> {
             let settings = controller::Settings {
                 namespace,
                 webhook: webhook.settings(),
+                max_config_bytes: max_config_size,
                 ..controller::Settings::new(identity)
             };
             let listener = tokio::net::TcpListener::bind(http_addr)

@@ -312,7 +312,9 @@ pub struct Exporter {
     pub min_interval: Duration,
 
     /// The largest configuration (decompressed) the operator accepts from the control
-    /// plane, as a Kubernetes quantity. Larger ones are refused and reported.
+    /// plane, as a Kubernetes quantity. Larger ones are refused and reported. The operator's
+    /// own ceiling (`run --max-config-size`, the chart's `maxConfigSize`, default 64Mi)
+    /// applies when it is lower: a policy cannot make the operator hold more.
     #[serde(default = "default_max_config_size")]
     #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"))]
     pub max_config_size: String,

@@ -321,7 +321,9 @@ impl Exporters {
                 min_interval: plan.min_interval,
                 history_limit: plan.history_limit,
             };
-            let (ev_tx, ev_rx) = mpsc::channel(16);
+            // NB: one event in flight: with the runner's pending snapshot and the one being
+            // decoded, at most three configurations of a version are in memory.
+            let (ev_tx, ev_rx) = mpsc::channel(1);
             let (rep_tx, mut rep_rx) = mpsc::channel(64);
             match plan.standby {
                 crate::api::Standby::Warm => {

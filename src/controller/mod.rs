@@ -87,6 +87,8 @@ pub struct Settings {
     pub health: Arc<Health>,
     /// Serve the injection webhook from the policy cache.
     pub webhook: Option<crate::webhook::Settings>,
+    /// The operator-wide ceiling of a policy's `exporter.maxConfigSize` (bytes).
+    pub max_config_bytes: usize,
 }
 
 impl Settings {
@@ -98,9 +100,13 @@ impl Settings {
             metrics: Arc::default(),
             health: Arc::new(Health::new(&[CACHES_SYNCED])),
             webhook: None,
+            max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
         }
     }
 }
+
+/// The default of `run --max-config-size`: 64 MiB.
+pub const DEFAULT_MAX_CONFIG_BYTES: usize = 64 << 20;
 
 /// The readiness check the controller passes once its caches are synced.
 pub const CACHES_SYNCED: &str = "caches";
@@ -129,6 +135,8 @@ struct Context {
     secrets: crate::webhook::SharedSecretFacts,
     /// Whether this replica serves the webhook, and its readiness (for rollouts).
     webhook_enabled: bool,
+    /// The operator-wide ceiling of a configuration held in memory.
+    max_config_bytes: usize,
     health: Arc<Health>,
     identity: String,
     metrics: Arc<Metrics>,
@@ -161,6 +169,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         metrics,
         health,
         webhook,
+        max_config_bytes,
     } = settings;
     check_crd(&client).await?;
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
@@ -232,6 +241,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         rollouts: rollout::Rollouts::default(),
         secrets: Arc::default(),
         webhook_enabled: webhook.is_some(),
+        max_config_bytes,
         health: health.clone(),
         identity,
         metrics: metrics.clone(),
@@ -476,7 +486,7 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             stall_after: Duration::from(policy.spec.exporter.min_interval) + status::STALL_MARGIN,
             ..ExportView::default()
         };
-        match plan::build(&ctx.client, policy, &ctx.identity).await {
+        match plan::build(&ctx.client, policy, &ctx.identity, ctx.max_config_bytes).await {
             Ok((plan, notes)) => {
                 view.notes = notes;
                 if let Err(e) = ctx.exporters.ensure(&key, plan, &gate).await {

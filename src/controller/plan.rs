@@ -129,6 +129,16 @@ pub fn dp_plugins(
     out
 }
 
+/// A note when the policy's `maxConfigSize` is above the operator-wide ceiling. Pure.
+pub fn ceiling_note(max_config_size: &str, ceiling: usize) -> Option<String> {
+    (max_config_bytes(max_config_size) > ceiling).then(|| {
+        format!(
+            "spec.exporter.maxConfigSize {max_config_size} is above the operator's --max-config-size ({} MiB), which applies",
+            ceiling >> 20
+        )
+    })
+}
+
 /// The versions to export: explicit ones, else those of the pods; plus notes on pods
 /// whose version is unknown.
 pub fn versions(
@@ -382,6 +392,7 @@ pub async fn build(
     client: &Client,
     policy: &FallbackConfigPolicy,
     identity: &str,
+    ceiling: usize,
 ) -> Result<(Plan, Vec<String>), SetupError> {
     let ns = policy.namespace().unwrap_or_default();
     let spec = &policy.spec;
@@ -409,7 +420,7 @@ pub async fn build(
             })?
             .items
     };
-    let (versions, notes) = versions(
+    let (versions, mut notes) = versions(
         &spec.exporter.versions,
         &pods,
         spec.data_planes.container.as_deref(),
@@ -496,7 +507,7 @@ pub async fn build(
                 .as_deref()
                 .and_then(crate::api::parse_quantity)
                 .map_or(DEFAULT_MAX_FRAME, |n| n as usize),
-            max_config: max_config_bytes(&spec.exporter.max_config_size),
+            max_config: max_config_bytes(&spec.exporter.max_config_size).min(ceiling),
         },
         custom_plugins,
         dp_plugins,
@@ -507,6 +518,9 @@ pub async fn build(
         standby: spec.exporter.standby,
         policy_uid: policy.uid().unwrap_or_default(),
     };
+    if let Some(note) = ceiling_note(&spec.exporter.max_config_size, ceiling) {
+        notes.push(note);
+    }
     Ok((plan, notes))
 }
 
@@ -623,6 +637,13 @@ mod tests {
         let trusted = ["registry.example.com/platform/kong-gateway".to_owned()];
         let (v, _) = versions(&[], &pods, None, &trusted);
         assert_eq!(v, ["3.6.1.4"]);
+    }
+
+    #[test]
+    fn the_operator_wide_ceiling_caps_a_policys_max_config_size() {
+        assert_eq!(ceiling_note("64Mi", 64 << 20), None);
+        let note = ceiling_note("1Gi", 64 << 20).unwrap();
+        assert!(note.contains("1Gi") && note.contains("64 MiB"), "{note}");
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub async fn run(
                     continue;
                 };
                 if seen_epoch != Some(permit.epoch) || seen.is_none() {
-                    match store.get(&key).await {
+                    match store.head(&key).await {
                         Ok(o) => {
                             if let Fence::Foreign(owner) = fence(
                                 o.as_ref(),
@@ -219,7 +219,7 @@ pub async fn run(
                         // Someone else wrote: a newer leader (step down) or not (re-read, retry).
                         conflicts += 1;
                         received.insert(snapshot.hash.clone(), started);
-                        match store.get(&key).await {
+                        match store.head(&key).await {
                             Ok(o) => {
                                 let mine = seen_epoch.unwrap_or(0);
                                 let verdict =

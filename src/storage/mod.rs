@@ -135,6 +135,14 @@ pub trait ObjectStore: Send + Sync {
     async fn put(&self, object: PutObject) -> Result<String, StoreError>;
     /// Reads an object; `None` when it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError>;
+    /// Reads an object's metadata without its body (an empty `body`); `None` when it does
+    /// not exist. The default reads the whole object: stores override it.
+    async fn head(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        Ok(self.get(key).await?.map(|o| Object {
+            body: Bytes::new(),
+            ..o
+        }))
+    }
     /// Lists objects under `prefix` (all pages), sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
     /// Marks an existing object as refreshed: its modification time (S3 `LastModified`, GCS
@@ -426,6 +434,10 @@ impl ObjectStore for Bounded {
     }
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         self.bound("get", key, self.timeouts.call, self.inner.get(key))
+            .await
+    }
+    async fn head(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        self.bound("head", key, self.timeouts.call, self.inner.head(key))
             .await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {

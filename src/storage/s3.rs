@@ -240,6 +240,39 @@ impl ObjectStore for S3Store {
         Ok(out.e_tag().unwrap_or_default().to_owned())
     }
 
+    async fn head(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let out = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => return Ok(None),
+            Err(e) => return Err(self.error("head", key, e)),
+        };
+        let last_modified = to_system_time(out.last_modified());
+        Ok(Some(Object {
+            info: ObjectInfo {
+                key: key.to_owned(),
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                last_modified,
+                created: last_modified,
+                version: out.e_tag().unwrap_or_default().to_owned(),
+            },
+            body: bytes::Bytes::new(),
+            content_type: out.content_type().map(str::to_owned),
+            metadata: out
+                .metadata()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        }))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let out = match self
             .client

@@ -226,6 +226,15 @@ async fn contract(store: &dyn ObjectStore, keeps_content_type: bool, creation_ti
     );
     assert_eq!(got.info.version, v1);
     assert_eq!(got.info.size, CONFIG.len() as u64);
+    // The metadata alone, without the body: what the exporter reads before each write.
+    let head = store.head(key).await.unwrap().unwrap();
+    assert!(head.body.is_empty());
+    assert_eq!(
+        (head.info.version.as_str(), head.info.size),
+        (v1.as_str(), CONFIG.len() as u64)
+    );
+    assert_eq!(head.metadata, got.metadata);
+    assert!(store.head("kong/none/config.json").await.unwrap().is_none());
 
     // A writer holding the current version wins once; the stale one is fenced off.
     let v2 = store
