@@ -55,6 +55,10 @@ enum Command {
         /// memory limit at about three times this per exported version.
         #[arg(long, env = "KFO_MAX_CONFIG_SIZE", default_value = "64Mi", value_parser = parse_size)]
         max_config_size: usize,
+        /// Namespaces whose policies may write with the operator's own cloud identity
+        /// (`writeCredentials.ambient: true`), comma-separated; `*` for all. Default: none.
+        #[arg(long, env = "KFO_AMBIENT_WRITE_NAMESPACES", value_delimiter = ',')]
+        ambient_write_namespaces: Vec<String>,
         #[command(flatten)]
         webhook: WebhookArgs,
     },
@@ -232,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
             namespace,
             http_addr,
             max_config_size,
+            ambient_write_namespaces,
             webhook,
         } => {
             let client = kube::Client::try_default().await.context(
@@ -241,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
                 namespace,
                 webhook: webhook.settings(),
                 max_config_bytes: max_config_size,
+                ambient_write_namespaces,
                 ..controller::Settings::new(identity)
             };
             let listener = tokio::net::TcpListener::bind(http_addr)

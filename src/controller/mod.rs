@@ -89,6 +89,9 @@ pub struct Settings {
     pub webhook: Option<crate::webhook::Settings>,
     /// The operator-wide ceiling of a policy's `exporter.maxConfigSize` (bytes).
     pub max_config_bytes: usize,
+    /// Namespaces whose policies may write with the operator's own cloud identity
+    /// (`writeCredentials.ambient`); `*` allows all.
+    pub ambient_write_namespaces: Vec<String>,
 }
 
 impl Settings {
@@ -101,6 +104,7 @@ impl Settings {
             health: Arc::new(Health::new(&[CACHES_SYNCED])),
             webhook: None,
             max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
+            ambient_write_namespaces: Vec::new(),
         }
     }
 }
@@ -137,6 +141,8 @@ struct Context {
     webhook_enabled: bool,
     /// The operator-wide ceiling of a configuration held in memory.
     max_config_bytes: usize,
+    /// Namespaces allowed `writeCredentials.ambient`.
+    ambient_write_namespaces: Vec<String>,
     health: Arc<Health>,
     identity: String,
     metrics: Arc<Metrics>,
@@ -170,6 +176,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         health,
         webhook,
         max_config_bytes,
+        ambient_write_namespaces,
     } = settings;
     check_crd(&client).await?;
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
@@ -242,6 +249,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         secrets: Arc::default(),
         webhook_enabled: webhook.is_some(),
         max_config_bytes,
+        ambient_write_namespaces,
         health: health.clone(),
         identity,
         metrics: metrics.clone(),
@@ -486,7 +494,15 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             stall_after: Duration::from(policy.spec.exporter.min_interval) + status::STALL_MARGIN,
             ..ExportView::default()
         };
-        match plan::build(&ctx.client, policy, &ctx.identity, ctx.max_config_bytes).await {
+        let built = match plan::ambient_write_allowed(
+            &policy.spec,
+            &namespace,
+            &ctx.ambient_write_namespaces,
+        ) {
+            Ok(()) => plan::build(&ctx.client, policy, &ctx.identity, ctx.max_config_bytes).await,
+            Err(e) => Err(e),
+        };
+        match built {
             Ok((plan, notes)) => {
                 view.notes = notes;
                 if let Err(e) = ctx.exporters.ensure(&key, plan, &gate).await {
@@ -524,7 +540,15 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        match backup::build(&ctx.client, policy, &secrets, &current).await {
+        let built = match plan::ambient_write_allowed(
+            &policy.spec,
+            &namespace,
+            &ctx.ambient_write_namespaces,
+        ) {
+            Ok(()) => backup::build(&ctx.client, policy, &secrets, &current).await,
+            Err(e) => Err(e),
+        };
+        match built {
             Ok(plan) => {
                 let chosen = plan.designation.clone();
                 if let Some(note) = plan.notes.first() {

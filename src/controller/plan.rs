@@ -129,6 +129,31 @@ pub fn dp_plugins(
     out
 }
 
+/// Refuses write credentials `ambient: true` (the operator's own cloud identity) for a
+/// policy outside `allowed` (`*` allows every namespace): ambient credentials would lend the
+/// operator's identity to anyone who may create a policy. Pure.
+pub fn ambient_write_allowed(
+    spec: &crate::api::FallbackConfigPolicySpec,
+    namespace: &str,
+    allowed: &[String],
+) -> Result<(), SetupError> {
+    let ambient = spec
+        .storage
+        .write_credentials
+        .as_ref()
+        .is_some_and(|c| c.ambient == Some(true));
+    if !ambient || allowed.iter().any(|a| a == "*" || a == namespace) {
+        return Ok(());
+    }
+    Err((
+        "AmbientNotAllowed".to_owned(),
+        format!(
+            "spec.storage.writeCredentials.ambient would write with the operator's own cloud identity, which this install allows only in namespaces {:?}: use a Secret, or add {namespace} to the chart value ambientWriteNamespaces (run --ambient-write-namespaces)",
+            allowed
+        ),
+    ))
+}
+
 /// A note when the policy's `maxConfigSize` is above the operator-wide ceiling. Pure.
 pub fn ceiling_note(max_config_size: &str, ceiling: usize) -> Option<String> {
     (max_config_bytes(max_config_size) > ceiling).then(|| {
@@ -637,6 +662,29 @@ mod tests {
         let trusted = ["registry.example.com/platform/kong-gateway".to_owned()];
         let (v, _) = versions(&[], &pods, None, &trusted);
         assert_eq!(v, ["3.6.1.4"]);
+    }
+
+    #[test]
+    fn ambient_writes_only_from_allowed_namespaces() {
+        let spec = |ambient: bool| -> crate::api::FallbackConfigPolicySpec {
+            let w = if ambient {
+                serde_json::json!({"ambient": true})
+            } else {
+                serde_json::json!({"secretName": "w"})
+            };
+            serde_json::from_value(serde_json::json!({
+                "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+                "storage": {"url": "gcs://b/kong", "readCredentials": {"ambient": true}, "writeCredentials": w},
+                "exporter": {"mode": "BackupPods"}
+            }))
+            .unwrap()
+        };
+        let e = ambient_write_allowed(&spec(true), "team-a", &[]).unwrap_err();
+        assert_eq!(e.0, "AmbientNotAllowed");
+        assert!(e.1.contains("team-a"), "{}", e.1);
+        assert!(ambient_write_allowed(&spec(true), "kong", &["kong".into()]).is_ok());
+        assert!(ambient_write_allowed(&spec(true), "any", &["*".into()]).is_ok());
+        assert!(ambient_write_allowed(&spec(false), "team-a", &[]).is_ok());
     }
 
     #[test]

@@ -87,6 +87,11 @@ const USED_BY_ROLLOUT: &[(&str, &str, &str)] = &[
 
 /// The chart rendered with `--set rbac.rollout=true`.
 fn rendered_with_rollout() -> Vec<Value> {
+    rendered_with(&["rbac.rollout=true"])
+}
+
+/// The chart rendered with `--set` of each of `values`.
+fn rendered_with(values: &[&str]) -> Vec<Value> {
     let helm = kfo_testenv::binary("helm").unwrap();
     let out = std::process::Command::new(&helm)
         .args([
@@ -95,9 +100,8 @@ fn rendered_with_rollout() -> Vec<Value> {
             "charts/kong-fallback-operator",
             "--namespace",
             NS,
-            "--set",
-            "rbac.rollout=true",
         ])
+        .args(values.iter().flat_map(|v| ["--set", v]))
         .current_dir(kfo_testenv::repo_root())
         .output()
         .unwrap();
@@ -210,6 +214,11 @@ fn the_chart_grants_exactly_what_the_code_uses() {
             granted(&rendered_with_rollout()),
             as_set(&[USED, USED_BY_ROLLOUT]),
         ),
+        (
+            "watchNamespace=kong",
+            granted(&rendered_with(&["watchNamespace=kong"])),
+            as_set(&[USED]),
+        ),
     ] {
         let extra: Vec<_> = granted.difference(&used).collect();
         let missing: Vec<_> = used.difference(&granted).collect();
@@ -219,6 +228,27 @@ fn the_chart_grants_exactly_what_the_code_uses() {
             "{what}: used but not granted: {missing:?}"
         );
     }
+    // With watchNamespace, no rule on a namespaced resource is cluster-wide: every Secret,
+    // pod and Lease right is a Role in that namespace.
+    let docs = rendered_with(&["watchNamespace=kong", "rbac.rollout=true"]);
+    let cluster_role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    let cluster_wide = granted(std::slice::from_ref(cluster_role));
+    assert!(
+        cluster_wide.iter().all(|(g, _, _)| matches!(
+            g.as_str(),
+            "apiextensions.k8s.io" | "admissionregistration.k8s.io"
+        )),
+        "{cluster_wide:?}"
+    );
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == "kong")
+        .expect("a Role in the watched namespace");
+    assert!(granted(std::slice::from_ref(role)).contains(&(
+        String::new(),
+        "secrets".to_owned(),
+        "get".to_owned()
+    )));
 }
 
 #[test]

@@ -54,3 +54,41 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
 {{- end -}}
+
+{{/*
+The rules on namespaced resources: in the ClusterRole, or with watchNamespace in a Role there.
+*/}}
+{{- define "kfo.namespacedRules" -}}
+- apiGroups: ["fallback.kong-dp.io"]
+  resources: ["fallbackconfigpolicies"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["fallback.kong-dp.io"]
+  resources: ["fallbackconfigpolicies/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if .Values.rbac.rollout }}
+# dataPlanes.rollout: find a pod's workload, dry-run the injection on one of its pods,
+# read and record the pacing annotation, restart it. Off unless a user wants rollouts.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get"]
+- apiGroups: ["apps"]
+  resources: ["replicasets"]
+  verbs: ["get"]
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "patch"]
+
+{{- end }}
+{{- end }}
