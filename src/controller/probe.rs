@@ -131,8 +131,9 @@ async fn probe(url: &StorageUrl, access: storage::Access, version: Option<&str>)
         Some(v) => {
             let key = url.config_key(v);
             // NB: this message stays until the next probe, so it says when, not "not
-            // exported yet" next to an Exporting condition that says otherwise.
-            store.get(&key).await.map(|o| match o {
+            // exported yet" next to an Exporting condition that says otherwise. HEAD, not
+            // GET: the same permission (s3:GetObject), without holding the configuration.
+            store.head(&key).await.map(|o| match o {
                 Some(_) => format!("the read credentials read {bucket}/{key}"),
                 None => format!(
                     "the read credentials reach {bucket}; {key} did not exist yet at the last check"

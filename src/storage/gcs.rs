@@ -315,6 +315,15 @@ impl ObjectStore for GcsStore {
         Ok(written.generation.to_string())
     }
 
+    async fn head(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        Ok(self.stat(key).await?.map(|meta| Object {
+            info: meta.info(),
+            body: Bytes::new(),
+            content_type: meta.content_type.clone(),
+            metadata: meta.metadata,
+        }))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let Some(meta) = self.stat(key).await? else {
             return Ok(None);
@@ -333,7 +342,10 @@ impl ObjectStore for GcsStore {
             Err(e) if e.http_status_code() == Some(404) => return Ok(None),
             Err(e) => return Err(self.client_error("get", key, &e)),
         };
-        let mut body = Vec::with_capacity(meta.info().size as usize);
+        // NB: the reported size only hints the first allocation, within bounds: a store
+        // (or an emulator) that reports a wrong size must not make us reserve it.
+        let hint = usize::try_from(meta.info().size).unwrap_or(usize::MAX);
+        let mut body = Vec::with_capacity(hint.min(16 << 20));
         while let Some(chunk) = resp.next().await {
             body.extend_from_slice(&chunk.map_err(|e| self.client_error("get", key, &e))?);
         }
