@@ -76,18 +76,7 @@ pub fn unknown_node_id(
         .backup
         .as_ref()
         .and_then(|b| b.container.as_deref());
-    let containers = pod.spec.as_ref().map_or(&[][..], |s| &s.containers[..]);
-    let Some(container) = (match wanted {
-        Some(name) => containers.iter().find(|c| c.name == name),
-        None => containers
-            .iter()
-            .find(|c| c.name == "proxy")
-            .or(if containers.len() == 1 {
-                containers.first()
-            } else {
-                None
-            }),
-    }) else {
+    let Some(container) = super::plan::kong_container(pod, wanted) else {
         return Some("it has no Kong container (set spec.backup.container)".into());
     };
     let from_uid = container
