@@ -564,12 +564,9 @@ mod tests {
         _stop: watch::Sender<bool>,
     }
 
-    fn harness(history_limit: usize) -> Harness {
-        let store = Arc::new(MemoryStore::new("bkt"));
-        let (events, rx) = mpsc::channel(16);
-        let (tx, reports) = mpsc::channel(64);
-        let (stop, stop_rx) = watch::channel(false);
-        let target = ExportTarget {
+    /// Version 3.6.1.4 of policy kong/prod under `s3://bkt/kong`, no minimum interval.
+    fn target(history_limit: usize) -> ExportTarget {
+        ExportTarget {
             url: StorageUrl::parse("s3://bkt/kong").unwrap(),
             version: "3.6.1.4".into(),
             uploader: "kfo-0".into(),
@@ -578,7 +575,15 @@ mod tests {
             plugins: None,
             min_interval: Duration::ZERO,
             history_limit,
-        };
+        }
+    }
+
+    fn harness(history_limit: usize) -> Harness {
+        let store = Arc::new(MemoryStore::new("bkt"));
+        let (events, rx) = mpsc::channel(16);
+        let (tx, reports) = mpsc::channel(64);
+        let (stop, stop_rx) = watch::channel(false);
+        let target = target(history_limit);
         tokio::spawn(run(target, store.clone(), rx, tx, Gate::always(), stop_rx));
         Harness {
             store,
@@ -637,16 +642,7 @@ mod tests {
         let (events, rx) = mpsc::channel(16);
         let (tx, _reports) = mpsc::channel(64);
         let (_stop, stop_rx) = watch::channel(false);
-        let target = ExportTarget {
-            url: StorageUrl::parse("s3://bkt/kong").unwrap(),
-            version: "3.6.1.4".into(),
-            uploader: "kfo-0".into(),
-            writer: "kfo-0_abc".into(),
-            owner: "kong/prod".into(),
-            plugins: None,
-            min_interval: Duration::ZERO,
-            history_limit: 0,
-        };
+        let target = target(0);
         // A follower: the gate never grants a permit.
         let (gate, _control) = Gate::new();
         let task = tokio::spawn(run(target, store.clone(), rx, tx, gate, stop_rx));
@@ -758,14 +754,8 @@ mod tests {
         let (tx, mut reports) = mpsc::channel(64);
         let (_stop, stop_rx) = watch::channel(false);
         let target = ExportTarget {
-            url: StorageUrl::parse("s3://bkt/kong").unwrap(),
-            version: "3.6.1.4".into(),
-            uploader: "kfo-0".into(),
-            writer: "kfo-0_abc".into(),
-            owner: "kong/prod".into(),
             plugins: Some(vec![("key-auth".to_owned(), "3.6.1".to_owned())]),
-            min_interval: Duration::ZERO,
-            history_limit: 0,
+            ..target(0)
         };
         tokio::spawn(run(target, store.clone(), rx, tx, Gate::always(), stop_rx));
         let with_acl = r#"{"_format_version":"3.0","services":[{"id":"s"}],"plugins":[{"name":"key-auth"},{"name":"acl"}]}"#;
@@ -939,16 +929,7 @@ mod tests {
         let (events, rx) = mpsc::channel(16);
         let (tx, mut reports) = mpsc::channel(64);
         let (_stop, stop_rx) = watch::channel(false);
-        let target = ExportTarget {
-            url: StorageUrl::parse("s3://bkt/kong").unwrap(),
-            version: "3.6.1.4".into(),
-            uploader: "kfo-0".into(),
-            writer: "kfo-0_abc".into(),
-            owner: "kong/prod".into(),
-            plugins: None,
-            min_interval: Duration::ZERO,
-            history_limit: 0,
-        };
+        let target = target(0);
         tokio::spawn(run(target, store.clone(), rx, tx, gate, stop_rx));
         let newer = GOOD.replace("\"s\"", "\"s2\"");
         events.send(snapshot('b', &newer)).await.unwrap();

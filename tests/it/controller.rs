@@ -625,6 +625,40 @@ mod operator_mode {
     }
 }
 
+/// A policy with `dataPlanes.rollout: true` and nothing else to do.
+fn rollout_policy() -> FallbackConfigPolicy {
+    crate::cluster::policy(
+        "prod",
+        json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}, "rollout": true},
+            "storage": {"url": "gcs://fallback/kong", "readCredentials": {"ambient": true}},
+            "exporter": {"mode": "None"}
+        }),
+    )
+}
+
+/// The first Event in `ns` with `reason`, waited for.
+async fn event_with_reason(client: &kube::Client, ns: &str, reason: &str) -> Event {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    until(&format!("a {reason} event"), async || {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+    })
+    .await
+}
+
+/// Whether the Deployment's pod template carries `kubectl rollout restart`'s annotation.
+fn restarted(d: &k8s_openapi::api::apps::v1::Deployment) -> bool {
+    d.spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
+}
+
 /// A restart cannot help while nothing would inject the new pods: the rollout is held,
 /// and the Event says what it waits for; the workload is left alone.
 #[tokio::test]
@@ -636,28 +670,14 @@ async fn a_rollout_that_cannot_inject_is_held_and_said_not_done() {
     let pp = PostParams::default();
     let deployments = crate::cluster::deployment_with_a_pod(&client, &ns).await;
 
-    let policy: FallbackConfigPolicy = crate::cluster::policy(
-        "prod",
-        json!({
-            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}, "rollout": true},
-            "storage": {"url": "gcs://fallback/kong", "readCredentials": {"ambient": true}},
-            "exporter": {"mode": "None"}
-        }),
-    );
+    let policy = rollout_policy();
     Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
         .create(&pp, &policy)
         .await
         .unwrap();
     // No webhook in this replica.
     let running = crate::cluster::run_controller(&client, &ns, "kfo-rollout-test");
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let event = until("a RolloutHeld event", async || {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("RolloutHeld"))
-    })
-    .await;
+    let event = event_with_reason(&client, &ns, "RolloutHeld").await;
     let message = event.message.unwrap_or_default();
     assert!(
         message.contains("Deployment kong-dp") && message.contains("webhook"),
@@ -665,13 +685,7 @@ async fn a_rollout_that_cannot_inject_is_held_and_said_not_done() {
     );
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     let d = deployments.get("kong-dp").await.unwrap();
-    let restarted = d
-        .spec
-        .template
-        .metadata
-        .and_then(|m| m.annotations)
-        .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"));
-    assert!(!restarted, "a restart that cannot inject was done");
+    assert!(!restarted(&d), "a restart that cannot inject was done");
     running.abort();
 }
 
@@ -686,14 +700,7 @@ async fn a_rollout_gives_up_after_the_cap_recorded_on_the_workload() {
     let ns = env.namespace("rollout-cap").await.unwrap();
     let pp = PostParams::default();
     let deployments = crate::cluster::deployment_with_a_pod(&client, &ns).await;
-    let policy: FallbackConfigPolicy = crate::cluster::policy(
-        "prod",
-        json!({
-            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}, "rollout": true},
-            "storage": {"url": "gcs://fallback/kong", "readCredentials": {"ambient": true}},
-            "exporter": {"mode": "None"}
-        }),
-    );
+    let policy = rollout_policy();
     let created = Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
         .create(&pp, &policy)
         .await
@@ -729,14 +736,7 @@ async fn a_rollout_gives_up_after_the_cap_recorded_on_the_workload() {
         ..controller::Settings::new("kfo-rollout-cap-test")
     };
     let running = tokio::spawn(controller::run(client.clone(), settings));
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let event = until("a RolloutGaveUp event", async || {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("RolloutGaveUp"))
-    })
-    .await;
+    let event = event_with_reason(&client, &ns, "RolloutGaveUp").await;
     let message = event.message.unwrap_or_default();
     assert!(message.contains("restarted 3 times"), "{message}");
     let d = deployments.get("kong-dp").await.unwrap();
@@ -744,13 +744,7 @@ async fn a_rollout_gives_up_after_the_cap_recorded_on_the_workload() {
     let recorded: serde_json::Value =
         serde_json::from_str(&annotations["fallback.kong-dp.io/rollout"]).unwrap();
     assert_eq!(recorded["gaveUp"], true, "{recorded}");
-    let restarted = d
-        .spec
-        .template
-        .metadata
-        .and_then(|m| m.annotations)
-        .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"));
-    assert!(!restarted, "restarted past the cap");
+    assert!(!restarted(&d), "restarted past the cap");
     running.abort();
     Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
         client.clone(),

@@ -279,6 +279,27 @@ fn the_deployment_runs_restricted() {
     );
 }
 
+/// `kubectl apply --server-side` of `path` as the install's field manager, as a chart
+/// (re-)apply or a GitOps sync does.
+async fn apply_as_install(env: &kfo_testenv::KubeEnv, path: &std::path::Path) {
+    let out = env
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=install-test",
+            "-f",
+            path.to_str().unwrap(),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn the_operator_as_the_charts_service_account_does_everything() {
     install().await;
@@ -372,22 +393,7 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
     mwc["webhooks"][0]["clientConfig"] = json!({"url": url});
     let path = std::env::temp_dir().join(format!("kfo-install-mwc-{}.json", std::process::id()));
     std::fs::write(&path, mwc.to_string()).unwrap();
-    let out = env
-        .kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=install-test",
-            "-f",
-            path.to_str().unwrap(),
-        ])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_as_install(env, &path).await;
     // The policy asks for rollouts: grant them as `rbac.rollout=true` does (the ClusterRole
     // of that rendering replaces the default one).
     let with_rollout = rendered_with_rollout()
@@ -397,22 +403,7 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
     let path_rbac =
         std::env::temp_dir().join(format!("kfo-install-rbac-{}.json", std::process::id()));
     std::fs::write(&path_rbac, with_rollout.to_string()).unwrap();
-    let out = env
-        .kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=install-test",
-            "-f",
-            path_rbac.to_str().unwrap(),
-        ])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_as_install(env, &path_rbac).await;
     let health = settings.health.clone();
     let running = tokio::spawn(controller::run(as_sa, settings));
 
@@ -456,22 +447,7 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
     assert!(injected, "a new pod was injected");
     // A `helm upgrade` / GitOps sync puts the chart's inert registration back (here as the
     // install's field manager): the operator restores it and injection comes back.
-    let out = env
-        .kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=install-test",
-            "-f",
-            path.to_str().unwrap(),
-        ])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_as_install(env, &path).await;
     let mwcs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
         Api::all(admin.clone());
     let expression =
