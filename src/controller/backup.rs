@@ -105,6 +105,32 @@ pub struct Designation {
     pub unusable: Vec<(String, String)>,
 }
 
+impl Designation {
+    /// What the `Leading` condition says of it: a problem (versions that no usable backup pod
+    /// runs get no registration: Kong's own election decides there) or a note (pods whose
+    /// node id is unknown, when every version is covered). Pure.
+    pub fn verdict(&self) -> (Option<SetupError>, Option<String>) {
+        if !self.uncovered.is_empty() {
+            let mut message = format!(
+                "no Ready backup pod with a known Kong node id runs Kong {}: those versions get no registration (Kong's own election decides there)",
+                self.uncovered.join(", ")
+            );
+            if !self.unusable.is_empty() {
+                message.push_str(&format!("; {}", describe_unusable(&self.unusable)));
+            }
+            return (Some(("VersionsWithoutBackupPod".into(), message)), None);
+        }
+        if self.unusable.is_empty() {
+            return (None, None);
+        }
+        let note = format!(
+            "backup pods not designated because their Kong node id is not known: {}",
+            describe_unusable(&self.unusable)
+        );
+        (None, Some(note))
+    }
+}
+
 /// Designates, for each version (`versions`, else every version the Ready backup pods run),
 /// one Ready backup pod of that version whose node id is known: `current[version]` while
 /// it stays so, else the oldest (then by name), the same on every replica. Pure.

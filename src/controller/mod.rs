@@ -605,26 +605,10 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             .unwrap_or_default(),
     });
     let mut leader_note: Option<String> = None;
-    // Versions no usable backup pod runs get no registration: Kong's own election runs
-    // there, and the status says so; pods whose node id is unknown are named.
     if backup_problem.is_none()
         && let Some(d) = &designation
     {
-        if !d.uncovered.is_empty() {
-            let mut message = format!(
-                "no Ready backup pod with a known Kong node id runs Kong {}: those versions get no registration (Kong's own election decides there)",
-                d.uncovered.join(", ")
-            );
-            if !d.unusable.is_empty() {
-                message.push_str(&format!("; {}", backup::describe_unusable(&d.unusable)));
-            }
-            backup_problem = Some(("VersionsWithoutBackupPod".into(), message));
-        } else if !d.unusable.is_empty() {
-            leader_note = Some(format!(
-                "backup pods not designated because their Kong node id is not known: {}",
-                backup::describe_unusable(&d.unusable)
-            ));
-        }
+        (backup_problem, leader_note) = d.verdict();
     }
     status::set_leader(
         &mut desired,
