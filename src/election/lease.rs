@@ -235,16 +235,10 @@ pub async fn run(
     };
     loop {
         let started = Instant::now();
-        match e.api.get_opt(&e.name).await {
-            Ok(lease) => {
+        match observe_read(&mut c, e.api.get_opt(&e.name), || ms(Instant::now())).await {
+            Ok((lease, read)) => {
                 let resource_version = lease.as_ref().and_then(|l| l.resource_version());
                 lease_uid = lease.as_ref().and_then(|l| l.uid());
-                // NB: a change is observed when the read returns, as client-go records it:
-                // timed from before a slow read, a follower would count the holder's
-                // leaseDuration from too early and could take over while it still leads.
-                // Our own renewals stay timed from before the write (the safe side).
-                let read = ms(Instant::now());
-                c.observe(lease.as_ref().map(Record::from_lease), read);
                 let step = c.decide(read);
                 if step != Step::Wait {
                     let desired = c.desired(&step, &e.timings, Timestamp::now());
@@ -293,6 +287,24 @@ pub async fn run(
     }
     watch_task.abort();
     release(&e, &mut c, &mut control, &changed).await;
+}
+
+/// Awaits `read` and records what it returned in `c`, timed by `now_ms` when the read
+/// *returns*; gives the Lease and that time.
+///
+/// NB: as client-go records it (`observedTime` is set after the GET). Timed from before a
+/// slow read, a follower would count the holder's leaseDuration from before the renewal it
+/// is reading, and could take over while the holder still leads. Our own renewals stay
+/// timed from before the write (the safe side).
+async fn observe_read<E>(
+    c: &mut Candidate,
+    read: impl std::future::Future<Output = Result<Option<Lease>, E>>,
+    now_ms: impl Fn() -> u64,
+) -> Result<(Option<Lease>, u64), E> {
+    let lease = read.await?;
+    let at = now_ms();
+    c.observe(lease.as_ref().map(Record::from_lease), at);
+    Ok((lease, at))
 }
 
 async fn release(e: &Elector, c: &mut Candidate, control: &mut GateControl, changed: &impl Fn()) {
@@ -443,6 +455,28 @@ mod tests {
         assert_eq!(c.decide(16_001), Step::Wait);
         let r = c.desired(&Step::Acquire, &t(), Timestamp::UNIX_EPOCH);
         assert_eq!(r.transitions, 5, "taking over is a new epoch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_read_counts_the_holders_lease_from_when_it_returned() {
+        // A renewal read through a slow apiserver (3 s) must count the holder's 15 s from
+        // when the read returned: timed from when it started, a follower would take over
+        // 3 s early, while the holder may still lead.
+        let zero = tokio::time::Instant::now();
+        let clock = || zero.elapsed().as_millis() as u64;
+        let lease = Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(held_by("b", 4).spec()),
+        };
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, ()>(Some(lease))
+        };
+        let mut c = Candidate::new("a");
+        let (_, read) = observe_read(&mut c, slow, clock).await.unwrap();
+        assert_eq!(read, 3_000, "stamped when the read returned");
+        assert_eq!(c.decide(17_999), Step::Wait, "15 s from the read's return");
+        assert_eq!(c.decide(18_000), Step::Acquire);
     }
 
     #[test]
