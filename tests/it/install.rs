@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use kfo_testenv::{KongCp, Mtls, kube, minio};
 use kong_fallback_operator::api::FallbackConfigPolicy;
 use kong_fallback_operator::controller;
@@ -394,16 +394,6 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
     let path = std::env::temp_dir().join(format!("kfo-install-mwc-{}.json", std::process::id()));
     std::fs::write(&path, mwc.to_string()).unwrap();
     apply_as_install(env, &path).await;
-    // The policy asks for rollouts: grant them as `rbac.rollout=true` does (the ClusterRole
-    // of that rendering replaces the default one).
-    let with_rollout = rendered_with_rollout()
-        .into_iter()
-        .find(|d| d["kind"] == "ClusterRole")
-        .unwrap();
-    let path_rbac =
-        std::env::temp_dir().join(format!("kfo-install-rbac-{}.json", std::process::id()));
-    std::fs::write(&path_rbac, with_rollout.to_string()).unwrap();
-    apply_as_install(env, &path_rbac).await;
     let health = settings.health.clone();
     let running = tokio::spawn(controller::run(as_sa, settings));
 
@@ -486,6 +476,42 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
             .contains_key(kong_fallback_operator::inject::ANNOTATION),
         "a pod created after the chart re-apply was injected"
     );
+    // The policy asks for rollouts, but the default install may not restart workloads:
+    // the rollout is held with a Warning that names the chart value, and nothing restarts.
+    let held = until("a RolloutHeld Event naming rbac.rollout", async || {
+        let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("RolloutHeld")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("rbac.rollout=true"))
+        })
+    })
+    .await;
+    assert_eq!(held.type_.as_deref(), Some("Warning"));
+    assert!(
+        deployments
+            .get("kong-dp")
+            .await
+            .unwrap()
+            .spec
+            .template
+            .metadata
+            .and_then(|m| m.annotations)
+            .is_none_or(|a| !a.contains_key("kubectl.kubernetes.io/restartedAt")),
+        "restarted without the rollout grant"
+    );
+    // Grant rollouts as `rbac.rollout=true` does (the ClusterRole of that rendering
+    // replaces the default one).
+    let with_rollout = rendered_with_rollout()
+        .into_iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .unwrap();
+    let path_rbac =
+        std::env::temp_dir().join(format!("kfo-install-rbac-{}.json", std::process::id()));
+    std::fs::write(&path_rbac, with_rollout.to_string()).unwrap();
+    apply_as_install(env, &path_rbac).await;
     // The rollout: the old pod's Deployment is restarted.
     until("the Deployment restarted", async || {
         deployments
