@@ -79,6 +79,10 @@ enum Command {
         /// Use no GCS credentials (emulators only).
         #[arg(long)]
         gcs_anonymous: bool,
+        /// The largest object to read (a quantity, e.g. 64Mi): a larger one is reported
+        /// and not read, whatever size the store says it has.
+        #[arg(long, default_value = "1Gi", value_parser = parse_size)]
+        max_size: usize,
     },
     /// Before uninstalling: for every policy, remove the operator's registrations from the
     /// store, delete its Lease and remove its finalizer, so that policies and their
@@ -288,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
             storage: url,
             endpoint,
             gcs_anonymous,
+            max_size,
         } => {
             let version: KongVersion = version.parse()?;
             let url = StorageUrl::parse(&url)?;
@@ -298,7 +303,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::msg)?;
             let key = url.config_key(&version.to_string());
-            let object = store.get(&key).await?;
+            let object = store.get_at_most(&key, max_size as u64).await?;
             let report = doctor::diagnose(
                 &key,
                 &version.to_string(),

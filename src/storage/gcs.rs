@@ -21,7 +21,8 @@ use google_cloud_storage::client::Storage;
 use serde::Deserialize;
 
 use super::{
-    ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, StoreError, classify,
+    BoundedBody, ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, StoreError,
+    classify,
 };
 
 /// The public endpoint of Google Cloud Storage.
@@ -324,10 +325,11 @@ impl ObjectStore for GcsStore {
         }))
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
         let Some(meta) = self.stat(key).await? else {
             return Ok(None);
         };
+        let mut body = BoundedBody::new(meta.info().size, max, &self.bucket, key)?;
         // NB: pin the generation we described, so body and metadata belong together.
         let mut read = self.storage.read_object(bucket_path(&self.bucket), key);
         if let Some(g) = meta
@@ -342,16 +344,13 @@ impl ObjectStore for GcsStore {
             Err(e) if e.http_status_code() == Some(404) => return Ok(None),
             Err(e) => return Err(self.client_error("get", key, &e)),
         };
-        // NB: the reported size only hints the first allocation, within bounds: a store
-        // (or an emulator) that reports a wrong size must not make us reserve it.
-        let hint = usize::try_from(meta.info().size).unwrap_or(usize::MAX);
-        let mut body = Vec::with_capacity(hint.min(16 << 20));
         while let Some(chunk) = resp.next().await {
-            body.extend_from_slice(&chunk.map_err(|e| self.client_error("get", key, &e))?);
+            let chunk = chunk.map_err(|e| self.client_error("get", key, &e))?;
+            body.push(&chunk, &self.bucket, key)?;
         }
         Ok(Some(Object {
             info: meta.info(),
-            body: Bytes::from(body),
+            body: body.into_bytes(),
             content_type: meta.content_type.clone(),
             metadata: meta.metadata,
         }))

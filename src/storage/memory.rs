@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use super::{ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, StoreError};
+use super::{
+    BoundedBody, ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, StoreError,
+};
 
 #[derive(Default)]
 struct State {
@@ -128,10 +130,14 @@ impl ObjectStore for MemoryStore {
         Ok(version)
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
         let state = self.lock();
         self.check(&state, "get", key)?;
-        Ok(state.objects.get(key).cloned())
+        let Some(object) = state.objects.get(key) else {
+            return Ok(None);
+        };
+        BoundedBody::new(object.body.len() as u64, max, "memory", key)?;
+        Ok(Some(object.clone()))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {

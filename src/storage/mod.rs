@@ -72,6 +72,8 @@ pub enum ErrorKind {
     PreconditionFailed,
     /// The store could not be reached or timed out; worth retrying.
     Network,
+    /// The object is larger than the reader's bound.
+    TooLarge,
     /// Anything else the store answered.
     Other,
 }
@@ -84,6 +86,7 @@ impl ErrorKind {
             ErrorKind::BucketMissing => "BucketMissing",
             ErrorKind::PreconditionFailed => "PreconditionFailed",
             ErrorKind::Network => "Network",
+            ErrorKind::TooLarge => "TooLarge",
             ErrorKind::Other => "StorageError",
         }
     }
@@ -116,6 +119,7 @@ impl fmt::Display for StoreError {
                 "the object changed since it was last read (conditional write refused)"
             }
             ErrorKind::Network => "the store could not be reached",
+            ErrorKind::TooLarge => "the object is too large to read",
             ErrorKind::Other => "the store returned an error",
         };
         write!(
@@ -134,7 +138,14 @@ pub trait ObjectStore: Send + Sync {
     /// Writes an object; returns the new version (ETag or generation).
     async fn put(&self, object: PutObject) -> Result<String, StoreError>;
     /// Reads an object; `None` when it does not exist.
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError>;
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        self.get_at_most(key, u64::MAX).await
+    }
+    /// Reads an object of at most `max` bytes; `None` when it does not exist. A larger one
+    /// is a [`ErrorKind::TooLarge`] error as soon as the store reports its size, or, when
+    /// the size it reported was wrong, as soon as more bytes arrive: no reported size and
+    /// no object sizes an allocation past `max`.
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError>;
     /// Reads an object's metadata without its body (an empty `body`); `None` when it does
     /// not exist. The default reads the whole object: stores override it.
     async fn head(&self, key: &str) -> Result<Option<Object>, StoreError> {
@@ -200,6 +211,22 @@ pub(crate) fn classify(status: Option<u16>, code: Option<&str>) -> ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bounded_body_counts_the_bytes_that_arrive_not_the_size_reported() {
+        // Reported honestly and over the bound: refused before any read.
+        let early = BoundedBody::new(11, 10, "b", "k").err().unwrap();
+        assert_eq!(early.kind, ErrorKind::TooLarge);
+        // Reported as 1 byte (wrong): the bytes that arrive are what count.
+        let mut body = BoundedBody::new(1, 10, "b", "k").unwrap();
+        body.push(b"12345", "b", "k").unwrap();
+        body.push(b"67890", "b", "k").unwrap();
+        let late = body.push(b"x", "b", "k").unwrap_err();
+        assert_eq!(late.kind, ErrorKind::TooLarge, "{late}");
+        // A huge reported size within the bound reserves at most 16 MiB up front.
+        let big = BoundedBody::new(u64::MAX, u64::MAX, "b", "k").unwrap();
+        assert!(big.buf.capacity() <= 16 << 20);
+    }
 
     #[tokio::test]
     async fn a_store_that_ignores_preconditions_is_found_out() {
@@ -368,6 +395,56 @@ pub async fn open_with(
     }))
 }
 
+/// A body being read under a bound: the reported size only hints the first allocation
+/// (within 16 MiB), so a store (or an emulator) that reports a wrong size cannot make us
+/// reserve it, and the bytes that arrive are counted against the bound.
+pub(crate) struct BoundedBody {
+    buf: Vec<u8>,
+    max: u64,
+}
+
+impl BoundedBody {
+    /// Refuses at once an object whose reported size is over `max`.
+    pub(crate) fn new(
+        reported: u64,
+        max: u64,
+        bucket: &str,
+        key: &str,
+    ) -> Result<BoundedBody, StoreError> {
+        if reported > max {
+            return Err(too_large(bucket, key, reported, max));
+        }
+        let hint = usize::try_from(reported).unwrap_or(usize::MAX);
+        Ok(BoundedBody {
+            buf: Vec::with_capacity(hint.min(16 << 20)),
+            max,
+        })
+    }
+
+    pub(crate) fn push(&mut self, chunk: &[u8], bucket: &str, key: &str) -> Result<(), StoreError> {
+        let len = (self.buf.len() + chunk.len()) as u64;
+        if len > self.max {
+            return Err(too_large(bucket, key, len, self.max));
+        }
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    pub(crate) fn into_bytes(self) -> Bytes {
+        Bytes::from(self.buf)
+    }
+}
+
+fn too_large(bucket: &str, key: &str, size: u64, max: u64) -> StoreError {
+    StoreError::new(
+        ErrorKind::TooLarge,
+        "get",
+        bucket,
+        key,
+        format!("{size} bytes or more, over the bound of {max} bytes; not read"),
+    )
+}
+
 /// How long one storage call may take before it is abandoned as a network failure. A
 /// half-open connection must not hold an exporter (and its write permit) forever: neither
 /// SDK bounds a whole request by default.
@@ -432,8 +509,11 @@ impl ObjectStore for Bounded {
         let key = object.key.clone();
         self.bound("put", &key, limit, self.inner.put(object)).await
     }
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        self.bound("get", key, self.timeouts.call, self.inner.get(key))
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
+        // NB: a body read is bounded like a write of the most it may read (up to 1 GiB).
+        let most = usize::try_from(max).unwrap_or(usize::MAX).min(1 << 30);
+        let limit = self.timeouts.put(most);
+        self.bound("get", key, limit, self.inner.get_at_most(key, max))
             .await
     }
     async fn head(&self, key: &str) -> Result<Option<Object>, StoreError> {

@@ -14,7 +14,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use super::{
-    ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, StoreError, classify,
+    BoundedBody, ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, StoreError,
+    classify,
 };
 
 /// Static credentials, e.g. read from a policy's Secret. `Debug` never shows the secret.
@@ -273,8 +274,8 @@ impl ObjectStore for S3Store {
         }))
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let out = match self
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
+        let mut out = match self
             .client
             .get_object()
             .bucket(&self.bucket)
@@ -301,17 +302,16 @@ impl ObjectStore for S3Store {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| {
+        let mut body = BoundedBody::new(info.size, max, &self.bucket, key)?;
+        while let Some(chunk) = out.body.next().await {
+            let chunk = chunk.map_err(|e| {
                 StoreError::new(ErrorKind::Network, "get", &self.bucket, key, e.to_string())
-            })?
-            .into_bytes();
+            })?;
+            body.push(&chunk, &self.bucket, key)?;
+        }
         Ok(Some(Object {
             info,
-            body,
+            body: body.into_bytes(),
             content_type,
             metadata,
         }))

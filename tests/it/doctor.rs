@@ -75,6 +75,15 @@ async fn doctor_reads_minio_like_a_data_plane_and_judges_the_config() {
         "a secret leaked: {t}"
     );
 
+    // A bound below the object's size: refused by the size the store reports, not read.
+    let out = doctor(&vars, &["--kong-version", "3.6.1.4", "--max-size", "100"]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("over the bound of 100 bytes"),
+        "{}",
+        text(&out)
+    );
+
     let out = doctor(&vars, &["--kong-version", "3.7.0.0"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("empty configuration"), "{}", text(&out));

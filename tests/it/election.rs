@@ -177,8 +177,8 @@ impl ObjectStore for Pausable {
         }
         self.inner.put(object).await
     }
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        self.inner.get(key).await
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
+        self.inner.get_at_most(key, max).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         self.inner.list(prefix).await

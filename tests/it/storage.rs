@@ -235,6 +235,16 @@ async fn contract(store: &dyn ObjectStore, keeps_content_type: bool, creation_ti
     );
     assert_eq!(head.metadata, got.metadata);
     assert!(store.head("kong/none/config.json").await.unwrap().is_none());
+    // A bounded read refuses an object over its bound (from the size the store reports)
+    // and reads one within it.
+    let over = store
+        .get_at_most(key, CONFIG.len() as u64 - 1)
+        .await
+        .unwrap_err();
+    assert_eq!(over.kind, ErrorKind::TooLarge, "{over}");
+    assert!(over.to_string().contains(key), "{over}");
+    let within = store.get_at_most(key, CONFIG.len() as u64).await.unwrap();
+    assert_eq!(&within.unwrap().body[..], CONFIG.as_bytes());
 
     // A writer holding the current version wins once; the stale one is fenced off.
     let v2 = store
