@@ -6,7 +6,12 @@
 //!   The clock starts when the CP double has compressed the frame and handed it to its
 //!   sessions, so the CP's own gzip time is not counted.
 //! - P5: peak RSS and throughput of decode -> validate -> write for a 50 MB config, in a
-//!   child process so the benchmark's own buffers do not count.
+//!   child process so the benchmark's own buffers do not count. `case=worst` is the most
+//!   one exported version can hold: configurations of nearly `maxConfigSize` (64 MiB) pushed
+//!   while the previous one is still being written (its PUT slowed to 10 MiB/s by
+//!   Toxiproxy), so one is written, one waits and one is inflated at once; printed as the
+//!   peak over the child's idle RSS, per MiB of `maxConfigSize`, which sizes the chart's
+//!   memory limit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
@@ -14,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use kfo_testenv::configs::config_table;
-use kfo_testenv::{KongCp, Mtls, minio};
+use kfo_testenv::{KongCp, Mtls, Stream, Toxic, minio, toxiproxy};
 use kong_fallback_operator::cp_client::decode;
 use kong_fallback_operator::export::runner::Report;
 use kong_fallback_operator::storage::s3::{PutExtras, S3Settings, S3Store, StaticCredentials};
@@ -26,7 +31,7 @@ mod pipeline;
 mod stores;
 #[path = "../tests/common/wait.rs"]
 mod wait;
-use pipeline::Pipeline;
+use pipeline::{CpAddress, Pipeline};
 use stores::minio_store;
 
 const ROUNDS: usize = 50;
@@ -160,6 +165,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::var("KFO_P5W_CP").is_ok() {
+        rt.block_on(p5_worst_child());
+        return;
+    }
     if let Ok(frame) = std::env::var("KFO_P5_CHILD") {
         let bucket = std::env::var("KFO_P5_BUCKET").unwrap();
         rt.block_on(p5_child_with_env(&frame, &bucket));
@@ -172,6 +181,7 @@ fn main() {
     }
     if run("P5") {
         rt.block_on(p5());
+        rt.block_on(p5_worst());
     }
 }
 
@@ -211,4 +221,125 @@ async fn p5_child_with_env(frame_path: &str, bucket: &str) {
         start.elapsed().as_secs_f64(),
         vm_kb("VmHWM:")
     );
+}
+
+/// The largest configuration a policy may make the operator hold by default.
+const MAX_CONFIG: usize = 64 << 20;
+
+/// P5 `case=worst`: three configurations of nearly [`MAX_CONFIG`] in flight for one version.
+async fn p5_worst() {
+    let env = minio().await;
+    let bucket = env.bucket("bench-p5w").await.unwrap();
+    let upstream = env.endpoint.trim_start_matches("http://").to_owned();
+    let slow = toxiproxy()
+        .await
+        .proxy("p5-minio", &upstream)
+        .await
+        .unwrap();
+    // NB: 10 MiB/s upstream: a PUT of 60 MB takes about 6 s, long enough for the next two
+    // configurations to arrive while it is written.
+    slow.add("slow-put", Stream::Upstream, Toxic::Bandwidth(10 * 1024))
+        .await
+        .unwrap();
+    let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let (cert, key) = (
+        dir.join(format!("kfo-p5w-{pid}.crt")),
+        dir.join(format!("kfo-p5w-{pid}.key")),
+    );
+    std::fs::write(&cert, &cp.certs.cert_pem).unwrap();
+    std::fs::write(&key, &cp.certs.key_pem).unwrap();
+    let tables: Vec<String> = (0..3)
+        .map(|i| config_table(MAX_CONFIG - (4 << 20), 100 + i))
+        .collect();
+    let config_mb = tables[0].len() as f64 / f64::from(1 << 20);
+    let last = format!("{:032x}", 103);
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .env("KFO_P5W_CP", &cp.endpoint)
+        .env("KFO_P5W_SNI", &cp.certs.server_name)
+        .env("KFO_P5W_CERT", &cert)
+        .env("KFO_P5W_KEY", &key)
+        .env("KFO_P5W_S3", slow.http())
+        .env("KFO_P5_BUCKET", &bucket)
+        .env("KFO_P5_USER", &env.root_user)
+        .env("KFO_P5_PASSWORD", &env.root_password)
+        .env("KFO_P5W_LAST", &last)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait::until("the child's DP connected", async || {
+        (!cp.data_planes().is_empty()).then_some(())
+    })
+    .await;
+    // The first is written (slowly); the second arrives and waits; the third is inflated.
+    for (i, table) in tables.iter().enumerate() {
+        cp.push(table, &format!("{:032x}", 101 + i));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    drop(tables);
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .expect("the P5 worst-case child finished within 300 s")
+        .unwrap();
+    let _ = (std::fs::remove_file(&cert), std::fs::remove_file(&key));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().find(|l| l.starts_with("P5-CHILD")) else {
+        panic!(
+            "P5 worst-case child failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let field = |k: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (idle_mib, peak_mib) = (field("idle_kb") / 1024.0, field("hwm_kb") / 1024.0);
+    let max_mib = (MAX_CONFIG >> 20) as f64;
+    println!(
+        "bench: P5 case=worst max_config_mib={max_mib:.0} config_mib={config_mb:.1} pushed=3 idle_rss_mib={idle_mib:.0} peak_rss_mib={peak_mib:.0} per_version_mib={:.0} per_max_config={:.2}",
+        peak_mib - idle_mib,
+        (peak_mib - idle_mib) / max_mib
+    );
+}
+
+/// The child of P5 `case=worst`: a DP session and an export runner to the slowed store,
+/// until the last configuration is written; then its idle and peak RSS.
+async fn p5_worst_child() {
+    let var = |k: &str| std::env::var(k).unwrap();
+    let settings = S3Settings {
+        region: "us-east-1".into(),
+        endpoint: Some(var("KFO_P5W_S3")),
+        credentials: StaticCredentials {
+            access_key_id: var("KFO_P5_USER"),
+            secret_access_key: var("KFO_P5_PASSWORD"),
+            session_token: None,
+        },
+        ca_pem: None,
+    };
+    let bucket = var("KFO_P5_BUCKET");
+    let store = S3Store::new(&settings, &bucket, PutExtras::default()).unwrap();
+    let cp = CpAddress {
+        endpoint: var("KFO_P5W_CP"),
+        server_name: var("KFO_P5W_SNI"),
+        cert_pem: std::fs::read_to_string(var("KFO_P5W_CERT")).unwrap(),
+        key_pem: std::fs::read_to_string(var("KFO_P5W_KEY")).unwrap(),
+    };
+    let idle_kb = vm_kb("VmRSS:");
+    let mut p = Pipeline::connect(
+        &cp,
+        "3.6.1.4",
+        std::sync::Arc::new(store),
+        &format!("s3://{bucket}/kong"),
+        Duration::ZERO,
+    );
+    let last = var("KFO_P5W_LAST");
+    p.until(280, |r| {
+        matches!(r, Report::Exported { hash: ref h, .. } if *h == last).then_some(())
+    })
+    .await;
+    println!("P5-CHILD idle_kb={idle_kb} hwm_kb={}", vm_kb("VmHWM:"));
 }

@@ -3,7 +3,8 @@
 //! - [`kube()`]: etcd + kube-apiserver (secure serving, RBAC, a generated kubeconfig),
 //! - [`minio()`]: a MinIO server (root credentials, fresh buckets, read-only principals),
 //! - [`minio_tls()`]: another one serving TLS only, with a certificate from a private CA,
-//! - [`gcs()`]: fake-gcs-server, the GCS emulator (fresh buckets).
+//! - [`gcs()`]: fake-gcs-server, the GCS emulator (fresh buckets),
+//! - [`toxiproxy()`]: Toxiproxy, for TCP faults between a client and any of them.
 //!
 //! Each is started once per test binary, on first use, and shared: a test takes its own
 //! namespace or bucket, so tests run in parallel. The binaries are built from Go modules
@@ -19,12 +20,14 @@ mod kube;
 mod minio;
 mod pki;
 mod process;
+mod toxiproxy;
 
 pub use gcs::{GcsEnv, gcs};
 pub use kong_cp::{ClusterCerts, DataPlane, KongCp, Mtls};
 pub use kube::{KubeEnv, kube};
-pub use minio::{MinioEnv, ReadOnlyCredentials, minio, minio_tls};
+pub use minio::{MinioEnv, ReadOnlyCredentials, StoredVersion, minio, minio_tls};
 pub use process::{Proc, binary, repo_root};
+pub use toxiproxy::{Proxy, Stream, Toxic, Toxiproxy, toxiproxy};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -25,7 +25,26 @@ pub struct MinioEnv {
     pub ca_pem: Option<String>,
     /// The SDK's HTTPS client trusting `ca_pem`, for the helpers' own clients.
     http: Option<SharedHttpClient>,
-    proc: Proc,
+    proc: std::sync::Mutex<Proc>,
+    /// How it was started, to start it again on the same port and data.
+    launch: Launch,
+}
+
+struct Launch {
+    name: String,
+    bin: std::path::PathBuf,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+}
+
+/// One stored version of an object (a versioned bucket).
+#[derive(Clone, Debug)]
+pub struct StoredVersion {
+    pub version_id: String,
+    /// The store's modification time: seconds and nanoseconds since the epoch.
+    pub modified: (i64, u32),
+    pub body: Vec<u8>,
+    pub metadata: std::collections::HashMap<String, String>,
 }
 
 /// Temporary credentials limited to reading one bucket (STS AssumeRole with a session
@@ -95,6 +114,115 @@ impl MinioEnv {
         MinioEnv::launch("minio-tls", Some((certs_dir, ca_pem))).await
     }
 
+    /// A MinIO server of the caller's alone (plain HTTP), which it may stop, pause and
+    /// start again (same port, same data): the fault suite's store.
+    pub async fn private(name: &str) -> Result<MinioEnv> {
+        MinioEnv::launch(&crate::unique_name(name), None).await
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`...) to the server.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        self.proc.lock().unwrap().signal(signal)
+    }
+
+    /// Kills the server and waits for it to exit (its data stays).
+    pub fn kill(&self) -> Result<()> {
+        let proc = self.proc.lock().unwrap();
+        proc.signal("KILL")?;
+        if !proc.wait_exit(Duration::from_secs(10)) {
+            anyhow::bail!("{} did not exit after SIGKILL", self.launch.name);
+        }
+        Ok(())
+    }
+
+    /// Starts the server again as it was started (after [`MinioEnv::kill`]), and waits until
+    /// it is ready.
+    pub async fn start_again(&self) -> Result<()> {
+        let env: Vec<(&str, &str)> = self
+            .launch
+            .env
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        let proc = Proc::start(&self.launch.name, &self.launch.bin, &self.launch.args, &env)?;
+        let ready = format!("{}/minio/health/ready", self.endpoint);
+        let http = reqwest::Client::new();
+        wait_until(&proc, Duration::from_secs(60), || async {
+            matches!(http.get(&ready).send().await, Ok(r) if r.status().is_success())
+        })
+        .await?;
+        *self.proc.lock().unwrap() = proc;
+        Ok(())
+    }
+
+    /// Turns on versioning for `bucket`: every write is kept, for a checker to read back.
+    pub async fn enable_versioning(&self, bucket: &str) -> Result<()> {
+        use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+        self.root_client()
+            .put_bucket_versioning()
+            .bucket(bucket)
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .with_context(|| format!("enabling versioning on {bucket}"))?;
+        Ok(())
+    }
+
+    /// Every version of `bucket/key`, oldest first, with its body and metadata.
+    pub async fn versions(&self, bucket: &str, key: &str) -> Result<Vec<StoredVersion>> {
+        let client = self.root_client();
+        let mut out = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        loop {
+            let mut req = client.list_object_versions().bucket(bucket).prefix(key);
+            if let Some((k, v)) = &marker {
+                req = req.key_marker(k).version_id_marker(v);
+            }
+            let page = req.send().await.context("listing object versions")?;
+            for v in page.versions() {
+                if v.key() != Some(key) {
+                    continue;
+                }
+                let id = v.version_id().unwrap_or_default().to_owned();
+                let o = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .version_id(&id)
+                    .send()
+                    .await
+                    .with_context(|| format!("reading version {id} of {key}"))?;
+                let metadata = o.metadata().cloned().unwrap_or_default();
+                let body = o.body.collect().await?.into_bytes().to_vec();
+                let modified = v
+                    .last_modified()
+                    .map(|t| (t.secs(), t.subsec_nanos()))
+                    .unwrap_or_default();
+                out.push(StoredVersion {
+                    version_id: id,
+                    modified,
+                    body,
+                    metadata,
+                });
+            }
+            if page.is_truncated() == Some(true) {
+                marker = Some((
+                    page.next_key_marker().unwrap_or_default().to_owned(),
+                    page.next_version_id_marker().unwrap_or_default().to_owned(),
+                ));
+            } else {
+                break;
+            }
+        }
+        // NB: the listing is newest first; the store's own time orders them.
+        out.sort_by_key(|v| v.modified);
+        Ok(out)
+    }
+
     /// Starts MinIO as `name`, serving TLS from `tls`'s certs dir when given.
     async fn launch(name: &str, tls: Option<(std::path::PathBuf, String)>) -> Result<MinioEnv> {
         let bin = tokio::task::spawn_blocking(|| binary("minio")).await??;
@@ -113,18 +241,15 @@ impl MinioEnv {
             args.push(format!("--certs-dir={}", certs_dir.display()));
         }
         args.push(dir.display().to_string());
-        let proc = Proc::start(
-            name,
-            &bin,
-            &args,
-            &[
-                ("MINIO_ROOT_USER", &root_user),
-                ("MINIO_ROOT_PASSWORD", &root_password),
-                ("MINIO_BROWSER", "off"),
-                ("MINIO_REGION", REGION),
-                ("MINIO_UPDATE", "off"),
-            ],
-        )?;
+        let env: Vec<(&'static str, String)> = vec![
+            ("MINIO_ROOT_USER", root_user.clone()),
+            ("MINIO_ROOT_PASSWORD", root_password.clone()),
+            ("MINIO_BROWSER", "off".into()),
+            ("MINIO_REGION", REGION.into()),
+            ("MINIO_UPDATE", "off".into()),
+        ];
+        let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let proc = Proc::start(name, &bin, &args, &env_refs)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoint = format!("{scheme}://127.0.0.1:{port}");
         let mut http = reqwest::Client::builder();
@@ -144,7 +269,13 @@ impl MinioEnv {
             root_password,
             http: ca_pem.as_deref().map(https_client),
             ca_pem,
-            proc,
+            proc: std::sync::Mutex::new(proc),
+            launch: Launch {
+                name: name.to_owned(),
+                bin,
+                args,
+                env,
+            },
         })
     }
 
@@ -239,11 +370,11 @@ impl MinioEnv {
     }
 
     pub fn check_alive(&self) -> Result<()> {
-        self.proc.check_alive()
+        self.proc.lock().unwrap().check_alive()
     }
 
     pub fn pid(&self) -> u32 {
-        self.proc.pid()
+        self.proc.lock().unwrap().pid()
     }
 }
 

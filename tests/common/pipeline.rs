@@ -13,6 +13,14 @@ use kong_fallback_operator::kong::StorageUrl;
 use kong_fallback_operator::storage::ObjectStore;
 use tokio::sync::{mpsc, watch};
 
+/// Where a CP double listens and the shared-mode certificate a DP presents to it.
+pub struct CpAddress {
+    pub endpoint: String,
+    pub server_name: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 pub struct Pipeline {
     reports: mpsc::Receiver<Report>,
     _stop: watch::Sender<bool>,
@@ -26,13 +34,30 @@ impl Pipeline {
         url: &str,
         min_interval: Duration,
     ) -> Pipeline {
+        let cp = CpAddress {
+            endpoint: cp.endpoint.clone(),
+            server_name: cp.certs.server_name.clone(),
+            cert_pem: cp.certs.cert_pem.clone(),
+            key_pem: cp.certs.key_pem.clone(),
+        };
+        Pipeline::connect(&cp, version, store, url, min_interval)
+    }
+
+    /// As [`Pipeline::start`], to a CP double of another process.
+    pub fn connect(
+        cp: &CpAddress,
+        version: &str,
+        store: Arc<dyn ObjectStore>,
+        url: &str,
+        min_interval: Duration,
+    ) -> Pipeline {
         let v: kong_fallback_operator::kong::KongVersion = version.parse().unwrap();
         let settings = ClientSettings {
             endpoint: cp.endpoint.clone(),
-            server_name: cp.certs.server_name.clone(),
+            server_name: cp.server_name.clone(),
             mtls: MtlsMode::Shared,
-            cert_pem: cp.certs.cert_pem.clone(),
-            key_pem: cp.certs.key_pem.clone(),
+            cert_pem: cp.cert_pem.clone(),
+            key_pem: cp.key_pem.clone(),
             ca_pem: None,
             node_id: "5f3c1d6e-2b8a-4f0e-9c1d-7a6b5e4d3c2b".into(),
             hostname: "kfo-test".into(),
