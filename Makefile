@@ -4,7 +4,7 @@ CARGO ?= cargo
 CRD := crds/fallbackconfigpolicies.fallback.kong-dp.io.yaml
 CHART := charts/kong-fallback-operator
 
-.PHONY: all test testenv lint fmt generate demo bench build fuzz
+.PHONY: all test testenv lint fmt generate demo bench faults build fuzz
 
 all: build
 
@@ -12,7 +12,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Build (first run only) and cache the test environment: etcd, kube-apiserver, kubectl,
-## MinIO, fake-gcs-server, helm.
+## MinIO, fake-gcs-server, helm, toxiproxy-server.
 testenv:
 	tools/ensure-bin all >/dev/null
 
@@ -43,6 +43,14 @@ demo: testenv
 ## P1 and P5 (export), P2 (failover), P3 (webhook latency), P4 (memory and catch-up).
 bench: testenv
 	$(CARGO) bench --bench export --bench election --bench webhook -- $(B)
+
+## The fault suite in full (KFO_FAULTS=full), one scenario at a time: prints one
+## `fault: <ID> key=value ...` line per scenario and case (the log: target/faults.log).
+## `make test` runs the short form of the same scenarios.
+faults: testenv
+	@KFO_FAULTS=full $(CARGO) test --test it faults:: -- --test-threads=1 --nocapture \
+	  > target/faults.log 2>&1; rc=$$?; \
+	  grep -E '^fault:' target/faults.log; grep -E '^test result|panicked' target/faults.log; exit $$rc
 
 ## Fuzz the frame decoder and the storage URL parser (needs a nightly toolchain;
 ## installs cargo-fuzz with cargo on first use). FUZZ_SECONDS per target.

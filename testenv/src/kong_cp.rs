@@ -185,6 +185,18 @@ impl KongCp {
         size
     }
 
+    /// Sends `frame` as it is (any bytes: garbage, a gzip bomb, a frame over a limit) to
+    /// every connected DP and to later ones, in place of a configuration. For fault tests:
+    /// a real CP never does this.
+    pub fn push_frame(&self, frame: Vec<u8>) {
+        {
+            let mut shared = self.shared.lock().unwrap();
+            shared.current = Some((Arc::new(frame), Vec::new()));
+            shared.current_raw = None;
+        }
+        self.push.send_modify(|n| *n += 1);
+    }
+
     /// Turns Wasm on with `filters` installed: a DP whose `basic_info` lacks any of them is
     /// withheld the configuration (`filter_set_incompatible`), as Kong's
     /// `check_configuration_compatibility` does (`kong/clustering/compat/init.lua`).

@@ -35,6 +35,33 @@ pub struct Fleet {
     pushes: u64,
 }
 
+/// How [`Fleet::with`] builds a fleet; the default is [`Fleet::new`]'s.
+pub struct Options<'a> {
+    pub standby: &'a str,
+    /// The store (default: the shared MinIO).
+    pub s3: Option<&'static MinioEnv>,
+    /// The CP double (default: a new one).
+    pub cp: Option<KongCp>,
+    /// The policy's `storage.endpoint` (default: the store's own).
+    pub store_endpoint: Option<String>,
+    /// The policy's `controlPlane.endpoint` (default: the CP double's own).
+    pub cp_endpoint: Option<String>,
+    pub history_limit: u32,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            standby: "Warm",
+            s3: None,
+            cp: None,
+            store_endpoint: None,
+            cp_endpoint: None,
+            history_limit: 0,
+        }
+    }
+}
+
 /// One operator process.
 pub struct Operator {
     pub name: String,
@@ -52,13 +79,39 @@ impl Fleet {
 
     /// [`Fleet::new`] with `exporter.standby` (`Warm` or `Cold`).
     pub async fn with_standby(prefix: &str, timings: Timings, standby: &str) -> Fleet {
+        Self::with(
+            prefix,
+            timings,
+            Options {
+                standby,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// A fleet as `options` say: its store, the endpoints the policy names (a proxy in front
+    /// of the store or the CP), the CP double.
+    pub async fn with(prefix: &str, timings: Timings, options: Options<'_>) -> Fleet {
         let env = kube().await;
         env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
         let client = env.client().await.unwrap();
         let ns = env.namespace(prefix).await.unwrap();
-        let s3 = minio().await;
+        let s3 = match options.s3 {
+            Some(s3) => s3,
+            None => minio().await,
+        };
         let bucket = s3.bucket(prefix).await.unwrap();
-        let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+        let cp = match options.cp {
+            Some(cp) => cp,
+            None => KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap(),
+        };
+        let store_endpoint = options
+            .store_endpoint
+            .unwrap_or_else(|| s3.endpoint.clone());
+        let cp_endpoint = options.cp_endpoint.unwrap_or_else(|| cp.endpoint.clone());
+        let standby = options.standby;
+        let history_limit = options.history_limit;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let secret = |name: &str, data: serde_json::Value| -> Secret {
             serde_json::from_value(
@@ -88,7 +141,7 @@ impl Fleet {
                 "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
                 "storage": {
                     "url": format!("s3://{bucket}/kong"),
-                    "endpoint": s3.endpoint,
+                    "endpoint": store_endpoint,
                     "region": "us-east-1",
                     "readCredentials": {"secretName": "fallback-read"},
                     "writeCredentials": {"secretName": "fallback-write"}
@@ -97,9 +150,9 @@ impl Fleet {
                     "mode": "Operator",
                     "versions": [VERSION],
                     "minInterval": "0s",
-                    "historyLimit": 0,
+                    "historyLimit": history_limit,
                     "standby": standby,
-                    "controlPlane": {"endpoint": cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}
+                    "controlPlane": {"endpoint": cp_endpoint, "clusterCertSecret": "kong-cluster-cert"}
                 },
                 "election": {
                     "leaseDuration": format!("{}s", timings.lease),

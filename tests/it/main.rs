@@ -24,6 +24,7 @@ mod cp_client;
 mod doctor;
 mod election;
 mod export;
+mod faults;
 mod generated;
 mod install;
 mod storage;

@@ -1,0 +1,744 @@
+//! The fault suite: real faults injected into real components (Toxiproxy between the
+//! operator and its peers, signals to their processes), with figures printed as
+//! `fault: <ID> key=value ...` and checked against the goals of issue #12.
+//!
+//! `make test` runs a short form of each scenario (few rounds, short outages) so they stay
+//! alive; `make faults` runs the full form (`KFO_FAULTS=full`) one scenario at a time and
+//! prints every line. What each figure means is in the README ("Fault suite").
+//!
+//! The checks do not trust the operator's own reports where they can avoid it: what is
+//! stored is read straight from MinIO (not through the proxy), in a versioned bucket.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kfo_testenv::{KongCp, MinioEnv, Mtls, Proxy, Stream, Toxic, kube, toxiproxy};
+use kong_fallback_operator::api::FallbackConfigPolicy;
+use kong_fallback_operator::kong::config::config_hashes;
+use kube::CustomResourceExt;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+/// Whether this is `make faults` (full rounds and outages) or the short form of `make test`.
+fn full() -> bool {
+    std::env::var("KFO_FAULTS").is_ok_and(|v| v == "full")
+}
+
+/// A configuration with one service named `name`, and Kong's hash of it.
+fn config(name: &str) -> (String, String) {
+    let table = format!(
+        r#"{{"_format_version":"3.0","_transform":false,"services":[{{"id":"9748f662-7711-4a90-8186-dc02f10eb0f5","name":"{name}","host":"example.com","port":443}}]}}"#
+    );
+    let hash = config_hashes(&serde_json::from_str(&table).unwrap()).config;
+    (table, hash)
+}
+
+/// A condition's (status, reason, message).
+fn condition(p: &FallbackConfigPolicy, t: &str) -> Option<(String, String, String)> {
+    let c = p
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The `config-hash` metadata of what `bucket` holds at `key`, read without the proxy.
+async fn stored_hash(m: &MinioEnv, bucket: &str, key: &str) -> Option<String> {
+    let o = m
+        .root_client()
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .ok()?;
+    o.metadata()?.get("config-hash").cloned()
+}
+
+/// One Operator-mode policy exporting 3.6.1.4 through `store_endpoint`, with the
+/// controller running in this process.
+struct Exporting {
+    policies: Api<FallbackConfigPolicy>,
+    running: tokio::task::JoinHandle<Result<(), kong_fallback_operator::controller::Error>>,
+}
+
+async fn exporting(
+    ns_prefix: &str,
+    m: &MinioEnv,
+    bucket: &str,
+    store_endpoint: &str,
+    cp: &KongCp,
+) -> Exporting {
+    let env = kube().await;
+    env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+    let client = env.client().await.unwrap();
+    let ns = env.namespace(ns_prefix).await.unwrap();
+    let secret = |name: &str, data: serde_json::Value| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap()
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let creds = json!({"AWS_ACCESS_KEY_ID": m.root_user, "AWS_SECRET_ACCESS_KEY": m.root_password});
+    for s in [
+        secret(
+            "kong-cluster-cert",
+            json!({"tls.crt": cp.certs.cert_pem, "tls.key": cp.certs.key_pem}),
+        ),
+        secret("fallback-write", creds.clone()),
+        secret("fallback-read", creds),
+    ] {
+        secrets.create(&PostParams::default(), &s).await.unwrap();
+    }
+    let policy = crate::cluster::policy(
+        "prod",
+        json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {
+                "url": format!("s3://{bucket}/kong"), "endpoint": store_endpoint, "region": "us-east-1",
+                "readCredentials": {"secretName": "fallback-read"},
+                "writeCredentials": {"secretName": "fallback-write"},
+                "validationInterval": "10s"
+            },
+            "exporter": {
+                "mode": "Operator", "versions": ["3.6.1.4"], "minInterval": "0s",
+                "controlPlane": {"endpoint": cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}
+            }
+        }),
+    );
+    let policies: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let running = crate::cluster::run_controller(&client, &ns, "kfo-fault-test");
+    Exporting { policies, running }
+}
+
+/// R2's faults, each applied to the proxy (or the MinIO process) between the operator and
+/// its store, and removed.
+#[derive(Clone, Copy, Debug)]
+enum StoreFault {
+    /// Requests vanish and connections stay open.
+    Blackhole,
+    /// The store's process is gone (connections refused), then started again.
+    Stopped,
+    /// 2 s on every answer.
+    Latency,
+    /// Connections cut after 16 KiB of a request: mid-upload.
+    ResetMidUpload,
+}
+
+impl StoreFault {
+    fn name(self) -> &'static str {
+        match self {
+            StoreFault::Blackhole => "blackhole",
+            StoreFault::Stopped => "stopped",
+            StoreFault::Latency => "latency_2s",
+            StoreFault::ResetMidUpload => "reset_mid_upload",
+        }
+    }
+
+    /// Whether the operator should see this fault as a failure (2 s of latency is within
+    /// every bound: it must export, late, without a failure).
+    fn fails(self) -> bool {
+        !matches!(self, StoreFault::Latency)
+    }
+
+    async fn apply(self, m: &MinioEnv, px: &Proxy) {
+        match self {
+            StoreFault::Blackhole => px
+                .add("fault", Stream::Upstream, Toxic::Blackhole(Duration::ZERO))
+                .await
+                .unwrap(),
+            StoreFault::Stopped => m.kill().unwrap(),
+            StoreFault::Latency => px
+                .add(
+                    "fault",
+                    Stream::Downstream,
+                    Toxic::Latency(Duration::from_secs(2)),
+                )
+                .await
+                .unwrap(),
+            StoreFault::ResetMidUpload => px
+                .add("fault", Stream::Upstream, Toxic::LimitData(16 << 10))
+                .await
+                .unwrap(),
+        }
+    }
+
+    async fn remove(self, m: &MinioEnv, px: &Proxy) {
+        match self {
+            StoreFault::Stopped => m.start_again().await.unwrap(),
+            StoreFault::Latency => px.remove("fault").await.unwrap(),
+            // NB: connections the blackhole held stay half-open: cut them, as the network
+            // coming back does not heal them either.
+            StoreFault::Blackhole | StoreFault::ResetMidUpload => {
+                px.remove("fault").await.unwrap();
+                px.set_enabled(false).await.unwrap();
+                px.set_enabled(true).await.unwrap();
+            }
+        }
+    }
+}
+
+/// R2: storage that hangs, fails or slows down, and comes back. The operator must say so
+/// (a condition with a reason) within one validation round or 30 s, and store the newest
+/// configuration within 10 s of the store's return.
+async fn r2(fault: StoreFault) {
+    let outage = if full() {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(12)
+    };
+    let m = MinioEnv::private("r2-minio").await.unwrap();
+    let bucket = m.bucket("r2").await.unwrap();
+    let px = toxiproxy()
+        .await
+        .proxy("r2", m.endpoint.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    let (first, first_hash) = config("before");
+    cp.push(&first, &first_hash);
+    let ex = exporting("fault-r2", &m, &bucket, &px.http(), &cp).await;
+    let key = "kong/3.6.1.4/config.json";
+    crate::wait::until("the first export, and Exporting=True", async || {
+        (stored_hash(&m, &bucket, key).await? == first_hash).then_some(())?;
+        let p = ex.policies.get("prod").await.ok()?;
+        (condition(&p, "Exporting")?.0 == "True").then_some(())
+    })
+    .await;
+
+    fault.apply(&m, &px).await;
+    let started = Instant::now();
+    // NB: 1 MB, so that the reset case cuts the upload in its middle.
+    let (during, during_hash) = config_sized(1_000_000, 7);
+    cp.push(&during, &during_hash);
+    let mut detected: Option<(Duration, String)> = None;
+    while started.elapsed() < outage {
+        if detected.is_none()
+            && let Ok(p) = ex.policies.get("prod").await
+        {
+            for t in ["Exporting", "StorageReachable"] {
+                if let Some((status, reason, _)) = condition(&p, t)
+                    && status == "False"
+                {
+                    detected = Some((started.elapsed(), format!("{t}/{reason}")));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    fault.remove(&m, &px).await;
+    let back = Instant::now();
+    crate::wait::until(
+        "the newest configuration stored after the fault",
+        async || (stored_hash(&m, &bucket, key).await? == during_hash).then_some(()),
+    )
+    .await;
+    let recover = back.elapsed();
+    let body = m
+        .root_client()
+        .get_object()
+        .bucket(&bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let matches = body[..] == *during.as_bytes();
+    let detect = detected.as_ref().map_or("none".to_owned(), |(d, _)| {
+        format!("{:.1}", d.as_secs_f64())
+    });
+    let reason = detected.as_ref().map_or("none", |(_, r)| r.as_str());
+    println!(
+        "fault: R2 case={} outage_s={} detect_s={detect} reason={reason} recover_s={:.1} final_matches_cp={}",
+        fault.name(),
+        outage.as_secs(),
+        recover.as_secs_f64(),
+        u8::from(matches)
+    );
+    ex.running.abort();
+    assert!(matches, "the stored configuration is the newest one pushed");
+    if fault.fails() {
+        let (d, _) = detected.expect("the outage was reported by a condition");
+        // NB: the goal is one validation round (10 s here) or 30 s, whichever is less;
+        // 2 s more for the status write and this poll.
+        assert!(
+            d <= Duration::from_secs(12),
+            "detected after {d:?}: later than one validation round (10 s)"
+        );
+    } else {
+        assert!(
+            detected.is_none(),
+            "2 s of latency is within every bound, yet: {detected:?}"
+        );
+    }
+    assert!(
+        recover <= Duration::from_secs(10),
+        "recovered {recover:?} after the store came back"
+    );
+}
+
+#[tokio::test]
+async fn r2_a_blackholed_store_is_reported_and_the_newest_config_lands_after() {
+    r2(StoreFault::Blackhole).await;
+}
+
+#[tokio::test]
+async fn r2_a_stopped_store_is_reported_and_the_newest_config_lands_after() {
+    r2(StoreFault::Stopped).await;
+}
+
+#[tokio::test]
+async fn r2_a_slow_store_is_waited_for_without_a_failure() {
+    r2(StoreFault::Latency).await;
+}
+
+#[tokio::test]
+async fn r2_a_connection_reset_mid_upload_is_reported_and_retried() {
+    r2(StoreFault::ResetMidUpload).await;
+}
+
+/// The peak resident memory of process `pid` in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// R3's faults of the control plane, as one operator replica sees them through a proxy.
+#[derive(Clone, Copy, Debug)]
+enum CpFault {
+    /// Every session cut, refused for 2 s, then accepted again (a CP restart).
+    Restarted,
+    /// Refused for a whole outage.
+    Down,
+    /// A frame that is not gzip.
+    Garbage,
+    /// A small frame that inflates past the operator's bound.
+    GzipBomb,
+    /// A frame over the websocket's frame limit.
+    OverLimit,
+    /// TCP accepted, and nothing answered: the TLS handshake never ends.
+    SilentTls,
+}
+
+impl CpFault {
+    fn name(self) -> &'static str {
+        match self {
+            CpFault::Restarted => "restarted",
+            CpFault::Down => "down",
+            CpFault::Garbage => "garbage_frame",
+            CpFault::GzipBomb => "gzip_bomb",
+            CpFault::OverLimit => "frame_over_limit",
+            CpFault::SilentTls => "silent_tls",
+        }
+    }
+}
+
+/// R3: the control plane restarts, goes away, or sends what no CP should. The last good
+/// configuration stays stored, the operator does not crash, and the first good
+/// configuration after the fault is stored.
+async fn r3(fault: CpFault) {
+    use crate::fleet::{Fleet, Options, Timings};
+    let outage = match (fault, full()) {
+        (CpFault::Down, true) => Duration::from_secs(60),
+        (CpFault::Down | CpFault::SilentTls, _) => Duration::from_secs(10),
+        (CpFault::Restarted, _) => Duration::from_secs(2),
+        _ => Duration::from_secs(5),
+    };
+    let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    let px = toxiproxy()
+        .await
+        .proxy("r3-cp", &cp.endpoint)
+        .await
+        .unwrap();
+    let mut fleet = Fleet::with(
+        "fault-r3",
+        Timings {
+            lease: 6,
+            renew: 4,
+            retry: 1,
+        },
+        Options {
+            cp: Some(cp),
+            cp_endpoint: Some(px.listen.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let op = fleet.start("r3-0");
+    let good = fleet.push();
+    fleet
+        .wait_stored(&good, Duration::from_secs(60))
+        .await
+        .expect("the first configuration stored");
+
+    match fault {
+        CpFault::Restarted | CpFault::Down => px.set_enabled(false).await.unwrap(),
+        CpFault::SilentTls => {
+            px.add(
+                "fault",
+                Stream::Downstream,
+                Toxic::Blackhole(Duration::ZERO),
+            )
+            .await
+            .unwrap();
+            // Cut the live session: the reconnection meets the silent CP.
+            px.set_enabled(false).await.unwrap();
+            px.set_enabled(true).await.unwrap();
+        }
+        CpFault::Garbage => fleet
+            .cp
+            .push_frame(b"this is not a reconfigure frame".to_vec()),
+        CpFault::GzipBomb => {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..96 {
+                gz.write_all(&zeros).unwrap();
+            }
+            fleet.cp.push_frame(gz.finish().unwrap());
+        }
+        CpFault::OverLimit => {
+            // 17 MiB that do not compress, over the 16 MiB frame limit.
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let junk: Vec<u8> = (0..17 << 20)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            fleet.cp.push_frame(junk);
+        }
+    }
+    tokio::time::sleep(outage).await;
+    op.proc
+        .check_alive()
+        .unwrap_or_else(|e| panic!("the operator crashed during {}: {e}", fault.name()));
+    let kept = fleet.stored().await.map(|s| s.0);
+    match fault {
+        CpFault::Restarted | CpFault::Down => px.set_enabled(true).await.unwrap(),
+        CpFault::SilentTls => px.remove("fault").await.unwrap(),
+        _ => {}
+    }
+    let back = Instant::now();
+    let next = fleet.push();
+    let stored = fleet.wait_stored(&next, Duration::from_secs(60)).await;
+    let reconnect = back.elapsed();
+    let crashed = op.proc.check_alive().is_err();
+    let peak = peak_rss_mib(op.proc.pid());
+    println!(
+        "fault: R3 case={} outage_s={} last_good_kept={} crashed={} peak_rss_mb={peak:.0} reconnect_s={:.1}",
+        fault.name(),
+        outage.as_secs(),
+        u8::from(kept.as_deref() == Some(good.as_str())),
+        u8::from(crashed),
+        reconnect.as_secs_f64()
+    );
+    assert_eq!(
+        kept.as_deref(),
+        Some(good.as_str()),
+        "the last good config stayed"
+    );
+    assert!(!crashed, "the operator crashed: {}", op.proc.log_tail(20));
+    assert!(
+        stored.is_some(),
+        "the first good configuration after the fault was stored; operator log:\n{}",
+        op.proc.log_tail(30)
+    );
+}
+
+#[tokio::test]
+async fn r3_a_restarted_control_plane_is_reconnected() {
+    r3(CpFault::Restarted).await;
+}
+
+#[tokio::test]
+async fn r3_a_control_plane_down_for_an_outage_is_reconnected() {
+    r3(CpFault::Down).await;
+}
+
+#[tokio::test]
+async fn r3_a_garbage_frame_keeps_the_last_good_config() {
+    r3(CpFault::Garbage).await;
+}
+
+#[tokio::test]
+async fn r3_a_gzip_bomb_keeps_the_last_good_config_and_bounded_memory() {
+    r3(CpFault::GzipBomb).await;
+}
+
+#[tokio::test]
+async fn r3_a_frame_over_the_limit_keeps_the_last_good_config() {
+    r3(CpFault::OverLimit).await;
+}
+
+#[tokio::test]
+async fn r3_a_control_plane_that_never_answers_tls_is_survived() {
+    r3(CpFault::SilentTls).await;
+}
+
+/// What a versioned bucket's history of one key shows, checked against what was pushed.
+#[derive(Debug, Default, PartialEq)]
+struct History {
+    versions: usize,
+    /// A version that does not parse, is not a configuration the CP pushed, or lacks a
+    /// fencing epoch.
+    corrupt: usize,
+    /// A version holding a configuration pushed before one already stored.
+    older_over_newer: usize,
+    /// A version whose fencing epoch is lower than the one stored before it: two writers
+    /// interleaved.
+    dual_writer_windows: usize,
+}
+
+/// Checks every stored version of a key, oldest first: `pushed` lists the configurations
+/// in the order the CP pushed them, as (hash, table).
+fn check_history(versions: &[kfo_testenv::StoredVersion], pushed: &[(String, String)]) -> History {
+    use kong_fallback_operator::export::runner::{META_CONFIG_HASH, META_EPOCH};
+    let mut h = History {
+        versions: versions.len(),
+        ..History::default()
+    };
+    let (mut newest_push, mut last_epoch) = (None::<usize>, None::<u64>);
+    for v in versions {
+        let index = pushed
+            .iter()
+            .position(|(_, table)| table.as_bytes() == v.body);
+        let epoch = v
+            .metadata
+            .get(META_EPOCH)
+            .and_then(|e| e.parse::<u64>().ok());
+        let parses = serde_json::from_slice::<serde_json::Value>(&v.body).is_ok();
+        let hash_ok = index.is_some_and(|i| v.metadata.get(META_CONFIG_HASH) == Some(&pushed[i].0));
+        let (Some(index), Some(epoch), true, true) = (index, epoch, parses, hash_ok) else {
+            h.corrupt += 1;
+            continue;
+        };
+        if newest_push.is_some_and(|n| index < n) {
+            h.older_over_newer += 1;
+        }
+        if last_epoch.is_some_and(|e| epoch < e) {
+            h.dual_writer_windows += 1;
+        }
+        newest_push = Some(newest_push.map_or(index, |n| n.max(index)));
+        last_epoch = Some(last_epoch.map_or(epoch, |e| e.max(epoch)));
+    }
+    h
+}
+
+#[test]
+fn the_history_checker_counts_what_it_claims() {
+    use kong_fallback_operator::export::runner::{META_CONFIG_HASH, META_EPOCH};
+    let pushed: Vec<(String, String)> = (0..3)
+        .map(|i| config(&format!("c{i}")))
+        .map(|(t, h)| (h, t))
+        .collect();
+    let version = |i: usize, epoch: &str| kfo_testenv::StoredVersion {
+        version_id: String::new(),
+        modified: (0, 0),
+        body: pushed[i].1.clone().into_bytes(),
+        metadata: [
+            (META_CONFIG_HASH.to_owned(), pushed[i].0.clone()),
+            (META_EPOCH.to_owned(), epoch.to_owned()),
+        ]
+        .into(),
+    };
+    let clean = [version(0, "1"), version(1, "1"), version(2, "2")];
+    assert_eq!(check_history(&clean, &pushed).older_over_newer, 0);
+    let bad = [
+        version(0, "1"),
+        version(2, "2"),
+        version(1, "1"),
+        version(1, "x"),
+    ];
+    let h = check_history(&bad, &pushed);
+    assert_eq!(
+        (h.corrupt, h.older_over_newer, h.dual_writer_windows),
+        (1, 1, 1),
+        "{h:?}"
+    );
+    let mut garbage = version(0, "1");
+    garbage.body = b"{not json".to_vec();
+    assert_eq!(check_history(&[garbage], &pushed).corrupt, 1);
+}
+
+/// How the leader is stopped in R1.
+#[derive(Clone, Copy, Debug)]
+enum Death {
+    /// SIGKILL: gone at once.
+    Kill,
+    /// SIGSTOP, then SIGCONT once another replica has taken over: a paused writer that
+    /// wakes up with a write in flight.
+    Pause,
+}
+
+/// R1: the leader dies (or freezes) in the middle of a PUT, round after round, with three
+/// replicas; a versioned bucket keeps every write for the checker.
+async fn r1(death: Death) {
+    use crate::fleet::{Fleet, Options, Timings};
+    let rounds = if full() { 50 } else { 3 };
+    let m: &'static MinioEnv = Box::leak(Box::new(MinioEnv::private("r1-minio").await.unwrap()));
+    let px = toxiproxy()
+        .await
+        .proxy("r1-s3", m.endpoint.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // NB: 2 MiB/s: a 1 MB PUT takes about half a second, so the kill lands inside it.
+    px.add("slow-put", Stream::Upstream, Toxic::Bandwidth(2048))
+        .await
+        .unwrap();
+    let timings = Timings {
+        lease: 4,
+        renew: 3,
+        retry: 1,
+    };
+    let fleet = Fleet::with(
+        "fault-r1",
+        timings,
+        Options {
+            s3: Some(m),
+            store_endpoint: Some(px.http()),
+            ..Options::default()
+        },
+    )
+    .await;
+    m.enable_versioning(&fleet.bucket).await.unwrap();
+    let mut ops: Vec<crate::fleet::Operator> =
+        (0..3).map(|i| fleet.start(&format!("r1-{i}"))).collect();
+    let mut started = 3;
+    let mut gone = Vec::new();
+    let mut pushed: Vec<(String, String)> = Vec::new();
+    let mut takeovers = Vec::new();
+    for round in 0..rounds {
+        let leader = fleet
+            .wait_leader(Duration::from_secs(30))
+            .await
+            .expect("a leader");
+        let (table, hash) = config_sized(1_000_000, round as u64);
+        fleet.cp.push(&table, &hash);
+        pushed.push((hash.clone(), table));
+        // Inside the PUT: after the decode, before the half second of upload ends.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let i = ops.iter().position(|o| o.name == leader).unwrap();
+        let dead = Instant::now();
+        match death {
+            Death::Kill => ops[i].proc.signal("KILL").unwrap(),
+            Death::Pause => ops[i].proc.signal("STOP").unwrap(),
+        }
+        let stored = fleet.wait_stored(&hash, Duration::from_secs(60)).await;
+        takeovers.push(dead.elapsed());
+        assert!(
+            stored.is_some(),
+            "round {round}: the config was stored after the leader died"
+        );
+        match death {
+            Death::Kill => {
+                gone.push(ops.remove(i));
+                started += 1;
+                ops.push(fleet.start(&format!("r1-{started}")));
+            }
+            // The paused leader wakes with its write in flight: fencing must stop it.
+            Death::Pause => ops[i].proc.signal("CONT").unwrap(),
+        }
+    }
+    // Let woken writers finish whatever they still try.
+    tokio::time::sleep(Duration::from_secs(u64::from(timings.lease as u32) + 2)).await;
+    let key = format!("kong/{}/config.json", crate::fleet::VERSION);
+    let versions = m.versions(&fleet.bucket, &key).await.unwrap();
+    let h = check_history(&versions, &pushed);
+    takeovers.sort();
+    let p99 = takeovers[((takeovers.len() as f64 - 1.0) * 0.99).round() as usize];
+    let label = match death {
+        Death::Kill => "sigkill",
+        Death::Pause => "sigstop",
+    };
+    println!(
+        "fault: R1 case={label} rounds={rounds} versions={} corrupt={} older_over_newer={} dual_writer_windows={} takeover_max_s={:.2} takeover_p99_s={:.2}",
+        h.versions,
+        h.corrupt,
+        h.older_over_newer,
+        h.dual_writer_windows,
+        takeovers.last().unwrap().as_secs_f64(),
+        p99.as_secs_f64()
+    );
+    // R6: no secret value in what the run wrote: every replica's log, the Events and the
+    // policy's status.
+    let secrets = [
+        m.root_password.as_str(),
+        fleet.cp.certs.key_pem.lines().nth(1).unwrap_or("-"),
+    ];
+    let mut places: Vec<(String, String)> = ops
+        .iter()
+        .chain(&gone)
+        .map(|o| {
+            (
+                o.proc.log_path().display().to_string(),
+                std::fs::read_to_string(o.proc.log_path()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let events =
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(fleet.client.clone(), &fleet.ns)
+            .list(&Default::default())
+            .await
+            .unwrap();
+    for e in events.items {
+        places.push(("event".into(), serde_json::to_string(&e).unwrap()));
+    }
+    let policy = Api::<FallbackConfigPolicy>::namespaced(fleet.client.clone(), &fleet.ns)
+        .get("prod")
+        .await
+        .unwrap();
+    places.push((
+        "status".into(),
+        serde_json::to_string(&policy.status).unwrap(),
+    ));
+    let leaks: Vec<&str> = places
+        .iter()
+        .filter(|(_, text)| secrets.iter().any(|s| text.contains(s)))
+        .map(|(place, _)| place.as_str())
+        .collect();
+    println!(
+        "fault: R6 case={label} places_checked={} leaks={}",
+        places.len(),
+        leaks.len()
+    );
+    assert_eq!(
+        (h.corrupt, h.older_over_newer, h.dual_writer_windows),
+        (0, 0, 0),
+        "{h:?}"
+    );
+    assert!(h.versions >= rounds, "{h:?}");
+    assert!(leaks.is_empty(), "a secret value in {leaks:?}");
+}
+
+/// A configuration of about `bytes` bytes and Kong's hash of it.
+fn config_sized(bytes: usize, seed: u64) -> (String, String) {
+    let table = kfo_testenv::configs::config_table(bytes, 1000 + seed);
+    let hash = config_hashes(&serde_json::from_str(&table).unwrap()).config;
+    (table, hash)
+}
+
+#[tokio::test]
+async fn r1_a_leader_killed_mid_put_loses_nothing_and_never_goes_back() {
+    r1(Death::Kill).await;
+}
+
+#[tokio::test]
+async fn r1_a_leader_paused_mid_put_is_fenced_when_it_wakes() {
+    r1(Death::Pause).await;
+}
