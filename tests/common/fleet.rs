@@ -179,19 +179,27 @@ impl Fleet {
 
     /// Starts an operator process named `name` (its identity and pod name).
     pub fn start(&self, name: &str) -> Operator {
+        self.start_with(name, &[])
+    }
+
+    /// [`Fleet::start`] with more arguments to `run` (e.g. the webhook's).
+    pub fn start_with(&self, name: &str, extra: &[String]) -> Operator {
         let bin = env!("CARGO_BIN_EXE_kong-fallback-operator");
         let proc = Proc::start(
             &kfo_testenv::unique_name(name),
             std::path::Path::new(bin),
             &[
-                "run".into(),
+                "run".to_owned(),
                 "--identity".into(),
                 name.into(),
                 "--namespace".into(),
                 self.ns.clone(),
                 "--http-addr".into(),
                 "127.0.0.1:0".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect::<Vec<String>>(),
             &[
                 ("KUBECONFIG", self.kubeconfig.as_str()),
                 ("RUST_LOG", "info,kong_fallback_operator=debug"),

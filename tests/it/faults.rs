@@ -742,3 +742,234 @@ async fn r1_a_leader_killed_mid_put_loses_nothing_and_never_goes_back() {
 async fn r1_a_leader_paused_mid_put_is_fenced_when_it_wakes() {
     r1(Death::Pause).await;
 }
+
+/// R7's ways for the operator to be absent or wrong while Kong pods are created.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Absent {
+    /// Every replica SIGKILLed: the webhook refuses connections.
+    AllReplicasKilled,
+    /// The registration points at a Service without endpoints (replicas gone).
+    NoEndpoints,
+    /// The read Secret the injection references is deleted.
+    ReadSecretDeleted,
+    /// A chart re-apply puts the inert registration back.
+    RegistrationOverwritten,
+}
+
+impl Absent {
+    fn name(self) -> &'static str {
+        match self {
+            Absent::AllReplicasKilled => "all_replicas_killed",
+            Absent::NoEndpoints => "service_without_endpoints",
+            Absent::ReadSecretDeleted => "read_secret_deleted",
+            Absent::RegistrationOverwritten => "registration_overwritten",
+        }
+    }
+}
+
+/// Whether `pod` references a Secret key that does not exist without `optional: true`:
+/// the kubelet would never start it (`CreateContainerConfigError`).
+async fn references_missing_secret(
+    secrets: &Api<Secret>,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> bool {
+    let spec = pod.spec.as_ref().unwrap();
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        for e in c.env.iter().flatten() {
+            let Some(r) = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+            else {
+                continue;
+            };
+            if r.optional == Some(true) {
+                continue;
+            }
+            let present = secrets
+                .get_opt(&r.name)
+                .await
+                .unwrap()
+                .and_then(|s| s.data)
+                .is_some_and(|d| d.contains_key(&r.key));
+            if !present {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// R7: the operator never blocks a Kong pod. Pods are created at 5/s while the operator is
+/// absent or wrong in `absent`'s way; with `failurePolicy: Ignore` none may be refused or
+/// reference a missing Secret key. Returns (attempted, created, blocked).
+async fn r7(absent: Absent, failure_policy: &str) -> (usize, usize, usize) {
+    use crate::fleet::{Fleet, Timings};
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::Pod;
+    let fleet = Fleet::new(
+        "fault-r7",
+        Timings {
+            lease: 6,
+            renew: 4,
+            retry: 1,
+        },
+    )
+    .await;
+    let port = crate::cluster::free_port();
+    let configuration = kfo_testenv::unique_name("kfo-r7");
+    let op = fleet.start_with(
+        "r7-0",
+        &[
+            "--webhook".into(),
+            format!("--webhook-addr=127.0.0.1:{port}"),
+            format!("--webhook-url=https://127.0.0.1:{port}/mutate"),
+            format!("--operator-namespace={}", fleet.ns),
+            format!("--webhook-configuration={configuration}"),
+            format!("--webhook-failure-policy={failure_policy}"),
+        ],
+    );
+    let pods: Api<Pod> = Api::namespaced(fleet.client.clone(), &fleet.ns);
+    let secrets: Api<Secret> = Api::namespaced(fleet.client.clone(), &fleet.ns);
+    let template = crate::cluster::kong_dp_template();
+    let pod = |name: String| -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"app": "kong-dp"}},
+            "spec": template["spec"]}),
+        )
+        .unwrap()
+    };
+    // Injection works before the fault.
+    let mut n = 0;
+    crate::wait::until("a pod injected before the fault", async || {
+        n += 1;
+        let p = pods
+            .create(&PostParams::default(), &pod(format!("before-{n}")))
+            .await
+            .ok()?;
+        p.metadata
+            .annotations?
+            .contains_key(kong_fallback_operator::inject::ANNOTATION)
+            .then_some(())
+    })
+    .await;
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(fleet.client.clone());
+    match absent {
+        Absent::AllReplicasKilled => op.proc.signal("KILL").unwrap(),
+        Absent::NoEndpoints => {
+            op.proc.signal("KILL").unwrap();
+            let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+                "metadata": {"name": "kfo-webhook-none"},
+                "spec": {"ports": [{"port": 443, "targetPort": 9443}]}
+            }))
+            .unwrap();
+            Api::namespaced(fleet.client.clone(), &fleet.ns)
+                .create(&PostParams::default(), &svc)
+                .await
+                .unwrap();
+            let mut c = mwcs.get(&configuration).await.unwrap();
+            let w = &mut c.webhooks.as_mut().unwrap()[0];
+            w.client_config.url = None;
+            w.client_config.service = Some(
+                k8s_openapi::api::admissionregistration::v1::ServiceReference {
+                    namespace: fleet.ns.clone(),
+                    name: "kfo-webhook-none".into(),
+                    port: Some(443),
+                    path: Some("/mutate".into()),
+                },
+            );
+            mwcs.replace(&configuration, &PostParams::default(), &c)
+                .await
+                .unwrap();
+        }
+        Absent::ReadSecretDeleted => secrets
+            .delete("fallback-read", &Default::default())
+            .await
+            .map(|_| ())
+            .unwrap(),
+        Absent::RegistrationOverwritten => {
+            // The chart's inert rendering, as a chart re-apply writes it.
+            let mut c = mwcs.get(&configuration).await.unwrap();
+            let w = &mut c.webhooks.as_mut().unwrap()[0];
+            w.match_conditions = Some(vec![
+                k8s_openapi::api::admissionregistration::v1::MatchCondition {
+                    name: "kong-fallback-operator-policies".into(),
+                    expression: "false".into(),
+                },
+            ]);
+            w.client_config.ca_bundle = None;
+            mwcs.replace(&configuration, &PostParams::default(), &c)
+                .await
+                .unwrap();
+        }
+    }
+    let seconds = if full() { 20 } else { 4 };
+    let (mut attempted, mut created, mut blocked) = (0, 0, 0);
+    let mut names = Vec::new();
+    let start = Instant::now();
+    for i in 0..seconds * 5 {
+        let due = start + Duration::from_millis(200 * i as u64);
+        tokio::time::sleep_until(due.into()).await;
+        attempted += 1;
+        match pods
+            .create(&PostParams::default(), &pod(format!("during-{i}")))
+            .await
+        {
+            Ok(p) => {
+                created += 1;
+                names.push(p);
+            }
+            Err(_) => blocked += 1,
+        }
+    }
+    for p in &names {
+        if references_missing_secret(&secrets, p).await {
+            blocked += 1;
+        }
+    }
+    let _ = mwcs.delete(&configuration, &Default::default()).await;
+    (attempted, created, blocked)
+}
+
+async fn r7_case(absent: Absent) {
+    let (pods, created, blocked) = r7(absent, "ignore").await;
+    let with_fail = if matches!(absent, Absent::AllReplicasKilled) {
+        let (_, _, b) = r7(absent, "fail").await;
+        format!(" blocked_with_fail={b}")
+    } else {
+        String::new()
+    };
+    println!(
+        "fault: R7 case={} pods={pods} created={created} blocked={blocked}{with_fail}",
+        absent.name()
+    );
+    assert_eq!(
+        blocked, 0,
+        "a Kong pod was blocked with failurePolicy Ignore"
+    );
+    assert_eq!(created, pods);
+}
+
+#[tokio::test]
+async fn r7_killed_replicas_never_block_a_kong_pod() {
+    r7_case(Absent::AllReplicasKilled).await;
+}
+
+#[tokio::test]
+async fn r7_a_webhook_service_without_endpoints_never_blocks_a_kong_pod() {
+    r7_case(Absent::NoEndpoints).await;
+}
+
+#[tokio::test]
+async fn r7_a_deleted_read_secret_never_blocks_a_kong_pod() {
+    r7_case(Absent::ReadSecretDeleted).await;
+}
+
+#[tokio::test]
+async fn r7_an_overwritten_registration_never_blocks_a_kong_pod() {
+    r7_case(Absent::RegistrationOverwritten).await;
+}
