@@ -158,6 +158,22 @@ impl S3Store {
         })
     }
 
+    /// After a HEAD answered 404: S3 answers a HEAD without a body, so a missing bucket and
+    /// a missing key look alike. A HEAD of the bucket tells them apart; when it is refused
+    /// (credentials without s3:ListBucket) the key is taken as missing.
+    async fn missing_key_or_bucket(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Err(StoreError::new(
+                ErrorKind::BucketMissing,
+                "head",
+                &self.bucket,
+                key,
+                "HEAD of the bucket answered 404",
+            )),
+            _ => Ok(None),
+        }
+    }
+
     fn error<E, R>(&self, op: &'static str, key: &str, err: SdkError<E, R>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -251,7 +267,9 @@ impl ObjectStore for S3Store {
             .await
         {
             Ok(out) => out,
-            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => return Ok(None),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => {
+                return self.missing_key_or_bucket(key).await;
+            }
             Err(e) => return Err(self.error("head", key, e)),
         };
         let last_modified = to_system_time(out.last_modified());

@@ -973,3 +973,461 @@ async fn r7_a_deleted_read_secret_never_blocks_a_kong_pod() {
 async fn r7_an_overwritten_registration_never_blocks_a_kong_pod() {
     r7_case(Absent::RegistrationOverwritten).await;
 }
+
+/// R5's base: a working policy of `mode` with its own prefix and selector (`i`), so that
+/// what a mutation breaks is the only thing wrong.
+fn good_spec(mode: &str, i: usize, fleet: &crate::fleet::Fleet) -> serde_json::Value {
+    let mut s = json!({
+        "dataPlanes": {"selector": {"matchLabels": {"app": format!("kong-dp-{i}")}}},
+        "storage": {"url": format!("s3://{}/r5-{i}", fleet.bucket), "region": "us-east-1",
+                    "endpoint": fleet.s3.endpoint,
+                    "readCredentials": {"secretName": "good-read"},
+                    "writeCredentials": {"secretName": "fallback-write"}},
+        "exporter": {"mode": mode, "versions": ["3.6.1.4"], "minInterval": "0s",
+                     "controlPlane": {"endpoint": fleet.cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}}
+    });
+    if mode == "BackupPods" {
+        s["backup"] = json!({"selector": {"matchLabels": {"app": format!("kong-backup-{i}")}}});
+    }
+    if mode == "None" {
+        s["storage"]
+            .as_object_mut()
+            .unwrap()
+            .remove("writeCredentials");
+        s["exporter"]
+            .as_object_mut()
+            .unwrap()
+            .remove("controlPlane");
+        s["exporter"].as_object_mut().unwrap().remove("minInterval");
+    }
+    s
+}
+
+/// R5's mutations: (what, JSON pointer, value); each breaks one thing of a good spec.
+fn mutations() -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    vec![
+        ("url", "/storage/url", json!("s3://bucket")),
+        ("url", "/storage/url", json!("s3://bucket/")),
+        ("url", "/storage/url", json!("s3://b/a/../c")),
+        ("url", "/storage/url", json!("s3://b/%41")),
+        ("url", "/storage/url", json!("s3://b/p;x=1")),
+        ("url", "/storage/url", json!("http://b/p")),
+        ("url", "/storage/url", json!("gcs://UPPER/p")),
+        ("url", "/storage/url", json!("")),
+        ("url", "/storage/url", json!("s3://b/p q")),
+        ("url", "/storage/url", json!(42)),
+        ("url", "/storage/url", json!("s3://no-such-bucket-r5/p")),
+        ("region", "/storage/region", json!("")),
+        ("endpoint", "/storage/endpoint", json!("not a url")),
+        ("endpoint", "/storage/endpoint", json!("http://127.0.0.1:9")),
+        ("selector", "/dataPlanes/selector", json!({})),
+        (
+            "selector",
+            "/dataPlanes/selector/matchLabels",
+            json!({"app": "a'b"}),
+        ),
+        (
+            "selector",
+            "/dataPlanes/selector/matchLabels",
+            json!({"-bad": "x"}),
+        ),
+        (
+            "selector",
+            "/dataPlanes/selector/matchLabels",
+            json!({"app": "x".repeat(64)}),
+        ),
+        (
+            "selector",
+            "/dataPlanes/selector/matchLabels",
+            json!({"a/b/c": "x"}),
+        ),
+        (
+            "selector",
+            "/dataPlanes/selector/matchLabels",
+            json!({"app": "x y"}),
+        ),
+        (
+            "selector",
+            "/dataPlanes/selector/matchExpressions",
+            json!([{"key": "app", "operator": "Near", "values": ["x"]}]),
+        ),
+        (
+            "selector",
+            "/dataPlanes/selector/matchExpressions",
+            json!([{"key": "app", "operator": "In", "values": []}]),
+        ),
+        (
+            "selector",
+            "/dataPlanes/selector/matchExpressions",
+            json!([{"key": "app", "operator": "Exists", "values": ["x"]}]),
+        ),
+        ("duration", "/exporter/minInterval", json!("10")),
+        ("duration", "/exporter/minInterval", json!("-1s")),
+        ("duration", "/exporter/minInterval", json!("1y")),
+        ("duration", "/storage/validationInterval", json!("soon")),
+        ("duration", "/storage/validationInterval", json!("-5m")),
+        (
+            "election",
+            "/election",
+            json!({"leaseDuration": "5s", "renewDeadline": "10s", "retryPeriod": "2s"}),
+        ),
+        (
+            "election",
+            "/election",
+            json!({"leaseDuration": "15s", "renewDeadline": "10s", "retryPeriod": "20s"}),
+        ),
+        ("election", "/election", json!({"leaseDuration": "0s"})),
+        ("version", "/exporter/versions", json!(["3.6"])),
+        ("version", "/exporter/versions", json!(["latest"])),
+        ("version", "/exporter/versions", json!([])),
+        (
+            "version",
+            "/exporter/versions",
+            json!(["3.6.1.4", "3.6.1.4"]),
+        ),
+        ("size", "/exporter/maxConfigSize", json!("2Gi")),
+        ("size", "/exporter/maxConfigSize", json!("-1")),
+        ("size", "/exporter/maxConfigSize", json!("lots")),
+        (
+            "secret",
+            "/storage/readCredentials/secretName",
+            json!("does-not-exist"),
+        ),
+        (
+            "secret",
+            "/storage/writeCredentials/secretName",
+            json!("does-not-exist"),
+        ),
+        (
+            "secret",
+            "/storage/readCredentials/secretName",
+            json!("other-ns/fallback-read"),
+        ),
+        (
+            "secret",
+            "/storage/readCredentials/secretName",
+            json!("wrong-shape"),
+        ),
+        (
+            "secret",
+            "/storage/writeCredentials/secretName",
+            json!("wrong-shape"),
+        ),
+        (
+            "secret",
+            "/storage/readCredentials/secretName",
+            json!("fallback-read"),
+        ),
+        (
+            "secret",
+            "/exporter/controlPlane/clusterCertSecret",
+            json!("does-not-exist"),
+        ),
+        (
+            "secret",
+            "/exporter/controlPlane/clusterCertSecret",
+            json!("wrong-shape"),
+        ),
+        ("credentials", "/storage/writeCredentials", json!({})),
+        (
+            "credentials",
+            "/storage/readCredentials",
+            json!({"secretName": "good-read", "ambient": true}),
+        ),
+        (
+            "credentials",
+            "/storage/writeCredentials",
+            json!({"ambient": true}),
+        ),
+        ("cp", "/exporter/controlPlane/endpoint", json!("no-port")),
+        ("cp", "/exporter/controlPlane/endpoint", json!("")),
+        (
+            "cp",
+            "/exporter/controlPlane/endpoint",
+            json!("127.0.0.1:9"),
+        ),
+        ("mode", "/exporter/mode", json!("Sometimes")),
+        ("backup", "/backup", json!({"selector": {}})),
+        (
+            "overlap",
+            "/dataPlanes/selector/matchLabels",
+            json!({"app": "kong-dp-shared"}),
+        ),
+        ("history", "/exporter/historyLimit", json!(-3)),
+        ("history", "/exporter/historyLimit", json!("three")),
+        ("filters", "/exporter/wasmFilters", json!([""])),
+        ("standby", "/exporter/standby", json!("Lukewarm")),
+        ("rollout", "/dataPlanes/rollout", json!("yes")),
+        ("payload", "/exporter/controlPlane/maxPayload", json!("1Ki")),
+        (
+            "payload",
+            "/exporter/controlPlane/maxPayload",
+            json!("huge"),
+        ),
+        ("mtls", "/exporter/controlPlane/mtls", json!("maybe")),
+        (
+            "sse",
+            "/storage/putOptions/serverSideEncryption",
+            json!("rot13"),
+        ),
+        ("sse", "/storage/putOptions/kmsKeyId", json!("alias/x")),
+        ("images", "/dataPlanes/imageRepositories", json!([""])),
+        ("images", "/dataPlanes/imageRepositories", json!("kong")),
+        ("url", "/storage/url", json!("s3://b//p")),
+        ("url", "/storage/url", json!("gcs://b")),
+        ("url", "/storage/url", json!("s3://b/./p")),
+        ("url", "/storage/url", json!("s3://b/p%2F")),
+        ("url", "/storage/url", json!("s3://b/p\\q")),
+        (
+            "selector",
+            "/dataPlanes/selector/matchLabels",
+            json!({"": "x"}),
+        ),
+        (
+            "selector",
+            "/dataPlanes/selector/matchLabels",
+            json!({"app": "-x"}),
+        ),
+        (
+            "selector",
+            "/dataPlanes/selector/matchLabels",
+            json!({"APP/b": "x"}),
+        ),
+        (
+            "selector",
+            "/dataPlanes/selector/matchExpressions",
+            json!([{"key": "a'b", "operator": "Exists"}]),
+        ),
+        ("duration", "/storage/validationInterval", json!("1 hour")),
+        ("duration", "/storage/validationInterval", json!(5)),
+        (
+            "images",
+            "/dataPlanes/imageRepositories",
+            json!(["kong/kong gateway"]),
+        ),
+        ("spec", "/storage", json!(null)),
+        ("spec", "/dataPlanes", json!("everything")),
+        ("spec", "/exporter", json!([])),
+    ]
+}
+
+/// Sets `pointer` (a JSON pointer) in `v` to `value`, making the objects on the way.
+fn set_pointer(v: &mut serde_json::Value, pointer: &str, value: serde_json::Value) {
+    let mut cur = v;
+    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    for p in &parts[..parts.len() - 1] {
+        if !cur[*p].is_object() {
+            cur[*p] = json!({});
+        }
+        cur = &mut cur[*p];
+    }
+    cur[parts[parts.len() - 1]] = value;
+}
+
+/// Creates policy `name` with `spec` as a raw request (so that a value of the wrong type
+/// reaches the apiserver); the apiserver's refusal if any.
+async fn create_raw(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    spec: &serde_json::Value,
+) -> Result<(), kube::core::Status> {
+    let body = json!({"apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
+                      "metadata": {"name": name}, "spec": spec});
+    let req = kube::core::Request::new(format!(
+        "/apis/fallback.kong-dp.io/v1alpha1/namespaces/{ns}/fallbackconfigpolicies"
+    ))
+    .create(&PostParams::default(), serde_json::to_vec(&body).unwrap())
+    .unwrap();
+    match client.request::<serde_json::Value>(req).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) => Err(*e),
+        Err(e) => panic!("creating {name}: {e}"),
+    }
+}
+
+/// Whether policy `name` is reported: a False condition (other than the `Ready` summary)
+/// with a reason, and a Warning Event about it.
+async fn reported(fleet: &crate::fleet::Fleet, name: &str) -> (bool, bool) {
+    use k8s_openapi::api::core::v1::Event;
+    let p = Api::<FallbackConfigPolicy>::namespaced(fleet.client.clone(), &fleet.ns)
+        .get(name)
+        .await
+        .unwrap();
+    let condition = p.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ != "Ready" && c.status == "False" && !c.reason.is_empty())
+    });
+    let events = Api::<Event>::namespaced(fleet.client.clone(), &fleet.ns)
+        .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap();
+    let warned = events
+        .items
+        .iter()
+        .any(|e| e.type_.as_deref() == Some("Warning"));
+    (condition, warned)
+}
+
+/// R5: over 200 bad policies, each a working policy with one thing wrong. Each is refused
+/// at admission with the field named, or accepted and then reported by a False condition
+/// and a Warning Event; no replica crashes. A control policy per mode (unmutated) must be
+/// Ready, so that a report is the mutation's doing.
+#[tokio::test]
+async fn r5_bad_specs_at_volume_are_refused_or_reported_and_crash_nothing() {
+    use crate::fleet::{Fleet, Timings};
+    let mut fleet = Fleet::new(
+        "fault-r5",
+        Timings {
+            lease: 6,
+            renew: 4,
+            retry: 1,
+        },
+    )
+    .await;
+    let op = fleet.start("r5-0");
+    fleet.push();
+    let secrets: Api<Secret> = Api::namespaced(fleet.client.clone(), &fleet.ns);
+    let creds = json!({"AWS_ACCESS_KEY_ID": fleet.s3.root_user, "AWS_SECRET_ACCESS_KEY": fleet.s3.root_password});
+    for (name, data) in [
+        ("wrong-shape", json!({"unrelated": "x"})),
+        ("good-read", creds),
+    ] {
+        let s: Secret =
+            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data}))
+                .unwrap();
+        secrets.create(&PostParams::default(), &s).await.unwrap();
+    }
+    // A pod two policies select (the overlap case), and the first of them.
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "shared", "labels": {"app": "kong-dp-shared"}},
+        "spec": crate::cluster::kong_dp_template()["spec"]
+    }))
+    .unwrap();
+    Api::namespaced(fleet.client.clone(), &fleet.ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let modes = ["Operator", "BackupPods", "None"];
+    let mut i = 0;
+    for mode in modes {
+        i += 1;
+        let mut first = good_spec(mode, i, &fleet);
+        set_pointer(
+            &mut first,
+            "/dataPlanes/selector/matchLabels",
+            json!({"app": "kong-dp-shared"}),
+        );
+        if mode == "None" {
+            create_raw(&fleet.client, &fleet.ns, "first-shared", &first)
+                .await
+                .unwrap();
+        }
+    }
+    for mode in modes {
+        i += 1;
+        let name = format!("control-{}", mode.to_lowercase());
+        create_raw(&fleet.client, &fleet.ns, &name, &good_spec(mode, i, &fleet))
+            .await
+            .unwrap();
+        let api = Api::<FallbackConfigPolicy>::namespaced(fleet.client.clone(), &fleet.ns);
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if let Ok(p) = api.get(&name).await
+                    && condition(&p, "Ready").is_some_and(|c| c.0 == "True")
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+        .await;
+        if ready.is_err() {
+            let p = api.get(&name).await.unwrap();
+            panic!(
+                "the control policy {name} is not Ready: {:#?}",
+                p.status.map(|s| s.conditions)
+            );
+        }
+    }
+    let (mut specs, mut rejected, mut unnamed, mut accepted) = (0, 0, Vec::new(), Vec::new());
+    // NB: what only Operator mode reads (write credentials, the control plane, versions,
+    // the write options) is not wrong in another mode.
+    let operator_only = [
+        "/storage/writeCredentials",
+        "/exporter/controlPlane",
+        "/exporter/versions",
+        "/storage/putOptions",
+    ];
+    for mode in modes {
+        for (what, path, value) in mutations() {
+            if mode != "Operator" && operator_only.iter().any(|p| path.starts_with(p)) {
+                continue;
+            }
+            i += 1;
+            specs += 1;
+            let mut spec = good_spec(mode, i, &fleet);
+            set_pointer(&mut spec, path, value.clone());
+            let what = format!("{mode}:{what}:{path}={value}");
+            let name = format!("bad-{i}");
+            match create_raw(&fleet.client, &fleet.ns, &name, &spec).await {
+                Ok(()) => accepted.push((name, what)),
+                Err(e) if e.code == 422 || e.code == 400 => {
+                    rejected += 1;
+                    // The field is named: the last segment of the pointer that was changed.
+                    let field = path.rsplit('/').next().unwrap();
+                    if !e.message.contains(field) {
+                        unnamed.push(format!("{what}: {}", e.message));
+                    }
+                }
+                Err(e) => panic!("{what}: {e:?}"),
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut both, mut unreported) = (0, Vec::new());
+    for (name, what) in &accepted {
+        loop {
+            let (condition, warned) = reported(&fleet, name).await;
+            if condition && warned {
+                both += 1;
+                break;
+            }
+            if Instant::now() > deadline {
+                let p = Api::<FallbackConfigPolicy>::namespaced(fleet.client.clone(), &fleet.ns)
+                    .get(name)
+                    .await
+                    .unwrap();
+                let conditions: Vec<String> = p
+                    .status
+                    .map(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| format!("{}={}/{}", c.type_, c.status, c.reason))
+                    .collect();
+                unreported.push(format!(
+                    "{what} (condition={condition} warning={warned}) {conditions:?}"
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let crashed = u8::from(op.proc.check_alive().is_err());
+    println!(
+        "fault: R5 specs={specs} rejected_by_apiserver={rejected} condition_and_event={both} unreported={} field_unnamed={} crashed={crashed}",
+        unreported.len(),
+        unnamed.len()
+    );
+    assert_eq!(crashed, 0, "{}", op.proc.log_tail(30));
+    assert!(
+        unreported.is_empty(),
+        "accepted and not reported: {unreported:#?}"
+    );
+    assert!(
+        unnamed.is_empty(),
+        "refused without naming the field: {unnamed:#?}"
+    );
+    assert!(specs >= 200, "{specs} specs");
+}

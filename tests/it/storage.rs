@@ -354,6 +354,17 @@ async fn s3_errors_say_credentials_missing_bucket_or_network() {
     let missing = minio_store(env, "no-such-bucket-kfo", &env.root_password);
     let e = missing.get("k").await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::BucketMissing, "{e}");
+    // A HEAD answers 404 without a body for a missing bucket as for a missing key: the
+    // store must still tell them apart (fault R5 found a probe that said Reachable).
+    let e = missing.head("k").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BucketMissing, "{e}");
+    assert!(
+        minio_store(env, &bucket, &env.root_password)
+            .head("no-such-key")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let settings = S3Settings {
         region: "us-east-1".into(),
