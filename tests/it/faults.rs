@@ -1286,8 +1286,19 @@ async fn r5_bad_specs_at_volume_are_refused_or_reported_and_crash_nothing() {
         },
     )
     .await;
-    let op = fleet.start("r5-0");
-    fleet.push();
+    let port = crate::cluster::free_port();
+    let configuration = kfo_testenv::unique_name("kfo-r5");
+    let op = fleet.start_with(
+        "r5-0",
+        &[
+            "--webhook".into(),
+            format!("--webhook-addr=127.0.0.1:{port}"),
+            format!("--webhook-url=https://127.0.0.1:{port}/mutate"),
+            format!("--operator-namespace={}", fleet.ns),
+            format!("--webhook-configuration={configuration}"),
+        ],
+    );
+    let last_good = fleet.push();
     let secrets: Api<Secret> = Api::namespaced(fleet.client.clone(), &fleet.ns);
     let creds = json!({"AWS_ACCESS_KEY_ID": fleet.s3.root_user, "AWS_SECRET_ACCESS_KEY": fleet.s3.root_password});
     for (name, data) in [
@@ -1414,12 +1425,75 @@ async fn r5_bad_specs_at_volume_are_refused_or_reported_and_crash_nothing() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+    // Malformed AdmissionReviews straight at the webhook: each answered 4xx (or allowed
+    // unchanged), none a 5xx, none a crash.
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    crate::wait::until("the webhook serving", async || {
+        http.post(&url).body("{}").send().await.ok().map(|_| ())
+    })
+    .await;
+    let mut bodies: Vec<Vec<u8>> = [
+        "", "{", "null", "[]", "42", "\"x\"",
+        r#"{"kind":"AdmissionReview"}"#,
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#,
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","object":42}}"#,
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE","object":{"spec":"none"}}}"#,
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE","object":{"metadata":{"labels":{"app":"kong-dp-1"}},"spec":{"containers":[{"name":"x"}]}}}}"#,
+    ]
+    .iter()
+    .map(|b| b.as_bytes().to_vec())
+    .collect();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    while bodies.len() < 100 {
+        let len = (rnd() % 4096) as usize;
+        bodies.push((0..len).map(|_| rnd() as u8).collect());
+    }
+    bodies.push(vec![b'['; 2 << 20]);
+    let (mut reviews, mut review_5xx) = (0, 0);
+    for b in bodies {
+        reviews += 1;
+        let r = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(b)
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().is_server_error()) {
+            review_5xx += 1;
+        }
+    }
+    // Malformed CP frames at volume: the last good configuration stays stored.
+    let frames = 50;
+    for _ in 0..frames {
+        let len = (rnd() % 65536) as usize;
+        fleet.cp.push_frame((0..len).map(|_| rnd() as u8).collect());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = u8::from(fleet.stored().await.is_some_and(|s| s.0 == last_good));
+    let _ = Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+        fleet.client.clone(),
+    )
+    .delete(&configuration, &Default::default())
+    .await;
     let crashed = u8::from(op.proc.check_alive().is_err());
     println!(
-        "fault: R5 specs={specs} rejected_by_apiserver={rejected} condition_and_event={both} unreported={} field_unnamed={} crashed={crashed}",
+        "fault: R5 specs={specs} rejected_by_apiserver={rejected} condition_and_event={both} unreported={} field_unnamed={} reviews={reviews} review_5xx={review_5xx} cp_frames={frames} last_good_kept={kept} crashed={crashed}",
         unreported.len(),
         unnamed.len()
     );
+    assert_eq!(review_5xx, 0, "a malformed AdmissionReview got a 5xx");
+    assert_eq!(kept, 1, "garbage frames replaced the stored configuration");
     assert_eq!(crashed, 0, "{}", op.proc.log_tail(30));
     assert!(
         unreported.is_empty(),
