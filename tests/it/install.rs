@@ -177,8 +177,11 @@ pub(crate) async fn install() {
 fn documents() -> Vec<Value> {
     let text = std::fs::read_to_string(kfo_testenv::repo_root().join(DEPLOY)).unwrap();
     serde_norway::Deserializer::from_str(&text)
-        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
-        .filter(|v: &Value| !v.is_null())
+        .map(|d| {
+            <Value as serde::Deserialize>::deserialize(d)
+                .unwrap_or_else(|e| panic!("{DEPLOY}: a document does not parse: {e}"))
+        })
+        .filter(|v| !v.is_null())
         .collect()
 }
 
