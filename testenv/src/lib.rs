@@ -22,7 +22,7 @@ mod process;
 
 pub use gcs::{GcsEnv, gcs};
 pub use kong_cp::{ClusterCerts, DataPlane, KongCp, Mtls};
-pub use kube::{KubeEnv, kube};
+pub use kube::{EmptyCluster, KubeEnv, kube};
 pub use minio::{MinioEnv, ReadOnlyCredentials, minio, minio_tls};
 pub use process::{Proc, binary, repo_root};
 
