@@ -887,13 +887,18 @@ async fn pod_churn_costs_a_status_write_a_second_not_one_per_pod() {
             if let WatchEvent::Modified(p) = event.unwrap() {
                 writes += 1;
                 if importers(&p) == Some(PODS) {
-                    return;
+                    return true;
                 }
             }
         }
+        // NB: a watch the apiserver ended is no proof of the count.
+        false
     })
     .await;
-    assert!(counted.is_ok(), "status never counted {PODS} importers");
+    assert!(
+        counted == Ok(true),
+        "status never counted {PODS} importers ({counted:?}: false = the watch ended)"
+    );
     // Whatever trailing write is still due lands within a period.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     while let Some(Some(event)) = events.next().now_or_never() {
