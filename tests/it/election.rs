@@ -435,39 +435,49 @@ impl NativePeer {
             .send()
             .await
             .unwrap();
-        let listed = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&self.prefix)
-            .max_keys(1000)
-            .send()
-            .await
-            .unwrap();
-        let now = SystemTime::now();
-        let mut best: Option<(f64, String)> = None;
-        for o in listed.contents() {
-            let name = &o.key().unwrap()[self.prefix.len()..];
-            let Some((time, node)) = name.split_once('-') else {
-                continue;
-            };
-            let Ok(time) = time.parse::<f64>() else {
-                continue;
-            };
-            let modified = SystemTime::try_from(*o.last_modified().unwrap()).unwrap();
-            if now > modified + self.interval + Duration::from_secs(5) {
-                continue;
-            }
-            let candidate = (time, node.to_owned());
-            if best
-                .as_ref()
-                .is_none_or(|b| candidate.0 < b.0 || (candidate.0 == b.0 && candidate.1 < b.1))
-            {
-                best = Some(candidate);
-            }
-        }
-        best.map(|b| b.1)
+        native_elect(&self.client, &self.bucket, &self.prefix, self.interval).await
     }
+}
+
+/// What a native Kong node with election interval `interval` elects among the S3
+/// registrations under `prefix` now: the rules of [`NativePeer`], not the product's code.
+async fn native_elect(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    interval: Duration,
+) -> Option<String> {
+    let listed = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .max_keys(1000)
+        .send()
+        .await
+        .unwrap();
+    let now = SystemTime::now();
+    let mut best: Option<(f64, String)> = None;
+    for o in listed.contents() {
+        let name = &o.key().unwrap()[prefix.len()..];
+        let Some((time, node)) = name.split_once('-') else {
+            continue;
+        };
+        let Ok(time) = time.parse::<f64>() else {
+            continue;
+        };
+        let modified = SystemTime::try_from(*o.last_modified().unwrap()).unwrap();
+        if now > modified + interval + Duration::from_secs(5) {
+            continue;
+        }
+        let candidate = (time, node.to_owned());
+        if best
+            .as_ref()
+            .is_none_or(|b| candidate.0 < b.0 || (candidate.0 == b.0 && candidate.1 < b.1))
+        {
+            best = Some(candidate);
+        }
+    }
+    best.map(|b| b.1)
 }
 
 #[tokio::test]
@@ -565,7 +575,6 @@ mod backup_pods {
     use kfo_testenv::kube;
     use kong_fallback_operator::api::FallbackConfigPolicy;
     use kong_fallback_operator::controller;
-    use kong_fallback_operator::election::mirror::{kong_elect, parse};
     use kong_fallback_operator::inject::{self, SecretFacts};
     use kube::CustomResourceExt;
     use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -621,16 +630,15 @@ mod backup_pods {
             .unwrap();
     }
 
-    /// What Kong's own election elects in the prefix now (interval 10 s).
-    async fn kong_elected(store: &dyn ObjectStore, prefix: &str) -> Option<String> {
-        let regs: Vec<_> = store
-            .list(prefix)
-            .await
-            .unwrap()
-            .iter()
-            .filter_map(|o| parse(Flavor::S3, prefix, o))
-            .collect();
-        kong_elect(&regs, SystemTime::now(), Duration::from_secs(10)).map(|r| r.node_id.clone())
+    /// What a native Kong node (interval 10 s) elects in the prefix now.
+    // NB: by the test's own native rules, not the product's parser and election: those
+    // would agree with the product's mirror whatever it wrote.
+    async fn kong_elected(
+        s3: &kfo_testenv::MinioEnv,
+        bucket: &str,
+        prefix: &str,
+    ) -> Option<String> {
+        native_elect(&s3.root_client(), bucket, prefix, Duration::from_secs(10)).await
     }
 
     #[tokio::test]
@@ -684,7 +692,7 @@ mod backup_pods {
                 let leader = api.get("prod").await.ok()?.status?.leader?;
                 let d = leader.backup_pods.iter().find(|d| d.version == "3.6.1.4")?;
                 (d.node_id == uid
-                    && kong_elected(store.as_ref(), &prefix).await.as_deref() == Some(uid))
+                    && kong_elected(s3, &bucket, &prefix).await.as_deref() == Some(uid))
                 .then_some(leader)
             })
             .await
@@ -705,7 +713,7 @@ mod backup_pods {
             ("kong-backup-37", other.as_str())
         );
         crate::wait::until("3.7.0.0 elects its own pod", async || {
-            (kong_elected(store.as_ref(), &prefix_37).await.as_deref() == Some(other.as_str()))
+            (kong_elected(s3, &bucket, &prefix_37).await.as_deref() == Some(other.as_str()))
                 .then_some(())
         })
         .await;
