@@ -292,8 +292,12 @@ async fn wrong_write_credentials_are_reported_as_credentials_and_retried() {
 async fn a_push_lands_in_gcs() {
     let env = gcs().await;
     let bucket = env.bucket("export-gcs").await.unwrap();
+    // NB: the client goes through a recorder: fake-gcs-server takes an upload's content
+    // type from the media part's header, not from the object resource the client sends
+    // (GCS uses the resource's `contentType`), so only the request can show it.
+    let (proxy, sent) = recording_proxy(&env.endpoint).await;
     let store: Arc<dyn ObjectStore> = Arc::new(
-        GcsStore::new(Some(&env.endpoint), &GcsCredentials::Anonymous, &bucket)
+        GcsStore::new(Some(&proxy), &GcsCredentials::Anonymous, &bucket)
             .await
             .unwrap(),
     );
@@ -308,7 +312,107 @@ async fn a_push_lands_in_gcs() {
         Duration::ZERO,
     );
     let (key, _) = p.exported().await;
-    let o = store.get(&key).await.unwrap().unwrap();
-    assert_eq!(&o.body[..], t.as_bytes());
-    assert_eq!(o.metadata[META_CONFIG_HASH], hash(&t));
+    assert_eq!(key, "kong/3.6.1.4/config.json");
+    // Read back through the emulator's JSON API, not the product's client.
+    let object = gcs_object(&env.endpoint, &bucket, &key).await;
+    let request = String::from_utf8_lossy(&sent.lock().unwrap()).into_owned();
+    let upload = request
+        .split("POST /upload/storage/v1/")
+        .nth(1)
+        .expect("an upload request");
+    assert!(
+        upload.contains(r#""contentType":"application/json""#),
+        "the upload does not name the content type: {upload}"
+    );
+    assert_eq!(
+        object["metadata"][META_UPLOADER], "kfo-test-replica",
+        "{object}"
+    );
+    assert_eq!(object["metadata"][META_CONFIG_HASH], hash(&t), "{object}");
+    let body = reqwest::get(format!(
+        "{}/storage/v1/b/{bucket}/o/{}?alt=media",
+        env.endpoint,
+        key.replace('/', "%2F")
+    ))
+    .await
+    .unwrap()
+    .error_for_status()
+    .unwrap()
+    .bytes()
+    .await
+    .unwrap();
+    assert_eq!(&body[..], t.as_bytes());
+
+    // The refresh of a GCS registration (Kong's objects.update) is the store's `touch`: a
+    // metadata patch that keeps the data, the generation and the creation time.
+    // NB: GCS moves `updated` (and `metageneration`) on a metadata patch; fake-gcs-server
+    // 1.56 moves neither (checked by hand: PATCH of the metadata, then GET), so what it can show is that the patch landed: the `refreshed`
+    // metadata is set, the rest of the object is as it was.
+    let before = jiff::Timestamp::now();
+    assert!(store.touch(&key).await.unwrap());
+    let touched = gcs_object(&env.endpoint, &bucket, &key).await;
+    let refreshed: jiff::Timestamp = touched["metadata"]["refreshed"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no refreshed metadata after touch: {touched}"))
+        .parse()
+        .unwrap();
+    assert!(refreshed >= before, "{refreshed} < {before}");
+    for field in [
+        "generation",
+        "timeCreated",
+        "md5Hash",
+        "size",
+        "contentType",
+    ] {
+        assert_eq!(touched[field], object[field], "{field} changed by touch");
+    }
+    assert_eq!(touched["metadata"][META_UPLOADER], "kfo-test-replica");
+    assert!(!store.touch("kong/3.6.1.4/election/missing").await.unwrap());
+}
+
+/// A loopback proxy to the plain-HTTP `endpoint`; its URL and every byte clients sent.
+async fn recording_proxy(endpoint: &str) -> (String, Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = endpoint.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut client_rx, mut client_tx) = client.into_split();
+            let (mut server_rx, mut server_tx) = server.into_split();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0; 16 * 1024];
+                while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if server_tx.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = server_tx.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+            });
+        }
+    });
+    (url, sent)
+}
+
+/// An object's resource as fake-gcs-server's JSON API returns it.
+async fn gcs_object(endpoint: &str, bucket: &str, key: &str) -> serde_json::Value {
+    reqwest::get(format!(
+        "{endpoint}/storage/v1/b/{bucket}/o/{}",
+        key.replace('/', "%2F")
+    ))
+    .await
+    .unwrap()
+    .error_for_status()
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
 }
