@@ -165,16 +165,19 @@ impl Proc {
     }
 
     /// Waits up to `timeout` for the process to exit; whether it did.
-    pub fn wait_exit(&self, timeout: Duration) -> bool {
+    // NB: async: a blocking sleep here would freeze the test's runtime, and with it the
+    // servers (the CP double) that the test runs on it.
+    pub async fn wait_exit(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if matches!(self.child.lock().unwrap().try_wait(), Ok(Some(_))) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
     }
+
 
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -92,25 +92,59 @@ async fn three_replicas_one_exporter_takeover_after_a_kill_and_handover_on_sigte
     assert_eq!(epoch_after, epoch_before + 1, "a new holder is a new epoch");
 
     // SIGTERM: the leader finishes, releases the Lease and exits; the hand-over does not
-    // wait for the Lease to expire.
+    // wait for the Lease to expire. NB: shown by the Lease's history (a watch from before
+    // the signal sees every write), not by a time bound on a loaded machine: how fast the
+    // hand-over is, is benchmark P2's figure.
     let leader = ops.iter().find(|o| o.name == second).unwrap();
+    let leases = kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        fleet.client.clone(),
+        &fleet.ns,
+    );
+    let rv = leases
+        .get("prod")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let watch = kube::api::WatchParams::default().fields("metadata.name=prod");
+    let mut history = futures::StreamExt::boxed(leases.watch(&watch, &rv).await.unwrap());
     leader.proc.signal("TERM").unwrap();
-    let termed_at = Instant::now();
     assert!(
-        leader.proc.wait_exit(Duration::from_secs(10)),
+        leader.proc.wait_exit(Duration::from_secs(30)).await,
         "SIGTERM ends the operator"
     );
     let hash = fleet.push();
     let ((_, third), _) = fleet
-        .wait_stored(&hash, Duration::from_secs(20))
+        .wait_stored(&hash, Duration::from_secs(60))
         .await
         .expect("the last replica exports after the hand-over");
-    let took = termed_at.elapsed();
     assert_ne!(third, second);
     assert_ne!(third, first);
+    // The holders the Lease had, in order, until the new one.
+    let mut holders = Vec::new();
+    while holders.last().is_none_or(|h: &Option<String>| {
+        h.as_deref()
+            .is_none_or(|h| h.split('_').next() == Some(second.as_str()))
+    }) {
+        let event = tokio::time::timeout(
+            Duration::from_secs(30),
+            futures::StreamExt::next(&mut history),
+        )
+        .await
+        .expect("no Lease change after the hand-over")
+        .expect("the Lease watch ended");
+        if let kube::api::WatchEvent::Modified(l) = event.unwrap() {
+            let holder = l.spec.unwrap().holder_identity.filter(|h| !h.is_empty());
+            if holders.last() != Some(&holder) {
+                holders.push(holder);
+            }
+        }
+    }
+    let n = holders.len();
     assert!(
-        took < Duration::from_secs(timings.renew),
-        "hand-over took {took:?}: the Lease was not released?\n{}",
+        n >= 2 && holders[n - 2].is_none(),
+        "the Lease went from {second} to {third} without a release: {holders:?}\n{}",
         leader.proc.log_tail(30)
     );
     assert!(
@@ -519,7 +553,14 @@ async fn a_native_kong_peer_defers_to_the_mirrored_leader_and_takes_over_when_it
     control.claims.send(leading(1)).unwrap();
     let (stop, stop_rx) = watch::channel(false);
     let first = tokio::spawn(mirror("operator-leader-1").run(gate, stop_rx.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let registered = async |node: &str, present: bool| {
+        crate::wait::until(&format!("{node} registered: {present}"), async || {
+            let keys = store.list(&url.election_prefix("3.6.1.4")).await.ok()?;
+            (keys.iter().any(|o| o.key.ends_with(&format!("-{node}"))) == present).then_some(())
+        })
+        .await
+    };
+    registered("operator-leader-1", true).await;
 
     // Over many rounds (longer than the mirror's refresh), the peer never elects itself.
     let mut elected = BTreeMap::<String, u32>::new();
@@ -539,7 +580,7 @@ async fn a_native_kong_peer_defers_to_the_mirrored_leader_and_takes_over_when_it
     let (gate2, control2) = Gate::new();
     control2.claims.send(leading(2)).unwrap();
     let second = tokio::spawn(mirror("operator-leader-2").run(gate2, stop_rx.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    registered("operator-leader-2", true).await;
     control
         .claims
         .send(Claim {
@@ -547,7 +588,7 @@ async fn a_native_kong_peer_defers_to_the_mirrored_leader_and_takes_over_when_it
             ..leading(1)
         })
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    registered("operator-leader-1", false).await;
     assert_eq!(peer.round().await.as_deref(), Some("operator-leader-2"));
 
     // The operator goes away (graceful stop removes its registration): the peer leads.
