@@ -20,7 +20,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 use tokio::sync::OnceCell;
 
-use crate::process::{Proc, binary, free_port, run_dir, wait_until};
+use crate::process::{Proc, binary, on_free_ports, run_dir, wait_until};
 
 /// The shared control plane of this test binary.
 pub struct KubeEnv {
@@ -92,60 +92,62 @@ impl Shared {
     ) -> Result<(Proc, String, PathBuf)> {
         let bin = tokio::task::spawn_blocking(|| binary("kube-apiserver")).await??;
         let pki = &self.pki;
-        let port = free_port()?;
-        let apiserver_url = format!("https://127.0.0.1:{port}");
-        let mut args = vec![
-            format!("--etcd-servers={}", self.etcd_url),
-            format!("--etcd-prefix={etcd_prefix}"),
-            "--bind-address=127.0.0.1".into(),
-            // NB: without this the apiserver looks for a default route to pick an
-            // address, which a sandbox without one does not have.
-            "--advertise-address=127.0.0.1".into(),
-            // NB: since v1.37 the endpoint reconciler refuses a loopback address. It
-            // only maintains the `default/kubernetes` Service's endpoints, which
-            // nothing here uses (clients come through the kubeconfig).
-            "--endpoint-reconciler-type=none".into(),
-            format!("--secure-port={port}"),
-            format!(
-                "--cert-dir={}",
-                self.dir.join(format!("certs-{name}")).display()
-            ),
-            format!("--tls-cert-file={}", pki.serving_cert.display()),
-            format!("--tls-private-key-file={}", pki.serving_key.display()),
-            format!("--client-ca-file={}", pki.ca_cert.display()),
-            format!("--token-auth-file={}", self.tokens.display()),
-            "--authorization-mode=RBAC".into(),
-            format!("--service-account-issuer={apiserver_url}/"),
-            format!("--service-account-key-file={}", pki.sa_pub.display()),
-            format!(
-                "--service-account-signing-key-file={}",
-                pki.sa_key.display()
-            ),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--allow-privileged=true".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
-            "--v=1".into(),
-        ];
-        args.extend_from_slice(extra);
-        let apiserver = Proc::start(name, &bin, &args, &[])?;
+        on_free_ports(async |[port]| {
+            let apiserver_url = format!("https://127.0.0.1:{port}");
+            let mut args = vec![
+                format!("--etcd-servers={}", self.etcd_url),
+                format!("--etcd-prefix={etcd_prefix}"),
+                "--bind-address=127.0.0.1".into(),
+                // NB: without this the apiserver looks for a default route to pick an
+                // address, which a sandbox without one does not have.
+                "--advertise-address=127.0.0.1".into(),
+                // NB: since v1.37 the endpoint reconciler refuses a loopback address. It
+                // only maintains the `default/kubernetes` Service's endpoints, which
+                // nothing here uses (clients come through the kubeconfig).
+                "--endpoint-reconciler-type=none".into(),
+                format!("--secure-port={port}"),
+                format!(
+                    "--cert-dir={}",
+                    self.dir.join(format!("certs-{name}")).display()
+                ),
+                format!("--tls-cert-file={}", pki.serving_cert.display()),
+                format!("--tls-private-key-file={}", pki.serving_key.display()),
+                format!("--client-ca-file={}", pki.ca_cert.display()),
+                format!("--token-auth-file={}", self.tokens.display()),
+                "--authorization-mode=RBAC".into(),
+                format!("--service-account-issuer={apiserver_url}/"),
+                format!("--service-account-key-file={}", pki.sa_pub.display()),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    pki.sa_key.display()
+                ),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--allow-privileged=true".into(),
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--v=1".into(),
+            ];
+            args.extend_from_slice(extra);
+            let apiserver = Proc::start(name, &bin, &args, &[])?;
 
-        let kubeconfig = self.dir.join(format!("kubeconfig-{name}"));
-        std::fs::write(
-            &kubeconfig,
-            kubeconfig_yaml(&apiserver_url, &pki.ca_pem, &self.admin_token)?,
-        )?;
-        let client = client_from(&kubeconfig).await?;
-        wait_until(&apiserver, Duration::from_secs(120), || {
-            let client = client.clone();
-            async move {
-                let req = http::Request::get("/readyz")
-                    .body(Vec::new())
-                    .expect("a valid request");
-                matches!(client.request_text(req).await, Ok(body) if body.trim() == "ok")
-            }
+            let kubeconfig = self.dir.join(format!("kubeconfig-{name}"));
+            std::fs::write(
+                &kubeconfig,
+                kubeconfig_yaml(&apiserver_url, &pki.ca_pem, &self.admin_token)?,
+            )?;
+            let client = client_from(&kubeconfig).await?;
+            wait_until(&apiserver, Duration::from_secs(120), || {
+                let client = client.clone();
+                async move {
+                    let req = http::Request::get("/readyz")
+                        .body(Vec::new())
+                        .expect("a valid request");
+                    matches!(client.request_text(req).await, Ok(body) if body.trim() == "ok")
+                }
+            })
+            .await?;
+            Ok((apiserver, apiserver_url, kubeconfig))
         })
-        .await?;
-        Ok((apiserver, apiserver_url, kubeconfig))
+        .await
     }
 }
 
@@ -174,28 +176,34 @@ impl KubeEnv {
         let dir = run_dir().join("kube");
         std::fs::create_dir_all(&dir)?;
 
-        let (client_port, peer_port) = (free_port()?, free_port()?);
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let etcd = Proc::start(
-            "etcd",
-            &etcd_bin,
-            &[
-                format!("--data-dir={}", dir.join("etcd").display()),
-                format!("--listen-client-urls={client_url}"),
-                format!("--advertise-client-urls={client_url}"),
-                format!("--listen-peer-urls={peer_url}"),
-                format!("--initial-advertise-peer-urls={peer_url}"),
-                format!("--initial-cluster=default={peer_url}"),
-                "--unsafe-no-fsync=true".into(),
-                "--log-level=warn".into(),
-            ],
-            &[],
-        )?;
-        let http = reqwest::Client::new();
-        let health = format!("{client_url}/health");
-        wait_until(&etcd, Duration::from_secs(60), || async {
-            matches!(http.get(&health).send().await, Ok(r) if r.status().is_success())
+        let (etcd, client_url) = on_free_ports(async |[client_port, peer_port]| {
+            let client_url = format!("http://127.0.0.1:{client_port}");
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            // NB: a data dir bootstrapped with other URLs by a failed attempt is refused.
+            let data_dir = dir.join("etcd");
+            let _ = std::fs::remove_dir_all(&data_dir);
+            let etcd = Proc::start(
+                "etcd",
+                &etcd_bin,
+                &[
+                    format!("--data-dir={}", data_dir.display()),
+                    format!("--listen-client-urls={client_url}"),
+                    format!("--advertise-client-urls={client_url}"),
+                    format!("--listen-peer-urls={peer_url}"),
+                    format!("--initial-advertise-peer-urls={peer_url}"),
+                    format!("--initial-cluster=default={peer_url}"),
+                    "--unsafe-no-fsync=true".into(),
+                    "--log-level=warn".into(),
+                ],
+                &[],
+            )?;
+            let http = reqwest::Client::new();
+            let health = format!("{client_url}/health");
+            wait_until(&etcd, Duration::from_secs(60), || async {
+                matches!(http.get(&health).send().await, Ok(r) if r.status().is_success())
+            })
+            .await?;
+            Ok((etcd, client_url))
         })
         .await?;
 

@@ -9,7 +9,7 @@ use aws_smithy_http_client::tls;
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 use tokio::sync::OnceCell;
 
-use crate::process::{Proc, binary, free_port, run_dir, wait_until};
+use crate::process::{Proc, binary, on_free_ports, run_dir, wait_until};
 
 pub const REGION: &str = "us-east-1";
 
@@ -100,41 +100,44 @@ impl MinioEnv {
         let bin = tokio::task::spawn_blocking(|| binary("minio")).await??;
         let dir = run_dir().join(name);
         std::fs::create_dir_all(&dir)?;
-        let (port, console) = (free_port()?, free_port()?);
         let root_user = "kfo-root".to_owned();
         let root_password = format!("kfo-{}", crate::kube::random_suffix());
-        let mut args = vec![
-            "server".into(),
-            "--quiet".into(),
-            format!("--address=127.0.0.1:{port}"),
-            format!("--console-address=127.0.0.1:{console}"),
-        ];
-        if let Some((certs_dir, _)) = &tls {
-            args.push(format!("--certs-dir={}", certs_dir.display()));
-        }
-        args.push(dir.display().to_string());
-        let proc = Proc::start(
-            name,
-            &bin,
-            &args,
-            &[
-                ("MINIO_ROOT_USER", &root_user),
-                ("MINIO_ROOT_PASSWORD", &root_password),
-                ("MINIO_BROWSER", "off"),
-                ("MINIO_REGION", REGION),
-                ("MINIO_UPDATE", "off"),
-            ],
-        )?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let endpoint = format!("{scheme}://127.0.0.1:{port}");
-        let mut http = reqwest::Client::builder();
-        if let Some((_, ca_pem)) = &tls {
-            http = http.tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes())?]);
-        }
-        let http = http.build()?;
-        let ready = format!("{endpoint}/minio/health/ready");
-        wait_until(&proc, Duration::from_secs(60), || async {
-            matches!(http.get(&ready).send().await, Ok(r) if r.status().is_success())
+        let (endpoint, proc) = on_free_ports(async |[port, console]| {
+            let mut args = vec![
+                "server".into(),
+                "--quiet".into(),
+                format!("--address=127.0.0.1:{port}"),
+                format!("--console-address=127.0.0.1:{console}"),
+            ];
+            if let Some((certs_dir, _)) = &tls {
+                args.push(format!("--certs-dir={}", certs_dir.display()));
+            }
+            args.push(dir.display().to_string());
+            let proc = Proc::start(
+                name,
+                &bin,
+                &args,
+                &[
+                    ("MINIO_ROOT_USER", &root_user),
+                    ("MINIO_ROOT_PASSWORD", &root_password),
+                    ("MINIO_BROWSER", "off"),
+                    ("MINIO_REGION", REGION),
+                    ("MINIO_UPDATE", "off"),
+                ],
+            )?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let endpoint = format!("{scheme}://127.0.0.1:{port}");
+            let mut http = reqwest::Client::builder();
+            if let Some((_, ca_pem)) = &tls {
+                http = http.tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes())?]);
+            }
+            let http = http.build()?;
+            let ready = format!("{endpoint}/minio/health/ready");
+            wait_until(&proc, Duration::from_secs(60), || async {
+                matches!(http.get(&ready).send().await, Ok(r) if r.status().is_success())
+            })
+            .await?;
+            Ok((endpoint, proc))
         })
         .await?;
         let ca_pem = tls.map(|(_, pem)| pem);

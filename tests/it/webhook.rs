@@ -432,12 +432,13 @@ async fn a_certificate_not_there_yet_is_waited_for_not_fatal() {
     let client = kube().await.client().await.unwrap();
     let dir = std::env::temp_dir().join(kfo_testenv::unique_name("kfo-webhook-files"));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = crate::cluster::free_port();
+    let (addr, listener) = crate::cluster::loopback_listener();
     let settings = webhook::Settings {
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        addr,
+        listener: Some(listener),
         source: certs::Source::Files { dir: dir.clone() },
         configuration: kfo_testenv::unique_name("kfo-webhook-files"),
-        target: registration::Target::Url(format!("https://127.0.0.1:{port}/mutate")),
+        target: registration::Target::Url(format!("https://{addr}/mutate")),
         failure_policy: registration::FailurePolicy::Ignore,
         timeout_seconds: 5,
         cert_check: Duration::from_secs(1),
