@@ -134,7 +134,12 @@ async fn two_versions_get_two_keys() {
     let env = minio().await;
     let bucket = env.bucket("export-versions").await.unwrap();
     let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
-    let t = table(1);
+    // key-auth's `realm` is removed from what a DP before 3.7 is sent (Kong's compat
+    // layer): each key holds what its own version received.
+    let t = table(1).replace(
+        r#""routes":"#,
+        r#""plugins":[{"id":"4a6d2c9e-1f3b-4c5d-8e7f-0a1b2c3d4e5f","name":"key-auth","config":{"key_names":["apikey"],"realm":"kong"}}],"routes":"#,
+    );
     cp.push(&t, &hash(&t));
     let url = format!("s3://{bucket}/kong");
     let mut a = Pipeline::start(
@@ -153,6 +158,19 @@ async fn two_versions_get_two_keys() {
     );
     assert_eq!(a.exported().await.0, "kong/3.6.1.4/config.json");
     assert_eq!(b.exported().await.0, "kong/3.9.0.1/config.json");
+    for (version, realm) in [("3.6.1.4", None), ("3.9.0.1", Some("kong"))] {
+        let stored = env
+            .read(&bucket, &format!("kong/{version}/config.json"))
+            .await
+            .unwrap()
+            .unwrap();
+        let stored: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(
+            stored["plugins"][0]["config"]["realm"].as_str(),
+            realm,
+            "kong/{version}/config.json holds another version's payload"
+        );
+    }
     let versions: Vec<String> = cp.data_planes().into_iter().map(|d| d.version).collect();
     assert!(versions.contains(&"3.6.1.4".to_owned()) && versions.contains(&"3.9.0.1".to_owned()));
 }
