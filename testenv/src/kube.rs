@@ -6,6 +6,7 @@
 //! URLs. No controller-manager or kubelet: pods stay Pending, namespaces are not
 //! finalized, and the `ServiceAccount` admission plugin is off (no default SA exists).
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -292,6 +293,44 @@ impl KubeEnv {
 
     pub fn admin_token(&self) -> &str {
         &self.admin_token
+    }
+
+    /// The API calls made with the ServiceAccount token `token`, read from the audit log:
+    /// (API group, resource or `resource/subresource`, verb), whatever the answer (a
+    /// refused call is a call the code makes, too).
+    // NB: a token is told apart from others of the same ServiceAccount by its JWT id, which
+    // the apiserver records as the credential id of each request.
+    pub fn audited_calls(&self, token: &str) -> Result<BTreeSet<(String, String, String)>> {
+        use base64::Engine;
+        let claims = token.split('.').nth(1).context("a JWT")?;
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims.trim_end_matches('='))
+            .context("the JWT's claims")?;
+        let claims: serde_json::Value = serde_json::from_slice(&claims)?;
+        let jti = claims["jti"].as_str().context("a JWT id in the token")?;
+        let credential = serde_json::json!([format!("JTI={jti}")]);
+        let log = std::fs::read_to_string(&self.audit_log)?;
+        let mut calls = BTreeSet::new();
+        for line in log.lines() {
+            let e: serde_json::Value = serde_json::from_str(line)?;
+            if e["user"]["extra"]["authentication.kubernetes.io/credential-id"] != credential {
+                continue;
+            }
+            let o = &e["objectRef"];
+            let Some(resource) = o["resource"].as_str() else {
+                continue; // a non-resource URL (discovery)
+            };
+            let resource = match o["subresource"].as_str() {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource.to_owned(),
+            };
+            calls.insert((
+                o["apiGroup"].as_str().unwrap_or_default().to_owned(),
+                resource,
+                e["verb"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        Ok(calls)
     }
 
     /// Creates a fresh namespace named after `prefix` and returns its name.
