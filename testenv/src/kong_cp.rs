@@ -656,9 +656,8 @@ impl Session {
                     }
                     // Kong writes the row when the status changes (not for the first check,
                     // made before the session's first write).
-                    if !first_check && dp.sync_status != previous {
-                        self.record(&mut id, &dp);
-                    } else if id.is_some() {
+                    let changed = !first_check && dp.sync_status != previous;
+                    if changed || id.is_some() {
                         self.record(&mut id, &dp);
                     }
                     first_check = false;
