@@ -61,7 +61,7 @@ async fn p2(standby: &str) {
         } else {
             old.proc.signal("TERM").unwrap();
             assert!(
-                old.proc.wait_exit(Duration::from_secs(15)),
+                old.proc.wait_exit(Duration::from_secs(15)).await,
                 "SIGTERM ends it"
             );
             fleet.push()

@@ -344,11 +344,10 @@ async fn remove_registrations(
         let (access, _) = write_access(client, &ns, &policy.spec, &url)
             .await
             .map_err(|(_, message)| message)?;
-        let timeouts = Timeouts {
-            call: limit,
-            ..Timeouts::default()
-        };
-        let store = storage::open_with(&url, access, timeouts).await?;
+        // NB: not `call: limit`: with both bounds equal, a late runtime finds both due and
+        // the inner one (polled first) won, so the report depended on the machine's load.
+        // The whole is bounded by `limit` below; a call alone by the usual bound.
+        let store = storage::open_with(&url, access, Timeouts::default()).await?;
         let mut removed = 0;
         for (version, node) in &nodes {
             removed += mirror::remove_mirrored(store.as_ref(), flavor, &url, version, node)

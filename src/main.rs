@@ -213,6 +213,7 @@ impl WebhookArgs {
         };
         Some(webhook::Settings {
             addr: self.addr,
+            listener: None,
             source,
             configuration: self.configuration,
             target,

@@ -533,6 +533,7 @@ pub async fn build(
                 .and_then(crate::api::parse_quantity)
                 .map_or(DEFAULT_MAX_FRAME, |n| n as usize),
             max_config: max_config_bytes(&spec.exporter.max_config_size).min(ceiling),
+            keepalive: Default::default(),
         },
         custom_plugins,
         dp_plugins,

@@ -68,6 +68,26 @@ pub struct ClientSettings {
     pub max_frame: usize,
     /// Largest decompressed configuration accepted.
     pub max_config: usize,
+    /// When to ping and when to give up on a silent control plane.
+    pub keepalive: Keepalive,
+}
+
+/// The session's timers: Kong's constants, shorter only in tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// A PING at least this often (besides the ones at connect and after each config).
+    pub ping_interval: Duration,
+    /// Silence from the control plane after which the session ends.
+    pub liveness: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            ping_interval: PING_INTERVAL,
+            liveness: LIVENESS,
+        }
+    }
 }
 
 impl std::fmt::Debug for ClientSettings {
@@ -488,8 +508,12 @@ pub async fn session(
     }
     let _ = events.send(Event::Connected).await;
 
+    let Keepalive {
+        ping_interval,
+        liveness,
+    } = s.keepalive;
     let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     let mut last_seen = tokio::time::Instant::now();
     let no_config = tokio::time::sleep(NO_CONFIG_AFTER);
     tokio::pin!(no_config);
@@ -533,8 +557,8 @@ pub async fn session(
                     return ClientError::Protocol(e.to_string());
                 }
             }
-            _ = tokio::time::sleep_until(last_seen + LIVENESS) => {
-                return ClientError::Silent(LIVENESS);
+            _ = tokio::time::sleep_until(last_seen + liveness) => {
+                return ClientError::Silent(liveness);
             }
             _ = &mut no_config, if !got_config => {
                 got_config = true; // report once per session
@@ -649,6 +673,7 @@ mod tests {
             filters: Vec::new(),
             max_frame: DEFAULT_MAX_FRAME,
             max_config: 64 << 20,
+            keepalive: Keepalive::default(),
         }
     }
 

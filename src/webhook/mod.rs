@@ -163,6 +163,10 @@ async fn mutate(State(s): State<Shared>, body: Bytes) -> impl IntoResponse {
 pub struct Settings {
     /// Where to serve HTTPS.
     pub addr: std::net::SocketAddr,
+    /// A socket already bound to `addr` to serve on, instead of binding it here: the
+    /// registration can name the port before the server runs, with no moment in which
+    /// another process can take it (tests run many webhooks side by side).
+    pub listener: Option<Arc<std::net::TcpListener>>,
     pub source: certs::Source,
     /// The MutatingWebhookConfiguration's name.
     pub configuration: String,
@@ -234,11 +238,13 @@ pub async fn run(
         let handle = handle.clone();
         let tls = tls.clone();
         let addr = settings.addr;
+        let listener = settings.listener.as_deref().map(|l| l.try_clone());
         tokio::spawn(async move {
-            axum_server::bind_rustls(addr, tls)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
+            let server = match listener {
+                None => axum_server::bind_rustls(addr, tls),
+                Some(l) => axum_server::from_tcp_rustls(l?, tls)?,
+            };
+            server.handle(handle).serve(app.into_make_service()).await
         })
     };
     let Some(bound) = handle.listening().await else {

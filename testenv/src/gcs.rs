@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::sync::OnceCell;
 
-use crate::process::{Proc, binary, free_port, wait_until};
+use crate::process::{Proc, binary, on_free_ports, wait_until};
 
 /// The shared emulator of this test binary.
 pub struct GcsEnv {
@@ -31,26 +31,29 @@ pub async fn gcs() -> &'static GcsEnv {
 impl GcsEnv {
     async fn start() -> Result<GcsEnv> {
         let bin = tokio::task::spawn_blocking(|| binary("fake-gcs-server")).await??;
-        let port = free_port()?;
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let proc = Proc::start(
-            "fake-gcs-server",
-            &bin,
-            &[
-                "-scheme=http".into(),
-                "-host=127.0.0.1".into(),
-                format!("-port={port}"),
-                "-backend=memory".into(),
-                format!("-public-host=127.0.0.1:{port}"),
-                format!("-external-url={endpoint}"),
-                "-log-level=warn".into(),
-            ],
-            &[],
-        )?;
-        let http = reqwest::Client::new();
-        let health = format!("{endpoint}/_internal/healthcheck");
-        wait_until(&proc, Duration::from_secs(60), || async {
-            matches!(http.get(&health).send().await, Ok(r) if r.status().is_success())
+        let (endpoint, proc) = on_free_ports(async |[port]| {
+            let endpoint = format!("http://127.0.0.1:{port}");
+            let proc = Proc::start(
+                "fake-gcs-server",
+                &bin,
+                &[
+                    "-scheme=http".into(),
+                    "-host=127.0.0.1".into(),
+                    format!("-port={port}"),
+                    "-backend=memory".into(),
+                    format!("-public-host=127.0.0.1:{port}"),
+                    format!("-external-url={endpoint}"),
+                    "-log-level=warn".into(),
+                ],
+                &[],
+            )?;
+            let http = reqwest::Client::new();
+            let health = format!("{endpoint}/_internal/healthcheck");
+            wait_until(&proc, Duration::from_secs(60), || async {
+                matches!(http.get(&health).send().await, Ok(r) if r.status().is_success())
+            })
+            .await?;
+            Ok((endpoint, proc))
         })
         .await?;
         Ok(GcsEnv { endpoint, proc })

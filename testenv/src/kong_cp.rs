@@ -16,9 +16,22 @@
 //!   `plugin_version_incompatible`).
 //! - After `basic_info` only PINGs with a 32-byte payload are allowed; anything else ends
 //!   the session; 45 s without a ping ends it too. The CP never pings.
+//! - A DP is recorded (its `clustering_data_planes` row) at its first PING, on a refused
+//!   version, and when its sync status changes; only with a UUID `node_id` and a hostname
+//!   (Kong's upsert fails otherwise, and the session goes on unrecorded).
+//! - A frame larger than `cluster_max_payload` (16 MiB) is not sent: the session drops.
+//! - Payloads are rewritten for older DPs as Kong's compat layer does (a subset of
+//!   `removed_fields.lua`), keeping the CP's `config_hash`.
+//! - Pushes to connected DPs are debounced like `db_update_frequency` (5 s): the first
+//!   goes at once, later ones at most once per period, the newest winning.
 //!
-//! Deviation: the websocket library answers a PING with a PONG echoing its payload, where
-//! Kong sends an empty PONG. Data planes ignore PONG payloads.
+//! The control-plane side follows Kong's `kong/clustering/control_plane.lua`
+//! (`handle_cp_websocket`, `push_config_loop`) and `kong/clustering/compat/init.lua`.
+//!
+//! Deviations: the websocket library answers a PING with a PONG echoing its payload, where
+//! Kong sends an empty PONG (data planes ignore PONG payloads). A DP that connects while a
+//! debounced push is pending gets the newest configuration at once (Kong sends its cached
+//! payload when other DPs are connected).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -82,14 +95,39 @@ pub struct DataPlane {
     pub connected: bool,
     /// How many reconfigure frames were sent to it.
     pub configs_sent: u32,
+    /// How many PINGs it sent.
+    pub pings: u32,
 }
 
-#[derive(Default)]
+/// Kong's `PING_WAIT`.
+const LIVENESS: Duration = Duration::from_secs(45);
+/// Kong's default `cluster_max_payload`.
+const MAX_PAYLOAD: usize = 16 << 20;
+/// Kong's default `db_update_frequency`.
+const PUSH_DEBOUNCE: Duration = Duration::from_secs(5);
+
+/// Fields Kong's compat layer deletes from a plugin's `config` for a DP older than the
+/// version (`kong/clustering/compat/removed_fields.lua`, keys as `string_to_number` gives
+/// them). A subset: enough for a payload that differs between two DP versions.
+const REMOVED_FIELDS: &[(u64, &str, &str)] = &[
+    (3_006_000_000, "basic-auth", "realm"),
+    (3_007_000_000, "key-auth", "realm"),
+];
+
 struct Shared {
-    /// The gzip'd reconfigure frame and the plugins (name, CP version) it configures.
+    /// The gzip'd reconfigure frame and the plugins (name, CP version) it configures: the
+    /// newest pushed (the debounced push sends it to connected DPs).
     current: Option<(Arc<Vec<u8>>, Vec<String>)>,
-    /// The raw table, hash and timestamp of `current`, for per-DP rewrites (strip mode).
+    /// The raw table, hash and timestamp of `current`, for per-DP rewrites.
     current_raw: Option<(String, String, f64)>,
+    /// Kong's `PING_WAIT`.
+    liveness: Duration,
+    /// Kong's `cluster_max_payload`, the largest frame sent or received.
+    max_payload: usize,
+    /// Kong's `db_update_frequency`.
+    debounce: Duration,
+    /// Why sessions ended, in order (Kong's error log lines, in short).
+    ended: Vec<String>,
     /// Kong Enterprise's `allow_inconsistent_data_plane_plugins = on`: instead of
     /// withholding, strip the plugins a DP lacks from what it is sent (the hash stays).
     strip_missing_plugins: bool,
@@ -102,6 +140,25 @@ struct Shared {
     rejected_handshakes: u32,
 }
 
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            current: None,
+            current_raw: None,
+            liveness: LIVENESS,
+            max_payload: MAX_PAYLOAD,
+            debounce: PUSH_DEBOUNCE,
+            ended: Vec::new(),
+            strip_missing_plugins: false,
+            wasm_filters: Vec::new(),
+            dps: BTreeMap::new(),
+            plugin_versions: BTreeMap::new(),
+            next_id: 0,
+            rejected_handshakes: 0,
+        }
+    }
+}
+
 /// A running CP double. Dropping it stops the listener and closes every session.
 pub struct KongCp {
     /// `127.0.0.1:<port>`: the `cluster_control_plane` value.
@@ -111,7 +168,9 @@ pub struct KongCp {
     /// The CP's Kong version.
     pub version: String,
     shared: Arc<Mutex<Shared>>,
-    push: watch::Sender<u64>,
+    /// Wakes the debounced push loop.
+    pushed: Arc<tokio::sync::Notify>,
+    frozen: watch::Sender<bool>,
     stop: watch::Sender<bool>,
 }
 
@@ -132,6 +191,27 @@ impl KongCp {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (push, push_rx) = watch::channel(0u64);
         let (stop, stop_rx) = watch::channel(false);
+        let (frozen, frozen_rx) = watch::channel(false);
+        let pushed = Arc::new(tokio::sync::Notify::new());
+        // Kong's push_config_loop: wait for a change, push, then sleep db_update_frequency
+        // (changes meanwhile coalesce into one push of the newest).
+        {
+            let (shared, pushed, mut stop_rx) = (shared.clone(), pushed.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = pushed.notified() => {}
+                        _ = stop_rx.changed() => return,
+                    }
+                    push.send_modify(|n| *n += 1);
+                    let debounce = shared.lock().unwrap().debounce;
+                    tokio::select! {
+                        _ = tokio::time::sleep(debounce) => {}
+                        _ = stop_rx.changed() => return,
+                    }
+                }
+            });
+        }
         let cp_version = version.to_owned();
         let shared_cert_digest = Sha256::digest(&pki.cp_cert_der).to_vec();
         {
@@ -151,6 +231,7 @@ impl KongCp {
                         shared_cert_digest: shared_cert_digest.clone(),
                         cp_version: cp_version.clone(),
                         push: push_rx.clone(),
+                        frozen: frozen_rx.clone(),
                         stop: stop_rx.clone(),
                     };
                     tokio::spawn(session.run(tcp));
@@ -162,9 +243,35 @@ impl KongCp {
             certs: pki.dp_certs,
             version: version.to_owned(),
             shared,
-            push,
+            pushed,
+            frozen,
             stop,
         })
+    }
+
+    /// Kong's `PING_WAIT` (45 s): a DP silent this long is dropped.
+    pub fn set_liveness(&self, liveness: Duration) {
+        self.shared.lock().unwrap().liveness = liveness;
+    }
+
+    /// Kong's `cluster_max_payload` (16 MiB), for sessions that start afterwards.
+    pub fn set_max_payload(&self, bytes: usize) {
+        self.shared.lock().unwrap().max_payload = bytes;
+    }
+
+    /// Kong's `db_update_frequency` (5 s): the pause after each push to connected DPs.
+    pub fn set_push_debounce(&self, debounce: Duration) {
+        self.shared.lock().unwrap().debounce = debounce;
+    }
+
+    /// A hung CP: with `true`, sessions read nothing (so answer no PING) and send nothing.
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+
+    /// Why sessions ended so far, in order (e.g. "invalid hash", "payload too big").
+    pub fn ended_sessions(&self) -> Vec<String> {
+        self.shared.lock().unwrap().ended.clone()
     }
 
     /// Publishes `config_table` (raw JSON) with `config_hash` to every connected DP and to
@@ -181,7 +288,7 @@ impl KongCp {
             shared.current = Some((Arc::new(frame), plugins));
             shared.current_raw = Some((config_table.to_owned(), config_hash.to_owned(), timestamp));
         }
-        self.push.send_modify(|n| *n += 1);
+        self.pushed.notify_one();
         size
     }
 
@@ -274,6 +381,48 @@ fn configured_plugins(config_table: &str) -> Vec<String> {
     names
 }
 
+/// Kong's `string_to_number`: up to four dot-separated parts, each weighted by 1000.
+fn version_num(v: &str) -> u64 {
+    let mut base = 1_000_000_000u64;
+    let mut num = 0;
+    for part in v.splitn(4, '.') {
+        let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+        num += base * digits.parse::<u64>().unwrap_or(0);
+        base /= 1000;
+    }
+    num
+}
+
+/// `config_table` as Kong's compat layer rewrites it for a DP of `dp_version` (see
+/// [`REMOVED_FIELDS`]); `None` when nothing changes.
+fn compatible_table(config_table: &str, dp_version: &str) -> Option<String> {
+    let dp = version_num(dp_version);
+    let mut v: serde_json::Value = serde_json::from_str(config_table).ok()?;
+    let mut changed = false;
+    for plugin in v["plugins"].as_array_mut()?.iter_mut() {
+        let name = plugin["name"].as_str().unwrap_or_default().to_owned();
+        for (_, _, field) in REMOVED_FIELDS
+            .iter()
+            .filter(|(below, p, _)| dp < *below && *p == name)
+        {
+            if let Some(config) = plugin["config"].as_object_mut() {
+                changed |= config.remove(*field).is_some();
+            }
+        }
+    }
+    changed.then(|| v.to_string())
+}
+
+/// Whether `s` is a UUID as Kong's schema `uuid` type takes it (8-4-4-4-12 hex digits).
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 /// `(major, minor)` of a version with at least three numeric parts (Kong's pattern).
 fn major_minor(v: &str) -> Option<(u32, u32)> {
     let mut parts = v.split('.');
@@ -291,10 +440,29 @@ struct Session {
     shared_cert_digest: Vec<u8>,
     cp_version: String,
     push: watch::Receiver<u64>,
+    frozen: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
 }
 
 impl Session {
+    fn ended(&self, why: &str) {
+        self.shared.lock().unwrap().ended.push(why.to_owned());
+    }
+
+    /// Kong's `update_sync_status`: upserts the DP's row, which fails (and is only
+    /// logged) for a `node_id` that is not a UUID or a missing hostname.
+    fn record(&self, id: &mut Option<u64>, dp: &DataPlane) {
+        if !is_uuid(&dp.node_id) || dp.hostname.is_empty() {
+            return;
+        }
+        let mut s = self.shared.lock().unwrap();
+        let id = *id.get_or_insert_with(|| {
+            s.next_id += 1;
+            s.next_id
+        });
+        s.dps.insert(id, dp.clone());
+    }
+
     fn reject(&self) {
         self.shared.lock().unwrap().rejected_handshakes += 1;
     }
@@ -352,9 +520,10 @@ impl Session {
                 *q.lock().unwrap() = params;
                 Ok(resp)
             };
+        let max_payload = self.shared.lock().unwrap().max_payload;
         let config = WebSocketConfig::default()
-            .max_message_size(Some(16 << 20))
-            .max_frame_size(Some(16 << 20));
+            .max_message_size(Some(max_payload))
+            .max_frame_size(Some(max_payload));
         let Ok(mut ws) =
             tokio_tungstenite::accept_hdr_async_with_config(tls, callback, Some(config)).await
         else {
@@ -365,6 +534,9 @@ impl Session {
         // basic_info: a binary frame with a plugins table, else close.
         let first = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
         let Ok(Some(Ok(Message::Binary(data)))) = first else {
+            // NB: Kong validates only a binary frame; a text one makes its handler index a
+            // string and die. Either way the session ends.
+            self.ended("first frame is not a binary basic_info");
             let _ = ws.close(None).await;
             return;
         };
@@ -373,6 +545,7 @@ impl Session {
             .as_array()
             .filter(|_| info["type"] == "basic_info")
         else {
+            self.ended("invalid basic_info");
             let _ = ws.close(None).await;
             return;
         };
@@ -390,28 +563,18 @@ impl Session {
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
         let dp_version = params.get("node_version").cloned().unwrap_or_default();
-        let id = {
-            let mut s = self.shared.lock().unwrap();
-            s.next_id += 1;
-            let id = s.next_id;
-            s.dps.insert(
-                id,
-                DataPlane {
-                    node_id: params.get("node_id").cloned().unwrap_or_default(),
-                    hostname: params.get("node_hostname").cloned().unwrap_or_default(),
-                    version: dp_version.clone(),
-                    plugins: plugins.clone(),
-                    sync_status: "unknown".into(),
-                    connected: true,
-                    ..Default::default()
-                },
-            );
-            id
-        };
-        let set_status = |status: &str| {
-            if let Some(dp) = self.shared.lock().unwrap().dps.get_mut(&id) {
-                dp.sync_status = status.to_owned();
-            }
+        // The DP's row, written by `record` (None: not written yet).
+        let mut id = None;
+        let mut dp = DataPlane {
+            node_id: params.get("node_id").cloned().unwrap_or_default(),
+            hostname: params.get("node_hostname").cloned().unwrap_or_default(),
+            version: dp_version.clone(),
+            plugins: plugins.clone(),
+            // Kong: the initial hash, until the first PING.
+            config_hash: Some("0".repeat(32)),
+            sync_status: "unknown".into(),
+            connected: true,
+            ..Default::default()
         };
 
         let compatible = match (major_minor(&dp_version), major_minor(&self.cp_version)) {
@@ -419,18 +582,27 @@ impl Session {
             _ => false,
         };
         if !compatible {
-            set_status("kong_version_incompatible");
+            dp.sync_status = "kong_version_incompatible".into();
+            dp.connected = false;
+            self.record(&mut id, &dp);
+            self.ended("kong_version_incompatible");
             let _ = ws.close(None).await;
-            self.disconnected(id);
             return;
         }
-        set_status("normal");
+        dp.sync_status = "normal".into();
+        let (liveness, max_payload) = {
+            let s = self.shared.lock().unwrap();
+            (s.liveness, s.max_payload)
+        };
+        let same_version = version_num(&dp_version) == version_num(&self.cp_version);
 
         let mut sent_version = 0u64;
         let mut pending = true; // push on connect
+        let mut first_check = true;
         let mut last_ping = tokio::time::Instant::now();
-        loop {
-            if pending {
+        let why = loop {
+            let frozen = *self.frozen.borrow_and_update();
+            if pending && !frozen {
                 pending = false;
                 sent_version = *self.push.borrow_and_update();
                 let (current, raw, strip, wasm) = {
@@ -449,64 +621,96 @@ impl Session {
                         self.plugin_check(&configured, &plugins)
                     };
                     // Strip mode: a DP that lacks plugins gets the table without them.
-                    let frame = match (&check, raw) {
-                        (Err("plugin_set_incompatible"), Some((table, hash, ts))) if strip => {
-                            Ok(Arc::new(reconfigure_frame(
-                                &without_plugins(&table, &plugins),
-                                &hash,
-                                ts,
-                            )))
+                    let table = match (&check, &raw) {
+                        (Err("plugin_set_incompatible"), Some((table, _, _))) if strip => {
+                            Ok(Some(without_plugins(table, &plugins)))
                         }
-                        (Ok(()), _) => Ok(frame),
+                        (Ok(()), _) => Ok(None),
                         (Err(e), _) => Err(*e),
                     };
+                    // Kong's update_compatible_payload: rewritten for another version, the
+                    // original hash kept.
+                    let frame = table.map(|stripped| {
+                        let Some((table, hash, ts)) = &raw else {
+                            return frame;
+                        };
+                        let base = stripped.as_deref().unwrap_or(table);
+                        let compat = (!same_version)
+                            .then(|| compatible_table(base, &dp_version))
+                            .flatten();
+                        match (compat, stripped) {
+                            (Some(t), _) | (None, Some(t)) => {
+                                Arc::new(reconfigure_frame(&t, hash, *ts))
+                            }
+                            (None, None) => frame,
+                        }
+                    });
+                    let previous = dp.sync_status.clone();
                     match frame {
                         Ok(frame) => {
-                            set_status("normal");
+                            dp.sync_status = "normal".into();
+                            // Kong: send_frame refuses a frame over max_payload_len, the
+                            // writer thread fails and the connection drops.
+                            if frame.len() > max_payload {
+                                break "payload too big";
+                            }
                             if ws
                                 .send(Message::Binary((*frame).clone().into()))
                                 .await
                                 .is_err()
                             {
-                                break;
+                                break "send failed";
                             }
-                            if let Some(dp) = self.shared.lock().unwrap().dps.get_mut(&id) {
-                                dp.configs_sent += 1;
-                            }
+                            dp.configs_sent += 1;
                         }
                         // Withheld: the session stays up, nothing is sent.
-                        Err(status) => set_status(status),
+                        Err(status) => dp.sync_status = status.to_owned(),
                     }
+                    // Kong writes the row when the status changes (not for the first check,
+                    // made before the session's first write).
+                    let changed = !first_check && dp.sync_status != previous;
+                    if changed || id.is_some() {
+                        self.record(&mut id, &dp);
+                    }
+                    first_check = false;
                 }
             }
-            let deadline = last_ping + Duration::from_secs(45);
+            let deadline = last_ping + liveness;
             tokio::select! {
-                msg = ws.next() => match msg {
+                msg = ws.next(), if !frozen => match msg {
+                    // Kong's order: close, empty payload, length, then type.
                     Some(Ok(Message::Ping(payload))) if payload.len() == 32 => {
                         last_ping = tokio::time::Instant::now();
-                        let hash = String::from_utf8_lossy(&payload).into_owned();
-                        if let Some(dp) = self.shared.lock().unwrap().dps.get_mut(&id) {
-                            dp.config_hash = Some(hash);
-                        }
+                        dp.config_hash = Some(String::from_utf8_lossy(&payload).into_owned());
+                        dp.pings += 1;
+                        self.record(&mut id, &dp);
                     }
-                    // Anything else after basic_info (pong, text, binary, bad ping) ends it.
-                    _ => break,
+                    Some(Ok(Message::Close(_))) | None => break "closed by the data plane",
+                    Some(Ok(Message::Ping(_))) => break "invalid hash",
+                    Some(Ok(Message::Pong(_))) => break "invalid frame: pong",
+                    Some(Ok(Message::Text(_))) => break "invalid frame: text",
+                    Some(Ok(Message::Binary(_))) => break "invalid frame: binary",
+                    Some(Ok(Message::Frame(_))) => break "invalid frame",
+                    Some(Err(_)) => break "read failed",
                 },
                 changed = self.push.changed() => {
-                    if changed.is_err() { break; }
+                    if changed.is_err() { break "stopped"; }
                     pending = *self.push.borrow() != sent_version;
                 }
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = self.stop.changed() => break,
+                _ = self.frozen.changed() => {
+                    // Thawed: what was pushed meanwhile goes out; silence counts from now.
+                    pending = *self.push.borrow() != sent_version;
+                    last_ping = tokio::time::Instant::now();
+                }
+                _ = tokio::time::sleep_until(deadline), if !frozen => break "no ping within PING_WAIT",
+                _ = self.stop.changed() => break "stopped",
             }
-        }
+        };
+        self.ended(why);
         let _ = ws.close(None).await;
-        self.disconnected(id);
-    }
-
-    fn disconnected(&self, id: u64) {
-        if let Some(dp) = self.shared.lock().unwrap().dps.get_mut(&id) {
-            dp.connected = false;
+        dp.connected = false;
+        if id.is_some() {
+            self.record(&mut id, &dp);
         }
     }
 

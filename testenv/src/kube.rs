@@ -6,6 +6,7 @@
 //! URLs. No controller-manager or kubelet: pods stay Pending, namespaces are not
 //! finalized, and the `ServiceAccount` admission plugin is off (no default SA exists).
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -20,7 +21,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 use tokio::sync::OnceCell;
 
-use crate::process::{Proc, binary, free_port, run_dir, wait_until};
+use crate::process::{Proc, binary, on_free_ports, run_dir, wait_until};
 
 /// The shared control plane of this test binary.
 pub struct KubeEnv {
@@ -29,8 +30,126 @@ pub struct KubeEnv {
     admin_token: String,
     /// PEM of the CA that signed the apiserver's serving certificate.
     pub ca_pem: String,
+    /// The apiserver's audit log (JSON lines): the requests of ServiceAccounts.
+    audit_log: PathBuf,
+    shared: Shared,
     etcd: Proc,
     apiserver: Proc,
+}
+
+/// Which requests the shared apiserver writes to its audit log: those of ServiceAccounts
+/// (the operator under test), at `Metadata` level (no request or response bodies, so no
+/// Secret data), once each.
+const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"#;
+
+/// What every apiserver of this binary shares: etcd, the PKI, the admin token.
+struct Shared {
+    dir: PathBuf,
+    etcd_url: String,
+    pki: Pki,
+    tokens: PathBuf,
+    admin_token: String,
+}
+
+/// A kube-apiserver of its own with nothing installed (see [`KubeEnv::empty_cluster`]).
+pub struct EmptyCluster {
+    kubeconfig: PathBuf,
+    apiserver: Proc,
+}
+
+impl EmptyCluster {
+    /// A client with cluster-admin rights, bound to the calling test's runtime.
+    pub async fn client(&self) -> Result<kube::Client> {
+        client_from(&self.kubeconfig).await
+    }
+
+    /// Fails with the apiserver's log tail if it has exited.
+    pub fn check_alive(&self) -> Result<()> {
+        self.apiserver.check_alive()
+    }
+}
+
+async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+impl Shared {
+    /// Starts a kube-apiserver named `name` storing under `etcd_prefix`, waits until it is
+    /// ready, and returns it with its URL and an admin kubeconfig.
+    async fn start_apiserver(
+        &self,
+        name: &str,
+        etcd_prefix: &str,
+        extra: &[String],
+    ) -> Result<(Proc, String, PathBuf)> {
+        let bin = tokio::task::spawn_blocking(|| binary("kube-apiserver")).await??;
+        let pki = &self.pki;
+        on_free_ports(async |[port]| {
+            let apiserver_url = format!("https://127.0.0.1:{port}");
+            let mut args = vec![
+                format!("--etcd-servers={}", self.etcd_url),
+                format!("--etcd-prefix={etcd_prefix}"),
+                "--bind-address=127.0.0.1".into(),
+                // NB: without this the apiserver looks for a default route to pick an
+                // address, which a sandbox without one does not have.
+                "--advertise-address=127.0.0.1".into(),
+                // NB: since v1.37 the endpoint reconciler refuses a loopback address. It
+                // only maintains the `default/kubernetes` Service's endpoints, which
+                // nothing here uses (clients come through the kubeconfig).
+                "--endpoint-reconciler-type=none".into(),
+                format!("--secure-port={port}"),
+                format!(
+                    "--cert-dir={}",
+                    self.dir.join(format!("certs-{name}")).display()
+                ),
+                format!("--tls-cert-file={}", pki.serving_cert.display()),
+                format!("--tls-private-key-file={}", pki.serving_key.display()),
+                format!("--client-ca-file={}", pki.ca_cert.display()),
+                format!("--token-auth-file={}", self.tokens.display()),
+                "--authorization-mode=RBAC".into(),
+                format!("--service-account-issuer={apiserver_url}/"),
+                format!("--service-account-key-file={}", pki.sa_pub.display()),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    pki.sa_key.display()
+                ),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--allow-privileged=true".into(),
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--v=1".into(),
+            ];
+            args.extend_from_slice(extra);
+            let apiserver = Proc::start(name, &bin, &args, &[])?;
+
+            let kubeconfig = self.dir.join(format!("kubeconfig-{name}"));
+            std::fs::write(
+                &kubeconfig,
+                kubeconfig_yaml(&apiserver_url, &pki.ca_pem, &self.admin_token)?,
+            )?;
+            let client = client_from(&kubeconfig).await?;
+            wait_until(&apiserver, Duration::from_secs(120), || {
+                let client = client.clone();
+                async move {
+                    let req = http::Request::get("/readyz")
+                        .body(Vec::new())
+                        .expect("a valid request");
+                    matches!(client.request_text(req).await, Ok(body) if body.trim() == "ok")
+                }
+            })
+            .await?;
+            Ok((apiserver, apiserver_url, kubeconfig))
+        })
+        .await
+    }
 }
 
 /// Starts etcd and kube-apiserver on first use (building them if needed) and returns the
@@ -50,114 +169,111 @@ pub async fn kube() -> &'static KubeEnv {
 
 impl KubeEnv {
     async fn start() -> Result<KubeEnv> {
-        let (etcd_bin, apiserver_bin) = tokio::task::spawn_blocking(|| -> Result<_> {
+        // NB: both built (if need be) before either starts.
+        let (etcd_bin, _) = tokio::task::spawn_blocking(|| -> Result<_> {
             Ok((binary("etcd")?, binary("kube-apiserver")?))
         })
         .await??;
         let dir = run_dir().join("kube");
         std::fs::create_dir_all(&dir)?;
 
-        let (client_port, peer_port) = (free_port()?, free_port()?);
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let etcd = Proc::start(
-            "etcd",
-            &etcd_bin,
-            &[
-                format!("--data-dir={}", dir.join("etcd").display()),
-                format!("--listen-client-urls={client_url}"),
-                format!("--advertise-client-urls={client_url}"),
-                format!("--listen-peer-urls={peer_url}"),
-                format!("--initial-advertise-peer-urls={peer_url}"),
-                format!("--initial-cluster=default={peer_url}"),
-                "--unsafe-no-fsync=true".into(),
-                "--log-level=warn".into(),
-            ],
-            &[],
-        )?;
-        let http = reqwest::Client::new();
-        let health = format!("{client_url}/health");
-        wait_until(&etcd, Duration::from_secs(60), || async {
-            matches!(http.get(&health).send().await, Ok(r) if r.status().is_success())
+        let (etcd, client_url) = on_free_ports(async |[client_port, peer_port]| {
+            let client_url = format!("http://127.0.0.1:{client_port}");
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            // NB: a data dir bootstrapped with other URLs by a failed attempt is refused.
+            let data_dir = dir.join("etcd");
+            let _ = std::fs::remove_dir_all(&data_dir);
+            let etcd = Proc::start(
+                "etcd",
+                &etcd_bin,
+                &[
+                    format!("--data-dir={}", data_dir.display()),
+                    format!("--listen-client-urls={client_url}"),
+                    format!("--advertise-client-urls={client_url}"),
+                    format!("--listen-peer-urls={peer_url}"),
+                    format!("--initial-advertise-peer-urls={peer_url}"),
+                    format!("--initial-cluster=default={peer_url}"),
+                    "--unsafe-no-fsync=true".into(),
+                    "--log-level=warn".into(),
+                ],
+                &[],
+            )?;
+            let http = reqwest::Client::new();
+            let health = format!("{client_url}/health");
+            wait_until(&etcd, Duration::from_secs(60), || async {
+                matches!(http.get(&health).send().await, Ok(r) if r.status().is_success())
+            })
+            .await?;
+            Ok((etcd, client_url))
         })
         .await?;
 
         let pki = Pki::generate(&dir)?;
-        let port = free_port()?;
-        let apiserver_url = format!("https://127.0.0.1:{port}");
         let admin_token = format!("kfo-admin-{}", random_suffix());
         let tokens = dir.join("tokens.csv");
         std::fs::write(
             &tokens,
             format!("{admin_token},kfo-admin,kfo-admin-uid,\"system:masters\"\n"),
         )?;
-        let apiserver = Proc::start(
-            "kube-apiserver",
-            &apiserver_bin,
-            &[
-                format!("--etcd-servers={client_url}"),
-                "--bind-address=127.0.0.1".into(),
-                // NB: without this the apiserver looks for a default route to pick an
-                // address, which a sandbox without one does not have.
-                "--advertise-address=127.0.0.1".into(),
-                // NB: since v1.37 the endpoint reconciler refuses a loopback address. It
-                // only maintains the `default/kubernetes` Service's endpoints, which
-                // nothing here uses (clients come through the kubeconfig).
-                "--endpoint-reconciler-type=none".into(),
-                format!("--secure-port={port}"),
-                format!("--cert-dir={}", dir.join("certs").display()),
-                format!("--tls-cert-file={}", pki.serving_cert.display()),
-                format!("--tls-private-key-file={}", pki.serving_key.display()),
-                format!("--client-ca-file={}", pki.ca_cert.display()),
-                format!("--token-auth-file={}", tokens.display()),
-                "--authorization-mode=RBAC".into(),
-                format!("--service-account-issuer={apiserver_url}/"),
-                format!("--service-account-key-file={}", pki.sa_pub.display()),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    pki.sa_key.display()
-                ),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--allow-privileged=true".into(),
-                "--disable-admission-plugins=ServiceAccount".into(),
-                "--v=1".into(),
-            ],
-            &[],
-        )?;
-
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            kubeconfig_yaml(&apiserver_url, &pki.ca_pem, &admin_token)?,
-        )?;
-        let env = KubeEnv {
+        let audit_policy = dir.join("audit-policy.yaml");
+        std::fs::write(&audit_policy, AUDIT_POLICY)?;
+        let audit_log = dir.join("audit.log");
+        let shared = Shared {
+            dir,
+            etcd_url: client_url,
+            pki,
+            tokens,
+            admin_token,
+        };
+        let (apiserver, apiserver_url, kubeconfig) = shared
+            .start_apiserver(
+                "kube-apiserver",
+                "/registry",
+                &[
+                    format!("--audit-policy-file={}", audit_policy.display()),
+                    format!("--audit-log-path={}", audit_log.display()),
+                    // NB: written at once, so a test reads its own requests when it is done.
+                    "--audit-log-mode=blocking".into(),
+                    "--audit-log-format=json".into(),
+                ],
+            )
+            .await?;
+        Ok(KubeEnv {
             apiserver_url,
             kubeconfig,
-            admin_token,
-            ca_pem: pki.ca_pem,
+            admin_token: shared.admin_token.clone(),
+            ca_pem: shared.pki.ca_pem.clone(),
+            audit_log,
+            shared,
             etcd,
             apiserver,
-        };
-        let client = env.client().await?;
-        wait_until(&env.apiserver, Duration::from_secs(120), || {
-            let client = client.clone();
-            async move {
-                let req = http::Request::get("/readyz")
-                    .body(Vec::new())
-                    .expect("a valid request");
-                matches!(client.request_text(req).await, Ok(body) if body.trim() == "ok")
-            }
         })
-        .await?;
-        Ok(env)
+    }
+
+    /// A second kube-apiserver on the shared etcd under its own key prefix: a cluster of
+    /// its own, with nothing installed (no CRD), for the tests that need an empty one.
+    /// Stopped when dropped.
+    pub async fn empty_cluster(&self) -> Result<EmptyCluster> {
+        let prefix = format!("/registry-{}", random_suffix());
+        let (apiserver, _, kubeconfig) = self
+            .shared
+            .start_apiserver("kube-apiserver-empty", &prefix, &[])
+            .await?;
+        Ok(EmptyCluster {
+            kubeconfig,
+            apiserver,
+        })
     }
 
     /// A client with cluster-admin rights, bound to the calling test's runtime.
     pub async fn client(&self) -> Result<kube::Client> {
-        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-        Ok(kube::Client::try_from(config)?)
+        client_from(&self.kubeconfig).await
+    }
+
+    /// The audit log of the shared apiserver: one JSON event per line, for every request
+    /// a ServiceAccount made (see [`AUDIT_POLICY`]).
+    pub fn audit_log_path(&self) -> &Path {
+        &self.audit_log
     }
 
     /// A client that authenticates with `token` (e.g. a ServiceAccount token) and trusts
@@ -177,6 +293,44 @@ impl KubeEnv {
 
     pub fn admin_token(&self) -> &str {
         &self.admin_token
+    }
+
+    /// The API calls made with the ServiceAccount token `token`, read from the audit log:
+    /// (API group, resource or `resource/subresource`, verb), whatever the answer (a
+    /// refused call is a call the code makes, too).
+    // NB: a token is told apart from others of the same ServiceAccount by its JWT id, which
+    // the apiserver records as the credential id of each request.
+    pub fn audited_calls(&self, token: &str) -> Result<BTreeSet<(String, String, String)>> {
+        use base64::Engine;
+        let claims = token.split('.').nth(1).context("a JWT")?;
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims.trim_end_matches('='))
+            .context("the JWT's claims")?;
+        let claims: serde_json::Value = serde_json::from_slice(&claims)?;
+        let jti = claims["jti"].as_str().context("a JWT id in the token")?;
+        let credential = serde_json::json!([format!("JTI={jti}")]);
+        let log = std::fs::read_to_string(&self.audit_log)?;
+        let mut calls = BTreeSet::new();
+        for line in log.lines() {
+            let e: serde_json::Value = serde_json::from_str(line)?;
+            if e["user"]["extra"]["authentication.kubernetes.io/credential-id"] != credential {
+                continue;
+            }
+            let o = &e["objectRef"];
+            let Some(resource) = o["resource"].as_str() else {
+                continue; // a non-resource URL (discovery)
+            };
+            let resource = match o["subresource"].as_str() {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource.to_owned(),
+            };
+            calls.insert((
+                o["apiGroup"].as_str().unwrap_or_default().to_owned(),
+                resource,
+                e["verb"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        Ok(calls)
     }
 
     /// Creates a fresh namespace named after `prefix` and returns its name.

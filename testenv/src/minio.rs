@@ -9,7 +9,7 @@ use aws_smithy_http_client::tls;
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 use tokio::sync::OnceCell;
 
-use crate::process::{Proc, binary, free_port, run_dir, wait_until};
+use crate::process::{Proc, binary, on_free_ports, run_dir, wait_until};
 
 pub const REGION: &str = "us-east-1";
 
@@ -126,11 +126,15 @@ impl MinioEnv {
     }
 
     /// Kills the server and waits for it to exit (its data stays).
-    pub fn kill(&self) -> Result<()> {
-        let proc = self.proc.lock().unwrap();
-        proc.signal("KILL")?;
-        if !proc.wait_exit(Duration::from_secs(10)) {
-            anyhow::bail!("{} did not exit after SIGKILL", self.launch.name);
+    pub async fn kill(&self) -> Result<()> {
+        self.proc.lock().unwrap().signal("KILL")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // NB: the lock is not held across an await: poll instead of `Proc::wait_exit`.
+        while self.proc.lock().unwrap().check_alive().is_ok() {
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("{} did not exit after SIGKILL", self.launch.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
     }
@@ -228,19 +232,8 @@ impl MinioEnv {
         let bin = tokio::task::spawn_blocking(|| binary("minio")).await??;
         let dir = run_dir().join(name);
         std::fs::create_dir_all(&dir)?;
-        let (port, console) = (free_port()?, free_port()?);
         let root_user = "kfo-root".to_owned();
         let root_password = format!("kfo-{}", crate::kube::random_suffix());
-        let mut args = vec![
-            "server".into(),
-            "--quiet".into(),
-            format!("--address=127.0.0.1:{port}"),
-            format!("--console-address=127.0.0.1:{console}"),
-        ];
-        if let Some((certs_dir, _)) = &tls {
-            args.push(format!("--certs-dir={}", certs_dir.display()));
-        }
-        args.push(dir.display().to_string());
         let env: Vec<(&'static str, String)> = vec![
             ("MINIO_ROOT_USER", root_user.clone()),
             ("MINIO_ROOT_PASSWORD", root_password.clone()),
@@ -249,17 +242,31 @@ impl MinioEnv {
             ("MINIO_UPDATE", "off".into()),
         ];
         let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let proc = Proc::start(name, &bin, &args, &env_refs)?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let endpoint = format!("{scheme}://127.0.0.1:{port}");
-        let mut http = reqwest::Client::builder();
-        if let Some((_, ca_pem)) = &tls {
-            http = http.tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes())?]);
-        }
-        let http = http.build()?;
-        let ready = format!("{endpoint}/minio/health/ready");
-        wait_until(&proc, Duration::from_secs(60), || async {
-            matches!(http.get(&ready).send().await, Ok(r) if r.status().is_success())
+        let (endpoint, proc, args) = on_free_ports(async |[port, console]| {
+            let mut args = vec![
+                "server".into(),
+                "--quiet".into(),
+                format!("--address=127.0.0.1:{port}"),
+                format!("--console-address=127.0.0.1:{console}"),
+            ];
+            if let Some((certs_dir, _)) = &tls {
+                args.push(format!("--certs-dir={}", certs_dir.display()));
+            }
+            args.push(dir.display().to_string());
+            let proc = Proc::start(name, &bin, &args, &env_refs)?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let endpoint = format!("{scheme}://127.0.0.1:{port}");
+            let mut http = reqwest::Client::builder();
+            if let Some((_, ca_pem)) = &tls {
+                http = http.tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes())?]);
+            }
+            let http = http.build()?;
+            let ready = format!("{endpoint}/minio/health/ready");
+            wait_until(&proc, Duration::from_secs(60), || async {
+                matches!(http.get(&ready).send().await, Ok(r) if r.status().is_success())
+            })
+            .await?;
+            Ok((endpoint, proc, args))
         })
         .await?;
         let ca_pem = tls.map(|(_, pem)| pem);

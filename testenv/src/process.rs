@@ -41,8 +41,38 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 }
 
 /// A free TCP port on 127.0.0.1.
-pub(crate) fn free_port() -> Result<u16> {
+fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Runs `start` with `N` loopback ports free a moment ago, and again with new ones when
+/// it fails because one was taken in the meantime (by a test running in parallel, or
+/// another test binary). NB: the Go servers bind their ports themselves and cannot be
+/// handed a bound socket, so a collision is retried instead of prevented.
+pub(crate) async fn on_free_ports<const N: usize, T>(
+    mut start: impl AsyncFnMut([u16; N]) -> Result<T>,
+) -> Result<T> {
+    const TRIES: usize = 5;
+    for attempt in 1.. {
+        let mut ports = [0; N];
+        for p in &mut ports {
+            *p = free_port()?;
+        }
+        match start(ports).await {
+            Err(e) if attempt < TRIES && is_port_collision(&e) => {
+                tracing::warn!(?ports, error = %format!("{e:#}"), "a port was taken; retrying with others");
+            }
+            r => return r,
+        }
+    }
+    unreachable!("the loop returns by its last attempt")
+}
+
+/// Whether `e` (with the log tail [`wait_until`] adds) says that a port was in use: Go's
+/// "bind: address already in use", MinIO's "port is already in use".
+fn is_port_collision(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}").to_ascii_lowercase();
+    text.contains("address already in use") || text.contains("already in use")
 }
 
 /// A directory for this test binary's processes, removed at the next run if this run
@@ -165,13 +195,15 @@ impl Proc {
     }
 
     /// Waits up to `timeout` for the process to exit; whether it did.
-    pub fn wait_exit(&self, timeout: Duration) -> bool {
+    // NB: async: a blocking sleep here would freeze the test's runtime, and with it the
+    // servers (the CP double) that the test runs on it.
+    pub async fn wait_exit(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if matches!(self.child.lock().unwrap().try_wait(), Ok(Some(_))) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
     }
@@ -215,5 +247,41 @@ where
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_taken_in_the_meantime_is_tried_again_with_another() {
+        let mut tried = Vec::new();
+        let port = on_free_ports(async |[port]| {
+            tried.push(port);
+            if tried.len() == 1 {
+                // Another test took the port between the check and the bind.
+                let _other = TcpListener::bind(("127.0.0.1", port))?;
+                TcpListener::bind(("127.0.0.1", port)).context("serving")?;
+            }
+            Ok(port)
+        })
+        .await
+        .unwrap();
+        assert_eq!(tried.len(), 2, "{tried:?}");
+        assert_eq!(port, tried[1]);
+    }
+
+    #[tokio::test]
+    async fn other_failures_are_not_tried_again() {
+        let mut tries = 0;
+        let e = on_free_ports(async |[_, _]| -> Result<()> {
+            tries += 1;
+            bail!("etcd exited: no such flag")
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(tries, 1);
+        assert!(e.to_string().contains("no such flag"), "{e}");
     }
 }

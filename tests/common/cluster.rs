@@ -53,16 +53,18 @@ pub async fn event_reasons(client: &Client, ns: &str) -> Vec<String> {
         .collect()
 }
 
-/// A loopback port free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback listener on a port of its own, for a server that names its port before
+/// it runs. NB: a port found free and bound later can be taken in between by a test
+/// running in parallel; a bound socket cannot.
+pub fn loopback_listener() -> (std::net::SocketAddr, std::sync::Arc<std::net::TcpListener>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        listener.local_addr().unwrap(),
+        std::sync::Arc::new(listener),
+    )
 }
 
-/// The webhook on a free loopback port, registered by URL as `configuration`, with a
+/// The webhook on a loopback port of its own, registered by URL as `configuration`, with a
 /// self-managed certificate for 127.0.0.1 in the Secret `secret_ns/secret`.
 pub fn local_webhook(
     secret_ns: &str,
@@ -71,9 +73,10 @@ pub fn local_webhook(
     failure_policy: registration::FailurePolicy,
     cert_check: Duration,
 ) -> webhook::Settings {
-    let port = free_port();
+    let (addr, listener) = loopback_listener();
     webhook::Settings {
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        addr,
+        listener: Some(listener),
         source: certs::Source::Managed {
             namespace: secret_ns.into(),
             name: secret.into(),
@@ -81,7 +84,7 @@ pub fn local_webhook(
             validity: Duration::from_secs(3600),
         },
         configuration: configuration.into(),
-        target: registration::Target::Url(format!("https://127.0.0.1:{port}/mutate")),
+        target: registration::Target::Url(format!("https://{addr}/mutate")),
         failure_policy,
         timeout_seconds: 5,
         cert_check,

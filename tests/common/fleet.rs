@@ -106,6 +106,9 @@ impl Fleet {
             Some(cp) => cp,
             None => KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap(),
         };
+        // NB: every push goes out at once (no db_update_frequency debounce): the take-over
+        // times (tests, fault scenarios and benchmark P2) are the operator's, not the CP's.
+        cp.set_push_debounce(Duration::ZERO);
         let store_endpoint = options
             .store_endpoint
             .unwrap_or_else(|| s3.endpoint.clone());

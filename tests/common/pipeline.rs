@@ -66,6 +66,7 @@ impl Pipeline {
             filters: Vec::new(),
             max_frame: cp_client::DEFAULT_MAX_FRAME,
             max_config: 64 << 20,
+            keepalive: Default::default(),
         };
         let (stop, stop_rx) = watch::channel(false);
         let (ev_tx, ev_rx) = mpsc::channel(64);

@@ -264,10 +264,29 @@ async fn a_store_behind_a_private_ca_is_reachable_once_the_ca_secret_holds_the_c
 
 #[tokio::test]
 async fn the_controller_refuses_to_start_without_its_crd_and_says_how_to_install_it() {
-    // A fresh, CRD-less apiserver is not available per test; check the message instead.
-    let e = controller::Error::CrdMissing.to_string();
-    assert!(e.contains("kubectl apply"), "{e}");
     let env = kube().await;
+    // NB: the shared apiserver has the CRD (other tests install it): a cluster of its own.
+    let empty = env.empty_cluster().await.unwrap();
+    let e = controller::check_crd(&empty.client().await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, controller::Error::CrdMissing),
+        "not the missing-CRD error: {e:?}"
+    );
+    assert!(e.to_string().contains("kubectl apply"), "{e}");
+    // `run` checks first: it ends with the same error instead of watching in a loop.
+    let ns = "kong";
+    let run = crate::cluster::run_controller(&empty.client().await.unwrap(), ns, "kfo-no-crd");
+    let ended = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the controller kept running without its CRD")
+        .unwrap();
+    assert!(
+        matches!(ended, Err(controller::Error::CrdMissing)),
+        "{ended:?}"
+    );
+    // With the CRD installed, the check passes.
     env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
     controller::check_crd(&env.client().await.unwrap())
         .await
@@ -868,13 +887,18 @@ async fn pod_churn_costs_a_status_write_a_second_not_one_per_pod() {
             if let WatchEvent::Modified(p) = event.unwrap() {
                 writes += 1;
                 if importers(&p) == Some(PODS) {
-                    return;
+                    return true;
                 }
             }
         }
+        // NB: a watch the apiserver ended is no proof of the count.
+        false
     })
     .await;
-    assert!(counted.is_ok(), "status never counted {PODS} importers");
+    assert!(
+        counted == Ok(true),
+        "status never counted {PODS} importers ({counted:?}: false = the watch ended)"
+    );
     // Whatever trailing write is still due lands within a period.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     while let Some(Some(event)) = events.next().now_or_never() {

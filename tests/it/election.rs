@@ -92,25 +92,59 @@ async fn three_replicas_one_exporter_takeover_after_a_kill_and_handover_on_sigte
     assert_eq!(epoch_after, epoch_before + 1, "a new holder is a new epoch");
 
     // SIGTERM: the leader finishes, releases the Lease and exits; the hand-over does not
-    // wait for the Lease to expire.
+    // wait for the Lease to expire. NB: shown by the Lease's history (a watch from before
+    // the signal sees every write), not by a time bound on a loaded machine: how fast the
+    // hand-over is, is benchmark P2's figure.
     let leader = ops.iter().find(|o| o.name == second).unwrap();
+    let leases = kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        fleet.client.clone(),
+        &fleet.ns,
+    );
+    let rv = leases
+        .get("prod")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let watch = kube::api::WatchParams::default().fields("metadata.name=prod");
+    let mut history = futures::StreamExt::boxed(leases.watch(&watch, &rv).await.unwrap());
     leader.proc.signal("TERM").unwrap();
-    let termed_at = Instant::now();
     assert!(
-        leader.proc.wait_exit(Duration::from_secs(10)),
+        leader.proc.wait_exit(Duration::from_secs(30)).await,
         "SIGTERM ends the operator"
     );
     let hash = fleet.push();
     let ((_, third), _) = fleet
-        .wait_stored(&hash, Duration::from_secs(20))
+        .wait_stored(&hash, Duration::from_secs(60))
         .await
         .expect("the last replica exports after the hand-over");
-    let took = termed_at.elapsed();
     assert_ne!(third, second);
     assert_ne!(third, first);
+    // The holders the Lease had, in order, until the new one.
+    let mut holders = Vec::new();
+    while holders.last().is_none_or(|h: &Option<String>| {
+        h.as_deref()
+            .is_none_or(|h| h.split('_').next() == Some(second.as_str()))
+    }) {
+        let event = tokio::time::timeout(
+            Duration::from_secs(30),
+            futures::StreamExt::next(&mut history),
+        )
+        .await
+        .expect("no Lease change after the hand-over")
+        .expect("the Lease watch ended");
+        if let kube::api::WatchEvent::Modified(l) = event.unwrap() {
+            let holder = l.spec.unwrap().holder_identity.filter(|h| !h.is_empty());
+            if holders.last() != Some(&holder) {
+                holders.push(holder);
+            }
+        }
+    }
+    let n = holders.len();
     assert!(
-        took < Duration::from_secs(timings.renew),
-        "hand-over took {took:?}: the Lease was not released?\n{}",
+        n >= 2 && holders[n - 2].is_none(),
+        "the Lease went from {second} to {third} without a release: {holders:?}\n{}",
         leader.proc.log_tail(30)
     );
     assert!(
@@ -435,39 +469,49 @@ impl NativePeer {
             .send()
             .await
             .unwrap();
-        let listed = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&self.prefix)
-            .max_keys(1000)
-            .send()
-            .await
-            .unwrap();
-        let now = SystemTime::now();
-        let mut best: Option<(f64, String)> = None;
-        for o in listed.contents() {
-            let name = &o.key().unwrap()[self.prefix.len()..];
-            let Some((time, node)) = name.split_once('-') else {
-                continue;
-            };
-            let Ok(time) = time.parse::<f64>() else {
-                continue;
-            };
-            let modified = SystemTime::try_from(*o.last_modified().unwrap()).unwrap();
-            if now > modified + self.interval + Duration::from_secs(5) {
-                continue;
-            }
-            let candidate = (time, node.to_owned());
-            if best
-                .as_ref()
-                .is_none_or(|b| candidate.0 < b.0 || (candidate.0 == b.0 && candidate.1 < b.1))
-            {
-                best = Some(candidate);
-            }
-        }
-        best.map(|b| b.1)
+        native_elect(&self.client, &self.bucket, &self.prefix, self.interval).await
     }
+}
+
+/// What a native Kong node with election interval `interval` elects among the S3
+/// registrations under `prefix` now: the rules of [`NativePeer`], not the product's code.
+async fn native_elect(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    interval: Duration,
+) -> Option<String> {
+    let listed = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .max_keys(1000)
+        .send()
+        .await
+        .unwrap();
+    let now = SystemTime::now();
+    let mut best: Option<(f64, String)> = None;
+    for o in listed.contents() {
+        let name = &o.key().unwrap()[prefix.len()..];
+        let Some((time, node)) = name.split_once('-') else {
+            continue;
+        };
+        let Ok(time) = time.parse::<f64>() else {
+            continue;
+        };
+        let modified = SystemTime::try_from(*o.last_modified().unwrap()).unwrap();
+        if now > modified + interval + Duration::from_secs(5) {
+            continue;
+        }
+        let candidate = (time, node.to_owned());
+        if best
+            .as_ref()
+            .is_none_or(|b| candidate.0 < b.0 || (candidate.0 == b.0 && candidate.1 < b.1))
+        {
+            best = Some(candidate);
+        }
+    }
+    best.map(|b| b.1)
 }
 
 #[tokio::test]
@@ -509,7 +553,14 @@ async fn a_native_kong_peer_defers_to_the_mirrored_leader_and_takes_over_when_it
     control.claims.send(leading(1)).unwrap();
     let (stop, stop_rx) = watch::channel(false);
     let first = tokio::spawn(mirror("operator-leader-1").run(gate, stop_rx.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let registered = async |node: &str, present: bool| {
+        crate::wait::until(&format!("{node} registered: {present}"), async || {
+            let keys = store.list(&url.election_prefix("3.6.1.4")).await.ok()?;
+            (keys.iter().any(|o| o.key.ends_with(&format!("-{node}"))) == present).then_some(())
+        })
+        .await
+    };
+    registered("operator-leader-1", true).await;
 
     // Over many rounds (longer than the mirror's refresh), the peer never elects itself.
     let mut elected = BTreeMap::<String, u32>::new();
@@ -529,7 +580,7 @@ async fn a_native_kong_peer_defers_to_the_mirrored_leader_and_takes_over_when_it
     let (gate2, control2) = Gate::new();
     control2.claims.send(leading(2)).unwrap();
     let second = tokio::spawn(mirror("operator-leader-2").run(gate2, stop_rx.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    registered("operator-leader-2", true).await;
     control
         .claims
         .send(Claim {
@@ -537,7 +588,7 @@ async fn a_native_kong_peer_defers_to_the_mirrored_leader_and_takes_over_when_it
             ..leading(1)
         })
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    registered("operator-leader-1", false).await;
     assert_eq!(peer.round().await.as_deref(), Some("operator-leader-2"));
 
     // The operator goes away (graceful stop removes its registration): the peer leads.
@@ -565,7 +616,6 @@ mod backup_pods {
     use kfo_testenv::kube;
     use kong_fallback_operator::api::FallbackConfigPolicy;
     use kong_fallback_operator::controller;
-    use kong_fallback_operator::election::mirror::{kong_elect, parse};
     use kong_fallback_operator::inject::{self, SecretFacts};
     use kube::CustomResourceExt;
     use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -621,16 +671,15 @@ mod backup_pods {
             .unwrap();
     }
 
-    /// What Kong's own election elects in the prefix now (interval 10 s).
-    async fn kong_elected(store: &dyn ObjectStore, prefix: &str) -> Option<String> {
-        let regs: Vec<_> = store
-            .list(prefix)
-            .await
-            .unwrap()
-            .iter()
-            .filter_map(|o| parse(Flavor::S3, prefix, o))
-            .collect();
-        kong_elect(&regs, SystemTime::now(), Duration::from_secs(10)).map(|r| r.node_id.clone())
+    /// What a native Kong node (interval 10 s) elects in the prefix now.
+    // NB: by the test's own native rules, not the product's parser and election: those
+    // would agree with the product's mirror whatever it wrote.
+    async fn kong_elected(
+        s3: &kfo_testenv::MinioEnv,
+        bucket: &str,
+        prefix: &str,
+    ) -> Option<String> {
+        native_elect(&s3.root_client(), bucket, prefix, Duration::from_secs(10)).await
     }
 
     #[tokio::test]
@@ -684,7 +733,7 @@ mod backup_pods {
                 let leader = api.get("prod").await.ok()?.status?.leader?;
                 let d = leader.backup_pods.iter().find(|d| d.version == "3.6.1.4")?;
                 (d.node_id == uid
-                    && kong_elected(store.as_ref(), &prefix).await.as_deref() == Some(uid))
+                    && kong_elected(s3, &bucket, &prefix).await.as_deref() == Some(uid))
                 .then_some(leader)
             })
             .await
@@ -705,7 +754,7 @@ mod backup_pods {
             ("kong-backup-37", other.as_str())
         );
         crate::wait::until("3.7.0.0 elects its own pod", async || {
-            (kong_elected(store.as_ref(), &prefix_37).await.as_deref() == Some(other.as_str()))
+            (kong_elected(s3, &bucket, &prefix_37).await.as_deref() == Some(other.as_str()))
                 .then_some(())
         })
         .await;

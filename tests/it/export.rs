@@ -134,7 +134,12 @@ async fn two_versions_get_two_keys() {
     let env = minio().await;
     let bucket = env.bucket("export-versions").await.unwrap();
     let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
-    let t = table(1);
+    // key-auth's `realm` is removed from what a DP before 3.7 is sent (Kong's compat
+    // layer): each key holds what its own version received.
+    let t = table(1).replace(
+        r#""routes":"#,
+        r#""plugins":[{"id":"4a6d2c9e-1f3b-4c5d-8e7f-0a1b2c3d4e5f","name":"key-auth","config":{"key_names":["apikey"],"realm":"kong"}}],"routes":"#,
+    );
     cp.push(&t, &hash(&t));
     let url = format!("s3://{bucket}/kong");
     let mut a = Pipeline::start(
@@ -153,6 +158,19 @@ async fn two_versions_get_two_keys() {
     );
     assert_eq!(a.exported().await.0, "kong/3.6.1.4/config.json");
     assert_eq!(b.exported().await.0, "kong/3.9.0.1/config.json");
+    for (version, realm) in [("3.6.1.4", None), ("3.9.0.1", Some("kong"))] {
+        let stored = env
+            .read(&bucket, &format!("kong/{version}/config.json"))
+            .await
+            .unwrap()
+            .unwrap();
+        let stored: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(
+            stored["plugins"][0]["config"]["realm"].as_str(),
+            realm,
+            "kong/{version}/config.json holds another version's payload"
+        );
+    }
     let versions: Vec<String> = cp.data_planes().into_iter().map(|d| d.version).collect();
     assert!(versions.contains(&"3.6.1.4".to_owned()) && versions.contains(&"3.9.0.1".to_owned()));
 }
@@ -162,6 +180,9 @@ async fn a_burst_of_100_pushes_ends_with_the_last_stored_within_the_write_bound(
     let env = minio().await;
     let bucket = env.bucket("export-burst").await.unwrap();
     let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    // NB: the CP passes every push on (as with a tiny db_update_frequency): the operator's
+    // own coalescing is what this test bounds, not the CP's 5 s debounce.
+    cp.set_push_debounce(Duration::ZERO);
     let first = table(0);
     cp.push(&first, &hash(&first));
     let min_interval = Duration::from_millis(500);
@@ -203,7 +224,7 @@ async fn a_burst_of_100_pushes_ends_with_the_last_stored_within_the_write_bound(
         table(100).as_bytes()
     );
     // History keeps the newest 3 (written just after each export).
-    let mut kept = 0;
+    let mut keys = Vec::new();
     for _ in 0..100 {
         let listed = env
             .root_client()
@@ -213,18 +234,21 @@ async fn a_burst_of_100_pushes_ends_with_the_last_stored_within_the_write_bound(
             .send()
             .await
             .unwrap();
-        kept = listed.contents().len();
-        if kept == 3
-            && listed
-                .contents()
-                .iter()
-                .any(|o| o.key().unwrap_or("").contains(&last))
-        {
+        keys = listed
+            .contents()
+            .iter()
+            .map(|o| o.key().unwrap_or("").to_owned())
+            .collect();
+        if keys.len() == 3 && keys.iter().any(|k| k.contains(&last)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(kept, 3);
+    // NB: the whole condition again: the loop also ends by running out of tries.
+    assert!(
+        keys.len() == 3 && keys.iter().any(|k| k.contains(&last)),
+        "history is not the newest 3 including {last}: {keys:?}"
+    );
 }
 
 #[tokio::test]
@@ -289,8 +313,12 @@ async fn wrong_write_credentials_are_reported_as_credentials_and_retried() {
 async fn a_push_lands_in_gcs() {
     let env = gcs().await;
     let bucket = env.bucket("export-gcs").await.unwrap();
+    // NB: the client goes through a recorder: fake-gcs-server takes an upload's content
+    // type from the media part's header, not from the object resource the client sends
+    // (GCS uses the resource's `contentType`), so only the request can show it.
+    let (proxy, sent) = recording_proxy(&env.endpoint).await;
     let store: Arc<dyn ObjectStore> = Arc::new(
-        GcsStore::new(Some(&env.endpoint), &GcsCredentials::Anonymous, &bucket)
+        GcsStore::new(Some(&proxy), &GcsCredentials::Anonymous, &bucket)
             .await
             .unwrap(),
     );
@@ -305,7 +333,107 @@ async fn a_push_lands_in_gcs() {
         Duration::ZERO,
     );
     let (key, _) = p.exported().await;
-    let o = store.get(&key).await.unwrap().unwrap();
-    assert_eq!(&o.body[..], t.as_bytes());
-    assert_eq!(o.metadata[META_CONFIG_HASH], hash(&t));
+    assert_eq!(key, "kong/3.6.1.4/config.json");
+    // Read back through the emulator's JSON API, not the product's client.
+    let object = gcs_object(&env.endpoint, &bucket, &key).await;
+    let request = String::from_utf8_lossy(&sent.lock().unwrap()).into_owned();
+    let upload = request
+        .split("POST /upload/storage/v1/")
+        .nth(1)
+        .expect("an upload request");
+    assert!(
+        upload.contains(r#""contentType":"application/json""#),
+        "the upload does not name the content type: {upload}"
+    );
+    assert_eq!(
+        object["metadata"][META_UPLOADER], "kfo-test-replica",
+        "{object}"
+    );
+    assert_eq!(object["metadata"][META_CONFIG_HASH], hash(&t), "{object}");
+    let body = reqwest::get(format!(
+        "{}/storage/v1/b/{bucket}/o/{}?alt=media",
+        env.endpoint,
+        key.replace('/', "%2F")
+    ))
+    .await
+    .unwrap()
+    .error_for_status()
+    .unwrap()
+    .bytes()
+    .await
+    .unwrap();
+    assert_eq!(&body[..], t.as_bytes());
+
+    // The refresh of a GCS registration (Kong's objects.update) is the store's `touch`: a
+    // metadata patch that keeps the data, the generation and the creation time.
+    // NB: GCS moves `updated` (and `metageneration`) on a metadata patch; fake-gcs-server
+    // 1.56 moves neither (checked by hand: PATCH of the metadata, then GET), so what it can show is that the patch landed: the `refreshed`
+    // metadata is set, the rest of the object is as it was.
+    let before = jiff::Timestamp::now();
+    assert!(store.touch(&key).await.unwrap());
+    let touched = gcs_object(&env.endpoint, &bucket, &key).await;
+    let refreshed: jiff::Timestamp = touched["metadata"]["refreshed"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no refreshed metadata after touch: {touched}"))
+        .parse()
+        .unwrap();
+    assert!(refreshed >= before, "{refreshed} < {before}");
+    for field in [
+        "generation",
+        "timeCreated",
+        "md5Hash",
+        "size",
+        "contentType",
+    ] {
+        assert_eq!(touched[field], object[field], "{field} changed by touch");
+    }
+    assert_eq!(touched["metadata"][META_UPLOADER], "kfo-test-replica");
+    assert!(!store.touch("kong/3.6.1.4/election/missing").await.unwrap());
+}
+
+/// A loopback proxy to the plain-HTTP `endpoint`; its URL and every byte clients sent.
+async fn recording_proxy(endpoint: &str) -> (String, Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = endpoint.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut client_rx, mut client_tx) = client.into_split();
+            let (mut server_rx, mut server_tx) = server.into_split();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0; 16 * 1024];
+                while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if server_tx.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = server_tx.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+            });
+        }
+    });
+    (url, sent)
+}
+
+/// An object's resource as fake-gcs-server's JSON API returns it.
+async fn gcs_object(endpoint: &str, bucket: &str, key: &str) -> serde_json::Value {
+    reqwest::get(format!(
+        "{endpoint}/storage/v1/b/{bucket}/o/{}",
+        key.replace('/', "%2F")
+    ))
+    .await
+    .unwrap()
+    .error_for_status()
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
 }

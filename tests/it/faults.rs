@@ -151,7 +151,7 @@ impl StoreFault {
                 .add("fault", Stream::Upstream, Toxic::Blackhole(Duration::ZERO))
                 .await
                 .unwrap(),
-            StoreFault::Stopped => m.kill().unwrap(),
+            StoreFault::Stopped => m.kill().await.unwrap(),
             StoreFault::Latency => px
                 .add(
                     "fault",
@@ -199,6 +199,8 @@ async fn r2(fault: StoreFault) {
         .await
         .unwrap();
     let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
+    // NB: the push at the fault's start goes out at once: detect_s is the operator's time.
+    cp.set_push_debounce(Duration::ZERO);
     let (first, first_hash) = config("before");
     cp.push(&first, &first_hash);
     let ex = exporting("fault-r2", &m, &bucket, &px.http(), &cp).await;
@@ -1505,3 +1507,51 @@ async fn r5_bad_specs_at_volume_are_refused_or_reported_and_crash_nothing() {
     );
     assert!(specs >= 200, "{specs} specs");
 }
+
+/// R3, a control plane that accepts the session and never sends a configuration: the
+/// operator stores nothing (no empty or made-up configuration), says it waits, does not
+/// crash, and stores the first configuration when it comes.
+#[tokio::test]
+async fn r3_a_control_plane_that_never_sends_a_config_is_waited_for() {
+    use crate::fleet::{Fleet, Timings};
+    let outage = Duration::from_secs(if full() { 30 } else { 8 });
+    let mut fleet = Fleet::new(
+        "fault-r3-silent",
+        Timings {
+            lease: 6,
+            renew: 4,
+            retry: 1,
+        },
+    )
+    .await;
+    let op = fleet.start("r3-silent");
+    crate::wait::until("the DP session open", async || {
+        (!fleet.cp.data_planes().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(outage).await;
+    let stored_during = fleet.stored().await;
+    let policy = Api::<FallbackConfigPolicy>::namespaced(fleet.client.clone(), &fleet.ns)
+        .get("prod")
+        .await
+        .unwrap();
+    let exporting = condition(&policy, "Exporting");
+    let crashed = op.proc.check_alive().is_err();
+    let back = Instant::now();
+    let first = fleet.push();
+    let stored = fleet.wait_stored(&first, Duration::from_secs(60)).await;
+    println!(
+        "fault: R3 case=never_sends_config outage_s={} stored_during={} crashed={} peak_rss_mb={:.0} reconnect_s={:.1}",
+        outage.as_secs(),
+        u8::from(stored_during.is_some()),
+        u8::from(crashed),
+        peak_rss_mib(op.proc.pid()),
+        back.elapsed().as_secs_f64()
+    );
+    assert!(stored_during.is_none(), "stored without a configuration: {stored_during:?}");
+    assert!(!crashed, "{}", op.proc.log_tail(20));
+    let (status, reason, _) = exporting.expect("an Exporting condition while waiting");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Waiting"));
+    assert!(stored.is_some(), "the first configuration was stored when it came");
+}
+

@@ -129,16 +129,33 @@ fn a_typo_in_values_fails_at_install_and_cert_manager_is_an_option() {
         "no Secret-writing Role with cert-manager"
     );
 
+    // NB: a failed render prints nothing, and nothing "does not contain" anything: the
+    // exit status and a rendered Deployment come first.
     let off = helm_template(&["--set", "webhook.enabled=false"]);
+    assert!(
+        off.status.success(),
+        "{}",
+        String::from_utf8_lossy(&off.stderr)
+    );
+    let docs = yaml_documents(&off.stdout);
+    assert!(
+        docs.iter().any(|d| d["kind"] == "Deployment"),
+        "no Deployment rendered with webhook.enabled=false:\n{}",
+        String::from_utf8_lossy(&off.stdout)
+    );
     let rendered = String::from_utf8(off.stdout).unwrap();
     assert!(!rendered.contains("MutatingWebhookConfiguration"));
     assert!(!rendered.contains("mutatingwebhookconfigurations"));
 }
 
+/// Every YAML document of a render; a document that does not parse fails the test.
 fn yaml_documents(rendered: &[u8]) -> Vec<serde_json::Value> {
     serde_norway::Deserializer::from_slice(rendered)
-        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
-        .filter(|v: &serde_json::Value| !v.is_null())
+        .map(|d| {
+            <serde_json::Value as serde::Deserialize>::deserialize(d)
+                .unwrap_or_else(|e| panic!("a rendered document does not parse: {e}"))
+        })
+        .filter(|v| !v.is_null())
         .collect()
 }
 

@@ -1,10 +1,12 @@
 //! Installing from deploy/ (the chart rendered with default values) on the real apiserver
 //! with RBAC enforced, then running the operator as the chart's ServiceAccount through
-//! every capability: the RBAC is sufficient, and it grants nothing the code does not use.
+//! every capability: the RBAC is sufficient, and it grants nothing the code does not use
+//! (the calls made are read from the apiserver's audit log).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use kfo_testenv::{KongCp, Mtls, kube, minio};
@@ -22,8 +24,9 @@ const DEPLOY: &str = "deploy/kong-fallback-operator.yaml";
 pub(crate) const NS: &str = "kong-fallback-operator";
 pub(crate) const SA: &str = "kong-fallback-operator";
 
-/// The API calls the operator makes: (API group, resource, verb). Keep in step with the
-/// code; the chart must grant exactly these.
+/// The API calls the operator makes: (API group, resource, verb), for the static checks of
+/// other renderings. The live run below checks this list, and the chart, against the calls
+/// the apiserver audited.
 const USED: &[(&str, &str, &str)] = &[
     ("apiextensions.k8s.io", "customresourcedefinitions", "get"), // check_crd
     ("fallback.kong-dp.io", "fallbackconfigpolicies", "get"),     // finalizer helper
@@ -177,8 +180,11 @@ pub(crate) async fn install() {
 fn documents() -> Vec<Value> {
     let text = std::fs::read_to_string(kfo_testenv::repo_root().join(DEPLOY)).unwrap();
     serde_norway::Deserializer::from_str(&text)
-        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
-        .filter(|v: &Value| !v.is_null())
+        .map(|d| {
+            <Value as serde::Deserialize>::deserialize(d)
+                .unwrap_or_else(|e| panic!("{DEPLOY}: a document does not parse: {e}"))
+        })
+        .filter(|v| !v.is_null())
         .collect()
 }
 
@@ -347,8 +353,11 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
     ] {
         secrets.create(&pp, &s).await.unwrap();
     }
-    // A Deployment whose pod predates the policy (no controller-manager: made by hand).
+    // A Deployment, a StatefulSet and a DaemonSet whose pods predate the policy (no
+    // controller-manager: made by hand).
     let deployments = crate::cluster::deployment_with_a_pod(&admin, &ns).await;
+    workload_with_a_pod(&admin, &ns, "StatefulSet").await;
+    workload_with_a_pod(&admin, &ns, "DaemonSet").await;
     let template = crate::cluster::kong_dp_template();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
 
@@ -522,6 +531,30 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
             .filter(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
     })
     .await;
+    for kind in ["StatefulSet", "DaemonSet"] {
+        until(&format!("the {kind} restarted"), async || {
+            restarted(&admin, &ns, kind).await.then_some(())
+        })
+        .await;
+    }
+    // The webhook certificate falls due: rotated in its Secret (an update).
+    let tls_secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
+    let tls_name = "kong-fallback-operator-webhook-tls";
+    let old_ca = tls_secrets.get(tls_name).await.unwrap().data.unwrap()["ca.crt"].clone();
+    tls_secrets
+        .patch(
+            tls_name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                kong_fallback_operator::webhook::certs::NOT_AFTER: "2000-01-01T00:00:00Z"}}})),
+        )
+        .await
+        .unwrap();
+    until("the webhook certificate rotated", async || {
+        let data = tls_secrets.get(tls_name).await.ok()?.data?;
+        (data.get("ca.crt")? != &old_ca).then_some(())
+    })
+    .await;
     let reasons = crate::cluster::event_reasons(&admin, &ns).await;
     assert!(reasons.iter().any(|r| r == "Exported"), "{reasons:?}");
     // Deletion: the finalizer deletes the Lease as the ServiceAccount, then goes.
@@ -538,4 +571,160 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
     .await;
     assert!(leases.get_opt("prod").await.unwrap().is_none());
     running.abort();
+
+    // Uninstall, as the chart's pre-delete hook runs it, with the same token.
+    let kubeconfig =
+        std::env::temp_dir().join(format!("kfo-install-sa-{}.yaml", std::process::id()));
+    let admin_config = std::fs::read_to_string(env.kubeconfig_path()).unwrap();
+    std::fs::write(&kubeconfig, admin_config.replace(env.admin_token(), &token)).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kong-fallback-operator"))
+        .args([
+            "cleanup",
+            "--namespace",
+            &ns,
+            "--stop-deployment",
+            "kong-fallback-operator",
+            "--operator-namespace",
+            NS,
+            "--stop-timeout",
+            "1",
+            "--delete-webhook-configuration",
+            "--webhook-configuration",
+            "kong-fallback-operator",
+        ])
+        .env_clear()
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The finalizer helper re-reads a policy (get) only when its list changed since it was
+    // read, as when another controller adds a finalizer meanwhile: provoke that, as the
+    // ServiceAccount.
+    let mut p = crate::cluster::policy(
+        "stale",
+        json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {"url": "gcs://bkt/kong", "readCredentials": {"ambient": true}},
+            "exporter": {"mode": "None"}
+        }),
+    );
+    p.metadata.finalizers = Some(vec![controller::FINALIZER.to_owned()]);
+    let stale = policies.create(&pp, &p).await.unwrap();
+    policies
+        .patch(
+            "stale",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"finalizers": [controller::FINALIZER, "example.com/late"]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let sa_policies: Api<FallbackConfigPolicy> =
+        Api::namespaced(env.client_with_token(&token).await.unwrap(), &ns);
+    assert_eq!(
+        kong_fallback_operator::cleanup::remove_finalizer(&sa_policies, &stale)
+            .await
+            .unwrap(),
+        "finalizer removed"
+    );
+
+    // What this run called, as the apiserver audited it, is what the chart grants: no more,
+    // no less. NB: derived from the calls made, not from a list kept by hand.
+    let called = env.audited_calls(&token).unwrap();
+    let granted = granted(&rendered_with_rollout());
+    let extra: Vec<_> = granted.difference(&called).collect();
+    let missing: Vec<_> = called.difference(&granted).collect();
+    assert!(missing.is_empty(), "called but not granted: {missing:?}");
+    assert!(
+        extra.is_empty(),
+        "granted but never called in the live run: {extra:?}"
+    );
+    // The list the static checks of other renderings use is the same set.
+    let listed: BTreeSet<(String, String, String)> = USED
+        .iter()
+        .chain(USED_BY_ROLLOUT)
+        .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(
+        listed, called,
+        "USED and USED_BY_ROLLOUT differ from the audited calls"
+    );
+}
+
+/// A `kind` (StatefulSet or DaemonSet) named after it, with one pod it owns (app=kong-dp).
+async fn workload_with_a_pod(client: &kube::Client, ns: &str, kind: &str) {
+    let name = kind.to_ascii_lowercase();
+    let mut template = crate::cluster::kong_dp_template();
+    template["metadata"]["labels"]["workload"] = json!(name);
+    let mut spec = json!({"selector": {"matchLabels": {"workload": name}}, "template": template});
+    if kind == "StatefulSet" {
+        spec["serviceName"] = json!(name);
+    }
+    let object = json!({
+        "apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec
+    });
+    let uid = match kind {
+        "StatefulSet" => {
+            Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(object).unwrap(),
+                )
+                .await
+                .unwrap()
+                .metadata
+                .uid
+        }
+        _ => {
+            Api::<DaemonSet>::namespaced(client.clone(), ns)
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(object).unwrap(),
+                )
+                .await
+                .unwrap()
+                .metadata
+                .uid
+        }
+    };
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{name}-0"), "labels": template["metadata"]["labels"],
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name,
+                                 "uid": uid, "controller": true}]},
+        "spec": template["spec"]
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+}
+
+/// Whether the `kind` of [`workload_with_a_pod`] carries the restart annotation.
+async fn restarted(client: &kube::Client, ns: &str, kind: &str) -> bool {
+    let name = kind.to_ascii_lowercase();
+    let template = match kind {
+        "StatefulSet" => Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .get(&name)
+            .await
+            .ok()
+            .map(|o| o.spec.template),
+        _ => Api::<DaemonSet>::namespaced(client.clone(), ns)
+            .get(&name)
+            .await
+            .ok()
+            .map(|o| o.spec.template),
+    };
+    template
+        .and_then(|t| t.metadata?.annotations)
+        .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
 }

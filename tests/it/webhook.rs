@@ -88,16 +88,18 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
         .unwrap();
 
     let configuration = kfo_testenv::unique_name("kfo-webhook");
+    let webhook_settings = crate::cluster::local_webhook(
+        &ns,
+        "webhook-tls",
+        &configuration,
+        registration::FailurePolicy::Fail,
+        Duration::from_secs(1),
+    );
+    let webhook_url = format!("https://{}/", webhook_settings.addr);
     let settings = controller::Settings {
         namespace: Some(ns.clone()),
         // Fail, so that a webhook the apiserver cannot reach or trust fails the test.
-        webhook: Some(crate::cluster::local_webhook(
-            &ns,
-            "webhook-tls",
-            &configuration,
-            registration::FailurePolicy::Fail,
-            Duration::from_secs(1),
-        )),
+        webhook: Some(webhook_settings),
         ..controller::Settings::new("kfo-webhook-test")
     };
     let metrics = settings.metrics.clone();
@@ -227,8 +229,18 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
             .then_some(())
     })
     .await;
-    // Give the server a moment to load the new certificate, then admit through it.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // NB: the caBundle now holds both CAs, so the apiserver would admit through the old
+    // certificate too: wait until the server hands out a certificate that only the new CA
+    // verifies, then admit through it.
+    let only_new_ca = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&new_ca.0).unwrap()])
+        .build()
+        .unwrap();
+    until(
+        "the webhook serving a certificate of the new CA",
+        async || only_new_ca.get(&webhook_url).send().await.ok().map(drop),
+    )
+    .await;
     let after = pods
         .create(&PostParams::default(), &pod("dp-1", "kong-dp"))
         .await
@@ -420,12 +432,13 @@ async fn a_certificate_not_there_yet_is_waited_for_not_fatal() {
     let client = kube().await.client().await.unwrap();
     let dir = std::env::temp_dir().join(kfo_testenv::unique_name("kfo-webhook-files"));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = crate::cluster::free_port();
+    let (addr, listener) = crate::cluster::loopback_listener();
     let settings = webhook::Settings {
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        addr,
+        listener: Some(listener),
         source: certs::Source::Files { dir: dir.clone() },
         configuration: kfo_testenv::unique_name("kfo-webhook-files"),
-        target: registration::Target::Url(format!("https://127.0.0.1:{port}/mutate")),
+        target: registration::Target::Url(format!("https://{addr}/mutate")),
         failure_policy: registration::FailurePolicy::Ignore,
         timeout_seconds: 5,
         cert_check: Duration::from_secs(1),
