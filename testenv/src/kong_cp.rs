@@ -301,7 +301,7 @@ impl KongCp {
             shared.current = Some((Arc::new(frame), Vec::new()));
             shared.current_raw = None;
         }
-        self.push.send_modify(|n| *n += 1);
+        self.pushed.notify_one();
     }
 
     /// Turns Wasm on with `filters` installed: a DP whose `basic_info` lacks any of them is

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::process::{Proc, binary, free_port, wait_until};
+use crate::process::{Proc, binary, on_free_ports, wait_until};
 
 /// The shared Toxiproxy server of this test binary.
 pub struct Toxiproxy {
@@ -93,25 +93,18 @@ pub struct Proxy {
 impl Toxiproxy {
     async fn start() -> Result<Toxiproxy> {
         let bin = tokio::task::spawn_blocking(|| binary("toxiproxy-server")).await??;
-        let port = free_port()?;
-        let api = format!("http://127.0.0.1:{port}");
-        let proc = Proc::start(
-            "toxiproxy-server",
-            &bin,
-            &[
-                "-host".into(),
-                "127.0.0.1".into(),
-                "-port".into(),
-                port.to_string(),
-            ],
-            &[("LOG_LEVEL", "warn")],
-        )?;
-        let version = format!("{api}/version");
-        wait_until(&proc, Duration::from_secs(30), || async {
-            matches!(reqwest::get(&version).await, Ok(r) if r.status().is_success())
+        on_free_ports(async |[port]| {
+            let api = format!("http://127.0.0.1:{port}");
+            let args = ["-host", "127.0.0.1", "-port", &port.to_string()].map(String::from);
+            let proc = Proc::start("toxiproxy-server", &bin, &args, &[("LOG_LEVEL", "warn")])?;
+            let version = format!("{api}/version");
+            wait_until(&proc, Duration::from_secs(30), || async {
+                matches!(reqwest::get(&version).await, Ok(r) if r.status().is_success())
+            })
+            .await?;
+            Ok(Toxiproxy { api, proc })
         })
-        .await?;
-        Ok(Toxiproxy { api, proc })
+        .await
     }
 
     /// A new proxy to `upstream` (`host:port`) on a port Toxiproxy picks.

@@ -215,6 +215,55 @@ impl Fleet {
         }
     }
 
+    /// Starts an operator process named `name` serving the webhook on loopback, registered
+    /// as `configuration` with `failure_policy` (`ignore`, `fail`); returns it and the
+    /// webhook's port once it accepts connections. NB: the process binds the port itself:
+    /// one taken in the meantime by a parallel test is retried with another.
+    pub async fn start_with_webhook(
+        &self,
+        name: &str,
+        configuration: &str,
+        failure_policy: &str,
+    ) -> (Operator, u16) {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let op = self.start_with(
+                name,
+                &[
+                    "--webhook".into(),
+                    format!("--webhook-addr=127.0.0.1:{port}"),
+                    format!("--webhook-url=https://127.0.0.1:{port}/mutate"),
+                    format!("--operator-namespace={}", self.ns),
+                    format!("--webhook-configuration={configuration}"),
+                    format!("--webhook-failure-policy={failure_policy}"),
+                ],
+            );
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(60) {
+                if op.proc.check_alive().is_err() {
+                    break;
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return (op, port);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let log = op.proc.log_tail(20);
+            assert!(
+                log.contains("in use"),
+                "the operator's webhook did not start:\n{log}"
+            );
+        }
+        panic!("no free port for the webhook after five tries");
+    }
+
     /// Pushes a new configuration from the CP double; returns its hash.
     pub fn push(&mut self) -> String {
         self.pushes += 1;

@@ -822,19 +822,10 @@ async fn r7(absent: Absent, failure_policy: &str) -> (usize, usize, usize) {
         },
     )
     .await;
-    let port = crate::cluster::free_port();
     let configuration = kfo_testenv::unique_name("kfo-r7");
-    let op = fleet.start_with(
-        "r7-0",
-        &[
-            "--webhook".into(),
-            format!("--webhook-addr=127.0.0.1:{port}"),
-            format!("--webhook-url=https://127.0.0.1:{port}/mutate"),
-            format!("--operator-namespace={}", fleet.ns),
-            format!("--webhook-configuration={configuration}"),
-            format!("--webhook-failure-policy={failure_policy}"),
-        ],
-    );
+    let (op, _) = fleet
+        .start_with_webhook("r7-0", &configuration, failure_policy)
+        .await;
     let pods: Api<Pod> = Api::namespaced(fleet.client.clone(), &fleet.ns);
     let secrets: Api<Secret> = Api::namespaced(fleet.client.clone(), &fleet.ns);
     let template = crate::cluster::kong_dp_template();
@@ -1288,18 +1279,10 @@ async fn r5_bad_specs_at_volume_are_refused_or_reported_and_crash_nothing() {
         },
     )
     .await;
-    let port = crate::cluster::free_port();
     let configuration = kfo_testenv::unique_name("kfo-r5");
-    let op = fleet.start_with(
-        "r5-0",
-        &[
-            "--webhook".into(),
-            format!("--webhook-addr=127.0.0.1:{port}"),
-            format!("--webhook-url=https://127.0.0.1:{port}/mutate"),
-            format!("--operator-namespace={}", fleet.ns),
-            format!("--webhook-configuration={configuration}"),
-        ],
-    );
+    let (op, port) = fleet
+        .start_with_webhook("r5-0", &configuration, "ignore")
+        .await;
     let last_good = fleet.push();
     let secrets: Api<Secret> = Api::namespaced(fleet.client.clone(), &fleet.ns);
     let creds = json!({"AWS_ACCESS_KEY_ID": fleet.s3.root_user, "AWS_SECRET_ACCESS_KEY": fleet.s3.root_password});
@@ -1548,10 +1531,15 @@ async fn r3_a_control_plane_that_never_sends_a_config_is_waited_for() {
         peak_rss_mib(op.proc.pid()),
         back.elapsed().as_secs_f64()
     );
-    assert!(stored_during.is_none(), "stored without a configuration: {stored_during:?}");
+    assert!(
+        stored_during.is_none(),
+        "stored without a configuration: {stored_during:?}"
+    );
     assert!(!crashed, "{}", op.proc.log_tail(20));
     let (status, reason, _) = exporting.expect("an Exporting condition while waiting");
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Waiting"));
-    assert!(stored.is_some(), "the first configuration was stored when it came");
+    assert!(
+        stored.is_some(),
+        "the first configuration was stored when it came"
+    );
 }
-
