@@ -597,9 +597,14 @@ fn protocol_error(e: tokio_tungstenite::tungstenite::Error, max_frame: usize) ->
 }
 
 /// Reconnect delay after `failures` consecutive sessions without a configuration:
-/// 1 s doubling to 30 s, with ±25 % jitter so many clients do not reconnect in step.
+/// 1 s doubling to 6 s, with ±25 % jitter so many clients do not reconnect in step.
+///
+/// NB: about Kong's own data plane, which retries after a random 5 to 10 s
+/// (`reconnection_delay = math.random(5, 10)` in `kong/clustering/data_plane.lua`): the
+/// operator must be back as soon as a data plane would (fault R3 measured 33 s after a
+/// 60 s outage with a 30 s cap).
 pub fn reconnect_delay(failures: u32, jitter: f64) -> Duration {
-    let base = (1u64 << failures.min(5)).min(30) as f64;
+    let base = (1u64 << failures.min(3)).min(6) as f64;
     Duration::from_secs_f64(base * (0.75 + 0.5 * jitter.clamp(0.0, 1.0)))
 }
 
@@ -723,7 +728,7 @@ mod tests {
         for _ in 0..10 {
             f = failures_after(f, Duration::from_secs(1), false);
         }
-        assert_eq!(reconnect_delay(f, 0.5), Duration::from_secs(30));
+        assert_eq!(reconnect_delay(f, 0.5), Duration::from_secs(6));
         // Then an hour-long session that ends with the config unchanged (a CP restart).
         f = failures_after(f, Duration::from_secs(3600), false);
         assert_eq!(f, 0);
@@ -733,11 +738,12 @@ mod tests {
     }
 
     #[test]
-    fn reconnect_delays_grow_to_thirty_seconds_with_jitter() {
+    fn reconnect_delays_grow_to_six_seconds_with_jitter_within_kongs_own() {
         assert_eq!(reconnect_delay(0, 0.5), Duration::from_secs(1));
-        assert_eq!(reconnect_delay(3, 0.5), Duration::from_secs(8));
-        assert_eq!(reconnect_delay(10, 0.5), Duration::from_secs(30));
-        assert_eq!(reconnect_delay(10, 0.0), Duration::from_secs_f64(22.5));
-        assert_eq!(reconnect_delay(10, 1.0), Duration::from_secs_f64(37.5));
+        assert_eq!(reconnect_delay(2, 0.5), Duration::from_secs(4));
+        assert_eq!(reconnect_delay(3, 0.5), Duration::from_secs(6));
+        assert_eq!(reconnect_delay(10, 0.5), Duration::from_secs(6));
+        assert_eq!(reconnect_delay(10, 0.0), Duration::from_secs_f64(4.5));
+        assert_eq!(reconnect_delay(10, 1.0), Duration::from_secs_f64(7.5));
     }
 }

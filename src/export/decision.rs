@@ -53,10 +53,14 @@ pub enum Next {
     Idle,
 }
 
-/// Retry delays after failed writes: 0.5 s doubling to 30 s.
+/// Retry delays after failed writes: 0.5 s doubling to 5 s.
+///
+/// NB: capped low on purpose: the store's return is seen only by the next try, and the
+/// newest configuration must be stored within 10 s of it (fault R2 measured 10.6 s after a
+/// 30 s outage with a 30 s cap). A try every 5 s is no load for a store.
 pub fn backoff(failures: u32) -> Duration {
     let ms = 500u64.saturating_mul(1u64 << failures.saturating_sub(1).min(16));
-    Duration::from_millis(ms.min(30_000))
+    Duration::from_millis(ms.min(5_000))
 }
 
 /// The export state of one (policy, version).
@@ -376,8 +380,9 @@ mod tests {
     #[test]
     fn backoff_is_capped() {
         assert_eq!(backoff(1), Duration::from_millis(500));
-        assert_eq!(backoff(7), Duration::from_secs(30));
-        assert_eq!(backoff(200), Duration::from_secs(30));
+        assert_eq!(backoff(4), Duration::from_secs(4));
+        assert_eq!(backoff(5), Duration::from_secs(5));
+        assert_eq!(backoff(200), Duration::from_secs(5));
     }
 
     #[test]
