@@ -19,4 +19,5 @@ pub mod kong;
 pub mod metrics;
 pub mod storage;
 pub mod telemetry;
+pub mod watch;
 pub mod webhook;

@@ -267,7 +267,7 @@ pub async fn run(
             watcher::Config::default().fields(&format!("metadata.name={}", settings.configuration));
         let live_version = live_version.clone();
         tokio::spawn(async move {
-            let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+            let mut events = std::pin::pin!(watcher(api, config).backoff(crate::watch::backoff()));
             while let Some(event) = events.next().await {
                 let update = match event {
                     Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
