@@ -91,9 +91,22 @@ impl Shared {
         etcd_prefix: &str,
         extra: &[String],
     ) -> Result<(Proc, String, PathBuf)> {
+        on_free_ports(async |[port]| self.launch_apiserver(name, etcd_prefix, port, extra).await)
+            .await
+    }
+
+    /// Starts a kube-apiserver named `name` on `port`, storing under `etcd_prefix`, and
+    /// waits until it is ready.
+    async fn launch_apiserver(
+        &self,
+        name: &str,
+        etcd_prefix: &str,
+        port: u16,
+        extra: &[String],
+    ) -> Result<(Proc, String, PathBuf)> {
         let bin = tokio::task::spawn_blocking(|| binary("kube-apiserver")).await??;
         let pki = &self.pki;
-        on_free_ports(async |[port]| {
+        {
             let apiserver_url = format!("https://127.0.0.1:{port}");
             let mut args = vec![
                 format!("--etcd-servers={}", self.etcd_url),
@@ -147,8 +160,46 @@ impl Shared {
             })
             .await?;
             Ok((apiserver, apiserver_url, kubeconfig))
-        })
-        .await
+        }
+    }
+}
+
+/// A kube-apiserver of its own (its own etcd prefix) that a test may stop and start again,
+/// on the same port with the same data (see [`KubeEnv::restartable_cluster`]).
+pub struct RestartableCluster {
+    name: String,
+    prefix: String,
+    port: u16,
+    kubeconfig: PathBuf,
+    shared: &'static Shared,
+    apiserver: std::sync::Mutex<Option<Proc>>,
+}
+
+impl RestartableCluster {
+    /// A client with cluster-admin rights, bound to the calling test's runtime.
+    pub async fn client(&self) -> Result<kube::Client> {
+        client_from(&self.kubeconfig).await
+    }
+
+    /// The admin kubeconfig, for the operator binary.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Kills the apiserver (etcd keeps the data).
+    pub fn stop(&self) {
+        // NB: dropping a Proc kills it and reaps it.
+        self.apiserver.lock().unwrap().take();
+    }
+
+    /// Starts the apiserver again on the same port and waits until it is ready.
+    pub async fn start_again(&self) -> Result<()> {
+        let (proc, _, _) = self
+            .shared
+            .launch_apiserver(&self.name, &self.prefix, self.port, &[])
+            .await?;
+        *self.apiserver.lock().unwrap() = Some(proc);
+        Ok(())
     }
 }
 
@@ -262,6 +313,27 @@ impl KubeEnv {
         Ok(EmptyCluster {
             kubeconfig,
             apiserver,
+        })
+    }
+
+    /// A cluster of its own, like [`KubeEnv::empty_cluster`], whose apiserver the caller
+    /// may stop and start again: the fault suite's apiserver restart.
+    pub async fn restartable_cluster(&'static self) -> Result<RestartableCluster> {
+        let prefix = format!("/registry-{}", random_suffix());
+        let name = format!("kube-apiserver-{}", random_suffix());
+        let (apiserver, url, kubeconfig) = self.shared.start_apiserver(&name, &prefix, &[]).await?;
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("the apiserver URL has a port")?;
+        Ok(RestartableCluster {
+            name,
+            prefix,
+            port,
+            kubeconfig,
+            shared: &self.shared,
+            apiserver: std::sync::Mutex::new(Some(apiserver)),
         })
     }
 

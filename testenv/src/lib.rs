@@ -24,7 +24,7 @@ mod toxiproxy;
 
 pub use gcs::{GcsEnv, gcs};
 pub use kong_cp::{ClusterCerts, DataPlane, KongCp, Mtls};
-pub use kube::{EmptyCluster, KubeEnv, kube};
+pub use kube::{EmptyCluster, KubeEnv, RestartableCluster, kube};
 pub use minio::{MinioEnv, ReadOnlyCredentials, StoredVersion, minio, minio_tls};
 pub use process::{Proc, binary, repo_root};
 pub use toxiproxy::{Proxy, Stream, Toxic, Toxiproxy, toxiproxy};

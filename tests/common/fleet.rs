@@ -187,81 +187,32 @@ impl Fleet {
 
     /// [`Fleet::start`] with more arguments to `run` (e.g. the webhook's).
     pub fn start_with(&self, name: &str, extra: &[String]) -> Operator {
-        let bin = env!("CARGO_BIN_EXE_kong-fallback-operator");
-        let proc = Proc::start(
-            &kfo_testenv::unique_name(name),
-            std::path::Path::new(bin),
-            &[
-                "run".to_owned(),
-                "--identity".into(),
-                name.into(),
-                "--namespace".into(),
-                self.ns.clone(),
-                "--http-addr".into(),
-                "127.0.0.1:0".into(),
-            ]
-            .into_iter()
-            .chain(extra.iter().cloned())
-            .collect::<Vec<String>>(),
-            &[
-                ("KUBECONFIG", self.kubeconfig.as_str()),
-                ("RUST_LOG", "info,kong_fallback_operator=debug"),
-            ],
-        )
-        .unwrap();
         Operator {
             name: name.to_owned(),
-            proc,
+            proc: operator(&self.kubeconfig, name, &self.ns, extra),
         }
     }
 
-    /// Starts an operator process named `name` serving the webhook on loopback, registered
-    /// as `configuration` with `failure_policy` (`ignore`, `fail`); returns it and the
-    /// webhook's port once it accepts connections. NB: the process binds the port itself:
-    /// one taken in the meantime by a parallel test is retried with another.
+    /// [`operator_with_webhook`] in this fleet's namespace.
     pub async fn start_with_webhook(
         &self,
         name: &str,
         configuration: &str,
         failure_policy: &str,
     ) -> (Operator, u16) {
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let op = self.start_with(
-                name,
-                &[
-                    "--webhook".into(),
-                    format!("--webhook-addr=127.0.0.1:{port}"),
-                    format!("--webhook-url=https://127.0.0.1:{port}/mutate"),
-                    format!("--operator-namespace={}", self.ns),
-                    format!("--webhook-configuration={configuration}"),
-                    format!("--webhook-failure-policy={failure_policy}"),
-                ],
-            );
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(60) {
-                if op.proc.check_alive().is_err() {
-                    break;
-                }
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-                {
-                    return (op, port);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let log = op.proc.log_tail(20);
-            assert!(
-                log.contains("in use"),
-                "the operator's webhook did not start:\n{log}"
-            );
-        }
-        panic!("no free port for the webhook after five tries");
+        let (proc, port) = operator_with_webhook(
+            &self.kubeconfig,
+            name,
+            &self.ns,
+            configuration,
+            failure_policy,
+        )
+        .await;
+        let op = Operator {
+            name: name.to_owned(),
+            proc,
+        };
+        (op, port)
     }
 
     /// Pushes a new configuration from the CP double; returns its hash.
@@ -331,4 +282,83 @@ impl Fleet {
         }
         None
     }
+}
+
+/// An operator process named `name` (its identity) watching `ns` through `kubeconfig`.
+pub fn operator(kubeconfig: &str, name: &str, ns: &str, extra: &[String]) -> Proc {
+    let bin = env!("CARGO_BIN_EXE_kong-fallback-operator");
+    let args: Vec<String> = [
+        "run".to_owned(),
+        "--identity".into(),
+        name.into(),
+        "--namespace".into(),
+        ns.to_owned(),
+        "--http-addr".into(),
+        "127.0.0.1:0".into(),
+    ]
+    .into_iter()
+    .chain(extra.iter().cloned())
+    .collect();
+    Proc::start(
+        &kfo_testenv::unique_name(name),
+        std::path::Path::new(bin),
+        &args,
+        &[
+            ("KUBECONFIG", kubeconfig),
+            ("RUST_LOG", "info,kong_fallback_operator=debug"),
+        ],
+    )
+    .unwrap()
+}
+
+/// An operator process serving the webhook on loopback, registered as `configuration`
+/// with `failure_policy` (`ignore`, `fail`); returns it and the webhook's port once it
+/// accepts connections. NB: the process binds the port itself: one taken in the meantime
+/// by a parallel test is retried with another.
+pub async fn operator_with_webhook(
+    kubeconfig: &str,
+    name: &str,
+    ns: &str,
+    configuration: &str,
+    failure_policy: &str,
+) -> (Proc, u16) {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let proc = operator(
+            kubeconfig,
+            name,
+            ns,
+            &[
+                "--webhook".into(),
+                format!("--webhook-addr=127.0.0.1:{port}"),
+                format!("--webhook-url=https://127.0.0.1:{port}/mutate"),
+                format!("--operator-namespace={ns}"),
+                format!("--webhook-configuration={configuration}"),
+                format!("--webhook-failure-policy={failure_policy}"),
+            ],
+        );
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if proc.check_alive().is_err() {
+                break;
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return (proc, port);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = proc.log_tail(20);
+        assert!(
+            log.contains("in use"),
+            "the operator's webhook did not start:\n{log}"
+        );
+    }
+    panic!("no free port for the webhook after five tries");
 }

@@ -461,6 +461,11 @@ async fn r3(fault: CpFault) {
         "the first good configuration after the fault was stored; operator log:\n{}",
         op.proc.log_tail(30)
     );
+    // NB: the goal is 10 s from the fault's end; 1 s more for the session and the write.
+    assert!(
+        reconnect <= Duration::from_secs(11),
+        "the next configuration stored {reconnect:?} after the control plane came back"
+    );
 }
 
 #[tokio::test]
@@ -1541,5 +1546,168 @@ async fn r3_a_control_plane_that_never_sends_a_config_is_waited_for() {
     assert!(
         stored.is_some(),
         "the first configuration was stored when it came"
+    );
+}
+
+/// R4: the kube-apiserver stopped (etcd keeps the data) and started again, while Kong pods
+/// are created at 5/s. Every pod created is injected or counted as not injected in the
+/// status (`lost=0`); the controller and the webhook resume after the restart.
+#[tokio::test]
+async fn r4_an_apiserver_restart_under_pod_creation_loses_no_pod() {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let outage = Duration::from_secs(if full() { 20 } else { 8 });
+    let env = kube().await;
+    let cluster = env.restartable_cluster().await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &FallbackConfigPolicy::crd())
+        .await
+        .unwrap();
+    crate::wait::until("the CRD established", async || {
+        let crd = crds
+            .get("fallbackconfigpolicies.fallback.kong-dp.io")
+            .await
+            .ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    let ns = "fault-r4";
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "fallback-read"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "r", "AWS_SECRET_ACCESS_KEY": "r"}}))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let policy = crate::cluster::policy(
+        "prod",
+        json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {"url": "s3://fallback/kong", "region": "us-east-1",
+                        "readCredentials": {"secretName": "fallback-read"},
+                        "validationInterval": "0s"},
+            "exporter": {"mode": "None"}
+        }),
+    );
+    let policies: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), ns);
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let configuration = kfo_testenv::unique_name("kfo-r4");
+    let (op, _) = crate::fleet::operator_with_webhook(
+        cluster.kubeconfig_path().to_str().unwrap(),
+        "r4",
+        ns,
+        &configuration,
+        "ignore",
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let template = crate::cluster::kong_dp_template();
+    let pod = move |name: String| -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"app": "kong-dp"}},
+            "spec": template["spec"]}),
+        )
+        .unwrap()
+    };
+    let injected = |p: &Pod| {
+        p.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(kong_fallback_operator::inject::ANNOTATION))
+    };
+    let mut n = 0;
+    crate::wait::until("a pod injected before the restart", async || {
+        n += 1;
+        let p = pods
+            .create(&PostParams::default(), &pod(format!("before-{n}")))
+            .await
+            .ok()?;
+        injected(&p).then_some(())
+    })
+    .await;
+
+    // Pods at 5/s: 2 s before the stop, through the outage, 10 s after the start.
+    let creator = {
+        let pods = pods.clone();
+        let pod = pod.clone();
+        let total = (2 + outage.as_secs() + 10) * 5;
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut made = Vec::new();
+            for i in 0..total {
+                tokio::time::sleep_until((start + Duration::from_millis(200 * i)).into()).await;
+                if let Ok(p) = pods
+                    .create(&PostParams::default(), &pod(format!("p-{i}")))
+                    .await
+                {
+                    made.push((Instant::now(), p));
+                }
+            }
+            made
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.stop();
+    tokio::time::sleep(outage).await;
+    cluster.start_again().await.unwrap();
+    let back = Instant::now();
+    // The controller: a spec change after the restart is observed.
+    let generation = policies
+        .patch(
+            "prod",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"dataPlanes": {"imageRepositories": ["kong/kong-gateway"]}}}),
+            ),
+        )
+        .await
+        .unwrap()
+        .metadata
+        .generation;
+    crate::wait::until("the controller observing the change", async || {
+        let p = policies.get("prod").await.ok()?;
+        (p.status?.observed_generation == generation).then_some(())
+    })
+    .await;
+    let controller_resume = back.elapsed();
+    let made = creator.await.unwrap();
+    let webhook_resume = made
+        .iter()
+        .find(|(at, p)| *at > back && injected(p))
+        .map(|(at, _)| at.duration_since(back));
+    let created = made.len() + n;
+    let injected_count = made.iter().filter(|(_, p)| injected(p)).count() + 1;
+    // Wait until the status counts every pod, then count the lost ones.
+    let counts = crate::wait::until("the status counting every pod", async || {
+        let c = policies.get("prod").await.ok()?.status?.pods?;
+        (c.importers as usize == created).then_some(c)
+    })
+    .await;
+    let not_injected = counts.not_injected as usize;
+    let lost = created.saturating_sub(injected_count + not_injected);
+    println!(
+        "fault: R4 outage_s={} pods={created} injected={injected_count} reported_not_injected={not_injected} lost={lost} controller_resume_s={:.1} webhook_resume_s={}",
+        outage.as_secs(),
+        controller_resume.as_secs_f64(),
+        webhook_resume.map_or("none".into(), |d| format!("{:.1}", d.as_secs_f64()))
+    );
+    op.check_alive().unwrap();
+    assert_eq!(lost, 0, "pods neither injected nor reported");
+    assert!(
+        webhook_resume.is_some(),
+        "no pod injected after the restart"
     );
 }
