@@ -50,7 +50,7 @@ bench: testenv
 faults: testenv
 	@KFO_FAULTS=full $(CARGO) test --test it faults:: -- --test-threads=1 --nocapture \
 	  > target/faults.log 2>&1; rc=$$?; \
-	  grep -E '^fault:' target/faults.log; grep -E '^test result|panicked' target/faults.log; exit $$rc
+	  grep -oE 'fault: R[0-9].*' target/faults.log; grep -E '^test result|panicked' target/faults.log; exit $$rc
 
 ## Fuzz the frame decoder and the storage URL parser (needs a nightly toolchain;
 ## installs cargo-fuzz with cargo on first use). FUZZ_SECONDS per target.
