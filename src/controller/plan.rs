@@ -395,7 +395,9 @@ async fn access(
             let s = secret(&secrets, &ns, name, field).await?;
             versions_of_secrets.push(s.resource_version().unwrap_or_default());
             Access::Gcs {
-                endpoint: spec.storage.endpoint.clone(),
+                // NB: never spec.storage.endpoint (S3 only, like Kong's setting): an
+                // emulator is named to the operator process, not in the policy.
+                endpoint: crate::storage::gcs::emulator_from_env(),
                 credentials: GcsCredentials::ServiceAccountJson(require(
                     &s,
                     &ns,
@@ -404,7 +406,7 @@ async fn access(
             }
         }
         (Provider::Gcs, None) => Access::Gcs {
-            endpoint: spec.storage.endpoint.clone(),
+            endpoint: crate::storage::gcs::emulator_from_env(),
             credentials: GcsCredentials::Ambient,
         },
     };

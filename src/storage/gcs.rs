@@ -5,6 +5,12 @@
 //! not serve and some networks block; those three use the JSON API directly, with the
 //! same credentials (google-cloud-auth) and endpoint.
 //!
+//! Emulators: `STORAGE_EMULATOR_HOST` (the convention of Google's client libraries and of
+//! fake-gcs-server, `host:port` or a URL) sends every call, the client library's and the
+//! JSON API's alike, to the emulator, with the configured credentials. The policy stays as
+//! in production; Kong's data planes do not read the variable (their GCS strategy always
+//! calls Google).
+//!
 //! NB: no private CA (`spec.storage.caCert`) here. google-cloud-storage 1.21 builds its
 //! own reqwest client inside `Storage::builder().build()` and takes neither an HTTP client
 //! nor trust roots, so only the platform roots apply. GCS itself has a public certificate
@@ -26,6 +32,26 @@ use super::{
 
 /// The public endpoint of Google Cloud Storage.
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
+
+/// The variable that points every GCS call at an emulator.
+pub const EMULATOR_HOST_ENV: &str = "STORAGE_EMULATOR_HOST";
+
+/// The endpoint a `STORAGE_EMULATOR_HOST` value names: a URL as is, a bare `host:port` over
+/// plain HTTP (as Google's client libraries read it); `None` when unset or empty.
+pub fn emulator_endpoint(value: Option<&str>) -> Option<String> {
+    let value = value.map(str::trim).filter(|v| !v.is_empty())?;
+    let value = value.trim_end_matches('/');
+    Some(if value.contains("://") {
+        value.to_owned()
+    } else {
+        format!("http://{value}")
+    })
+}
+
+/// The emulator endpoint of this process's environment ([`EMULATOR_HOST_ENV`]).
+pub fn emulator_from_env() -> Option<String> {
+    emulator_endpoint(std::env::var(EMULATOR_HOST_ENV).ok().as_deref())
+}
 
 /// Where GCS credentials come from.
 #[derive(Clone)]
@@ -445,6 +471,20 @@ mod tests {
         assert_eq!((i.size, i.version.as_str()), (42, "1700000000123456"));
         assert!(i.created < i.last_modified);
         assert_eq!(o.metadata["uploader"], "op");
+    }
+
+    #[test]
+    fn the_emulator_host_is_a_url_or_a_plain_http_host_and_port() {
+        assert_eq!(
+            emulator_endpoint(Some("127.0.0.1:4443")).as_deref(),
+            Some("http://127.0.0.1:4443")
+        );
+        assert_eq!(
+            emulator_endpoint(Some("https://gcs.example:8443/")).as_deref(),
+            Some("https://gcs.example:8443")
+        );
+        assert_eq!(emulator_endpoint(Some(" ")), None);
+        assert_eq!(emulator_endpoint(None), None);
     }
 
     #[test]
