@@ -3,7 +3,9 @@
 //! - [`kube()`]: etcd + kube-apiserver (secure serving, RBAC, a generated kubeconfig),
 //! - [`minio()`]: a MinIO server (root credentials, fresh buckets, read-only principals),
 //! - [`minio_tls()`]: another one serving TLS only, with a certificate from a private CA,
-//! - [`gcs()`]: fake-gcs-server, the GCS emulator (fresh buckets).
+//! - [`gcs()`]: fake-gcs-server, the GCS emulator (fresh buckets),
+//! - [`GcpIam`]: service-account keys, a token endpoint and an authenticating proxy in
+//!   front of the emulator (one per test).
 //!
 //! Each is started once per test binary, on first use, and shared: a test takes its own
 //! namespace or bucket, so tests run in parallel. The binaries are built from Go modules
@@ -13,6 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod configs;
+mod gcp_iam;
 mod gcs;
 mod kong_cp;
 mod kube;
@@ -20,6 +23,7 @@ mod minio;
 mod pki;
 mod process;
 
+pub use gcp_iam::{GcpIam, Role, ServiceAccountKey, sign_jwt};
 pub use gcs::{GcsEnv, gcs};
 pub use kong_cp::{ClusterCerts, DataPlane, KongCp, Mtls};
 pub use kube::{KubeEnv, kube};

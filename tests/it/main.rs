@@ -24,6 +24,7 @@ mod cp_client;
 mod doctor;
 mod election;
 mod export;
+mod gcs_e2e;
 mod generated;
 mod install;
 mod storage;
