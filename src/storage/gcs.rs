@@ -215,6 +215,19 @@ impl GcsStore {
         )
     }
 
+    /// Lists at most one object under `prefix`: `Err` when the bucket is missing.
+    async fn list_one(&self, prefix: &str) -> Result<(), StoreError> {
+        let url = format!("{}/storage/v1/b/{}/o", self.endpoint, self.bucket);
+        let query = [("prefix", prefix), ("maxResults", "1")];
+        let resp = self
+            .json_api("list", prefix, self.http.get(&url).query(&query))
+            .await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Err(self.failure("list", prefix, resp).await)
+    }
+
     /// The object's JSON API resource; `None` when it does not exist.
     async fn stat(&self, key: &str) -> Result<Option<JsonObject>, StoreError> {
         let resp = self
@@ -222,13 +235,12 @@ impl GcsStore {
             .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             let body = resp.text().await.unwrap_or_default();
-            // NB: a missing bucket is also a 404; tell it apart by the message.
-            return if body.to_ascii_lowercase().contains("bucket")
-                && !body.to_ascii_lowercase().contains("object")
-            {
-                Err(self.err(ErrorKind::BucketMissing, "get", key, body))
-            } else {
-                Ok(None)
+            return match not_found(&body) {
+                NotFound::Bucket => Err(self.err(ErrorKind::BucketMissing, "get", key, body)),
+                NotFound::Object => Ok(None),
+                // NB: emulators (fake-gcs-server) say only "Not Found" for both: a listing
+                // of a missing bucket fails, and the read credentials may list.
+                NotFound::Unsaid => self.list_one(key).await.map(|()| None),
             };
         }
         if !resp.status().is_success() {
@@ -238,6 +250,27 @@ impl GcsStore {
             .await
             .map(Some)
             .map_err(|e| self.err(ErrorKind::Other, "get", key, e.to_string()))
+    }
+}
+
+/// What a 404 of an object read says is missing.
+#[derive(Debug, PartialEq, Eq)]
+enum NotFound {
+    Bucket,
+    Object,
+    /// Neither (an emulator's bare "Not Found").
+    Unsaid,
+}
+
+/// GCS says "The specified bucket does not exist." or "No such object: b/k".
+fn not_found(body: &str) -> NotFound {
+    let body = body.to_ascii_lowercase();
+    if body.contains("object") {
+        NotFound::Object
+    } else if body.contains("bucket") {
+        NotFound::Bucket
+    } else {
+        NotFound::Unsaid
     }
 }
 
@@ -485,6 +518,20 @@ mod tests {
         );
         assert_eq!(emulator_endpoint(Some(" ")), None);
         assert_eq!(emulator_endpoint(None), None);
+    }
+
+    #[test]
+    fn a_404_says_whether_the_bucket_or_the_object_is_missing_or_neither() {
+        let gcs = |m: &str| format!(r#"{{"error":{{"code":404,"message":"{m}"}}}}"#);
+        assert_eq!(
+            not_found(&gcs("The specified bucket does not exist.")),
+            NotFound::Bucket
+        );
+        assert_eq!(
+            not_found(&gcs("No such object: bkt/p/3.6.1.4/config.json")),
+            NotFound::Object
+        );
+        assert_eq!(not_found(&gcs("Not Found")), NotFound::Unsaid);
     }
 
     #[test]
