@@ -432,6 +432,13 @@ async fn proxy(State(s): State<Shared>, req: Request) -> Response {
     let who = {
         let mut iam = s.state.lock().unwrap_or_else(|e| e.into_inner());
         let who = authenticate(&mut iam, &parts.headers);
+        // NB: who and why, never the credential itself.
+        eprintln!(
+            "gcp-iam: {} {} -> {:?}",
+            parts.method,
+            parts.uri.path(),
+            who.as_ref().map(|(email, _)| email)
+        );
         match &who {
             Err(_) => iam.unauthenticated += 1,
             Ok((_, Role::Reader)) if !matches!(parts.method, Method::GET | Method::HEAD) => {
