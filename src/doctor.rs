@@ -168,6 +168,7 @@ pub fn access_from_env(
                 (false, Some(json)) => GcsCredentials::ServiceAccountJson(json),
                 (false, None) => GcsCredentials::Ambient,
             },
+            extras: Default::default(),
         }),
     }
 }
@@ -293,6 +294,7 @@ mod tests {
             Access::Gcs {
                 credentials: GcsCredentials::Ambient,
                 endpoint: None,
+                ..
             }
         ));
     }

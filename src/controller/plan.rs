@@ -403,15 +403,26 @@ async fn access(
                     &ns,
                     env::GCP_SERVICE_ACCOUNT,
                 )?),
+                extras: gcs_extras(spec),
             }
         }
         (Provider::Gcs, None) => Access::Gcs {
             endpoint: crate::storage::gcs::emulator_from_env(),
             credentials: GcsCredentials::Ambient,
+            extras: gcs_extras(spec),
         },
     };
 
     Ok((access, versions_of_secrets))
+}
+
+/// `spec.storage.gcsOptions` as the GCS store takes them.
+fn gcs_extras(spec: &crate::api::FallbackConfigPolicySpec) -> crate::storage::gcs::PutExtras {
+    let o = spec.storage.gcs_options.as_ref();
+    crate::storage::gcs::PutExtras {
+        kms_key_name: o.and_then(|o| o.kms_key_name.clone()),
+        storage_class: o.and_then(|o| o.storage_class.clone()),
+    }
 }
 
 /// Reads everything the exporters of `policy` need. `Err` names what is missing.

@@ -119,8 +119,17 @@ pub async fn client(
         .map_err(|e| GcsClientError::Client(e.to_string()))
 }
 
+/// Options of every object this store writes (`spec.storage.gcsOptions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutExtras {
+    /// Cloud KMS key name (customer-managed encryption).
+    pub kms_key_name: Option<String>,
+    pub storage_class: Option<String>,
+}
+
 /// One GCS bucket.
 pub struct GcsStore {
+    extras: PutExtras,
     storage: Storage,
     http: reqwest::Client,
     credentials: Credentials,
@@ -135,6 +144,7 @@ impl GcsStore {
         bucket: &str,
     ) -> Result<Self, GcsClientError> {
         Ok(GcsStore {
+            extras: PutExtras::default(),
             storage: client(endpoint, creds).await?,
             http: reqwest::Client::new(),
             credentials: credentials(creds)?,
@@ -144,6 +154,11 @@ impl GcsStore {
                 .to_owned(),
             bucket: bucket.to_owned(),
         })
+    }
+
+    /// Writes every object with `extras`.
+    pub fn with_extras(self, extras: PutExtras) -> Self {
+        GcsStore { extras, ..self }
     }
 
     fn err(
@@ -352,6 +367,12 @@ impl ObjectStore for GcsStore {
             .write_object(bucket_path(&self.bucket), &object.key, object.body)
             .set_content_type(object.content_type)
             .set_metadata(object.metadata);
+        if let Some(kms) = &self.extras.kms_key_name {
+            req = req.set_kms_key(kms);
+        }
+        if let Some(class) = &self.extras.storage_class {
+            req = req.set_storage_class(class);
+        }
         req = match &object.precondition {
             Precondition::None => req,
             Precondition::IfAbsent => req.set_if_generation_match(0_i64),

@@ -68,8 +68,20 @@ struct Key {
     revoked: bool,
 }
 
+/// What an upload asked for, as the proxy saw it (fake-gcs-server keeps the storage class
+/// but not `kmsKeyName`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Upload {
+    pub name: String,
+    /// The `kmsKeyName` query parameter of objects.insert.
+    pub kms_key_name: Option<String>,
+    /// `storageClass` of the object resource sent with it.
+    pub storage_class: Option<String>,
+}
+
 #[derive(Default)]
 struct Iam {
+    uploads: Vec<Upload>,
     keys: HashMap<String, Key>,
     roles: HashMap<String, Role>,
     /// access token -> key id
@@ -182,6 +194,11 @@ impl GcpIam {
     pub fn counts(&self) -> (u32, u32, u32) {
         let iam = self.lock();
         (iam.proxied, iam.unauthenticated, iam.forbidden)
+    }
+
+    /// Every authorized objects.insert so far.
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.lock().uploads.clone()
     }
 
     /// Every bearer credential presented to the proxy so far (secret values, for leak checks).
@@ -463,6 +480,14 @@ async fn proxy(State(s): State<Shared>, req: Request) -> Response {
     let Ok(body) = to_bytes(body, 256 << 20).await else {
         return gcs_error(StatusCode::PAYLOAD_TOO_LARGE, "tooLarge", "body too large");
     };
+    if parts.method == Method::POST && parts.uri.path().starts_with("/upload/storage/v1/b/") {
+        let upload = upload(parts.uri.query().unwrap_or_default(), &body);
+        s.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .uploads
+            .push(upload);
+    }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut fwd = s
         .http
@@ -485,4 +510,30 @@ async fn proxy(State(s): State<Shared>, req: Request) -> Response {
     let bytes = resp.bytes().await.unwrap_or_default();
     out.body(Body::from(bytes))
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// An upload's name, KMS key and storage class: from the query, and from the object
+/// resource (the JSON body of a resumable start, or the first part of a multipart body).
+fn upload(query: &str, body: &[u8]) -> Upload {
+    let q = form_pairs(query.as_bytes());
+    let text = String::from_utf8_lossy(body);
+    let resource = if text.trim_start().starts_with('{') {
+        serde_json::from_str::<Value>(&text).ok()
+    } else {
+        // multipart/related: headers, a blank line, the JSON part, then the next boundary.
+        text.split_once("\r\n\r\n")
+            .and_then(|(_, rest)| rest.split_once("\r\n--"))
+            .and_then(|(json, _)| serde_json::from_str::<Value>(json).ok())
+    }
+    .unwrap_or(Value::Null);
+    let field = |k: &str| resource[k].as_str().map(str::to_owned);
+    Upload {
+        name: q
+            .get("name")
+            .cloned()
+            .or_else(|| field("name"))
+            .unwrap_or_default(),
+        kms_key_name: q.get("kmsKeyName").cloned().or_else(|| field("kmsKeyName")),
+        storage_class: field("storageClass"),
+    }
 }

@@ -23,7 +23,7 @@ mod minio;
 mod pki;
 mod process;
 
-pub use gcp_iam::{GcpIam, Role, ServiceAccountKey, sign_jwt};
+pub use gcp_iam::{GcpIam, Role, ServiceAccountKey, Upload, sign_jwt};
 pub use gcs::{GcsEnv, gcs};
 pub use kong_cp::{ClusterCerts, DataPlane, KongCp, Mtls};
 pub use kube::{KubeEnv, kube};

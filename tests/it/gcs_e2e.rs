@@ -182,6 +182,7 @@ struct GcsSetup {
 }
 
 const VERSION: &str = "3.6.1.4";
+const KMS_KEY: &str = "projects/kfo-test/locations/us/keyRings/kong/cryptoKeys/fallback";
 
 impl GcsSetup {
     async fn new(prefix: &str) -> GcsSetup {
@@ -456,6 +457,7 @@ async fn operator_mode_on_gcs_with_a_service_account_key_exports_mirrors_and_sur
                 "historyLimit": 2,
                 "controlPlane": {"endpoint": s.cp.endpoint, "clusterCertSecret": "kong-cluster-cert"}
             },
+            "storage": {"gcsOptions": {"kmsKeyName": KMS_KEY, "storageClass": "NEARLINE"}},
             "election": {"leaseDuration": "8s", "renewDeadline": "6s", "retryPeriod": "1s"}
         }))
         .await;
@@ -487,6 +489,24 @@ async fn operator_mode_on_gcs_with_a_service_account_key_exports_mirrors_and_sur
         (exported && reachable).then_some(p)
     })
     .await;
+    // gcsOptions on every insert: the storage class as the emulator keeps it, the KMS key
+    // as the request carried it (fake-gcs-server drops kmsKeyName).
+    let stored = s
+        .resource(&format!("kong/{VERSION}/config.json"))
+        .await
+        .unwrap();
+    assert_eq!(stored["storageClass"], "NEARLINE", "{stored}");
+    let uploads = s.iam.uploads();
+    assert!(
+        uploads
+            .iter()
+            .any(|u| u.name == format!("kong/{VERSION}/config.json")),
+        "{uploads:?}"
+    );
+    for u in &uploads {
+        assert_eq!(u.kms_key_name.as_deref(), Some(KMS_KEY), "{u:?}");
+        assert_eq!(u.storage_class.as_deref(), Some("NEARLINE"), "{u:?}");
+    }
     let e = &p.status.as_ref().unwrap().exports[0];
     assert_eq!(
         (e.version.as_str(), e.key.as_str()),
@@ -966,5 +986,62 @@ async fn a_native_kong_gcs_peer_never_elects_itself_while_the_operator_leads() {
             .await
             .as_deref(),
         Some("0000-native")
+    );
+}
+
+#[tokio::test]
+async fn gcs_options_are_for_gcs_urls_and_documented_for_kubectl_explain() {
+    use kube::CustomResourceExt;
+    let env = kfo_testenv::kube().await;
+    env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+    let client = env.client().await.unwrap();
+    let ns = env.namespace("gcs-options").await.unwrap();
+    let api = kube::Api::<FallbackConfigPolicy>::namespaced(client, &ns);
+    let policy = |url: &str, options: serde_json::Value| {
+        crate::cluster::policy(
+            "p",
+            json!({
+                "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+                "storage": {"url": url, "region": "us-east-1",
+                            "readCredentials": {"secretName": "r"}, "gcsOptions": options},
+                "exporter": {"mode": "None"}
+            }),
+        )
+    };
+    let dry = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let good = json!({"kmsKeyName": KMS_KEY, "storageClass": "COLDLINE"});
+    api.create(&dry, &policy("gcs://bkt/kong", good.clone()))
+        .await
+        .unwrap();
+    let e = api
+        .create(&dry, &policy("s3://bkt/kong", good))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("use them with a gcs:// url"), "{e}");
+    let e = api
+        .create(
+            &dry,
+            &policy("gcs://bkt/kong", json!({"kmsKeyName": "alias/kong"})),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("kmsKeyName"), "{e}");
+
+    let out = env
+        .kubectl(&[
+            "explain",
+            "fallbackconfigpolicies.spec.storage.gcsOptions",
+            "--recursive=false",
+        ])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("kmsKeyName") && text.contains("Cloud KMS") && text.contains("storageClass"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
