@@ -192,6 +192,8 @@ pub struct Storage {
     /// them (its GCS strategy inserts with the bucket and the name only): with
     /// `exporter.mode: BackupPods`, set the bucket's default KMS key and default storage
     /// class instead.
+    // NB: Kong's `kong/clustering/config_sync_backup/strategies/gcs.lua` (Enterprise)
+    // calls `storage_v1.objects.insert` with `{bucket, name}` only: nothing to inject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gcs_options: Option<GcsOptions>,
 

@@ -5,8 +5,9 @@
 //! - [`GcpIam::service_account`] generates an RSA key pair, keeps the public half, and
 //!   returns the JSON key a user downloads from Google, with `token_uri` pointing here.
 //! - `POST /token` is the OAuth2 JWT-bearer grant (RFC 7523), as Google's token endpoint
-//!   serves it: the assertion must be signed by a live key of its `iss`, with `aud` equal to
-//!   the `token_uri`, unexpired; it answers an opaque access token.
+//!   serves it (as a form, or as the JSON object Kong's lua-resty-gcp posts): the assertion
+//!   must be signed by a live key of its `iss`, with `aud` equal to the `token_uri`,
+//!   unexpired; it answers an opaque access token.
 //! - Every other request goes to fake-gcs-server if its `Authorization: Bearer` is an access
 //!   token issued here, or a self-signed JWT (Google accepts these instead of an access
 //!   token: signed by a live key named by `kid`, `iss` = `sub` = the account, a `scope` or an
@@ -321,7 +322,14 @@ fn verify_jwt(iam: &Iam, jwt: &str) -> Result<(String, Value)> {
 
 /// The JWT-bearer grant.
 async fn token(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
-    let form: HashMap<String, String> = form_pairs(&body);
+    // NB: Kong's lua-resty-gcp posts the grant as a JSON object, not as a form.
+    let form: HashMap<String, String> = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(o)) => o
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
+            .collect(),
+        _ => form_pairs(&body),
+    };
     let mut iam = s.state.lock().unwrap_or_else(|e| e.into_inner());
     iam.token_requests += 1;
     let refuse = |msg: &str| {

@@ -8,8 +8,9 @@
 //! accept in place of an access token (`src/credentials/service_account.rs`,
 //! `ServiceAccountTokenProvider::token`). So what is tested for the operator is that JWT,
 //! verified by the proxy with the key's public half, and that `/token` is never called;
-//! the JWT-bearer exchange itself (what Kong's lua-resty-gcp does) is tested once, from
-//! the test, in [`the_iam_double_checks_both_ways_a_key_becomes_a_credential`].
+//! the JWT-bearer exchange itself (what Kong's lua-resty-gcp does, though at Google's fixed
+//! token URL rather than the key's `token_uri`) is tested once, from the test, in
+//! [`the_iam_double_checks_both_ways_a_key_becomes_a_credential`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -131,9 +132,20 @@ async fn the_iam_double_checks_both_ways_a_key_becomes_a_credential() {
             .as_u16()
     };
 
-    // The JWT-bearer grant: the key's own assertion gets an access token that lists.
+    // The JWT-bearer grant: the key's own assertion gets an access token that lists; also
+    // when posted as JSON, as Kong's lua-resty-gcp does.
     let (status, body) = exchange(assertion(&key, &iam.token_uri)).await;
     assert_eq!(status, 200, "{body}");
+    let as_json = http
+        .post(&iam.token_uri)
+        .json(
+            &json!({"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                      "assertion": assertion(&key, &iam.token_uri)}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_json.status().as_u16(), 200);
     let token = body["access_token"].as_str().unwrap().to_owned();
     assert_eq!(list(&token).await, 200);
     // Signed by another key, or for another audience: no token.
@@ -160,7 +172,7 @@ async fn the_iam_double_checks_both_ways_a_key_becomes_a_credential() {
     iam.revoke(&key);
     assert_eq!(list(&token).await, 401);
     assert_eq!(list(&self_signed).await, 401);
-    assert_eq!(iam.token_requests(), (3, 1));
+    assert_eq!(iam.token_requests(), (4, 2));
 }
 
 /// A namespace, a fresh bucket, the IAM with a writer and a reader key in the Secrets
