@@ -168,11 +168,16 @@ impl GcpIam {
         Ok(key)
     }
 
-    /// A key of the same shape for the account of `of`, whose public half this IAM has
-    /// never seen: what a Secret holds after someone pasted the wrong file.
+    /// A key that claims to be `of` (same account, same key id) with another key pair
+    /// whose public half this IAM has never seen: only the signature check refuses it.
     pub fn unregistered_key(&self, of: &ServiceAccountKey) -> Result<ServiceAccountKey> {
         let name = of.client_email.split('@').next().unwrap_or("sa").to_owned();
-        Ok(self.new_key(&name)?.0)
+        let (mut key, _) = self.new_key(&name)?;
+        let mut json: Value = serde_json::from_str(&key.json)?;
+        json["private_key_id"] = Value::String(of.key_id.clone());
+        key.json = json.to_string();
+        key.key_id = of.key_id.clone();
+        Ok(key)
     }
 
     /// Deletes the key: its self-signed tokens and the access tokens issued for it are
