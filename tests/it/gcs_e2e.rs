@@ -554,7 +554,11 @@ async fn operator_mode_on_gcs_with_a_service_account_key_exports_mirrors_and_sur
         .into_iter()
         .map(|o| o.key)
         .collect();
-    assert_eq!(left, [reg.clone()], "the other registration is removed");
+    assert_eq!(
+        left,
+        std::slice::from_ref(&reg),
+        "the other registration is removed"
+    );
 
     // SIGKILL the leader: the other replica takes over, exports, and keeps the registration.
     let killed = &ops.iter().find(|(n, _)| *n == first).unwrap().1;
