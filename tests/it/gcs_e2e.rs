@@ -566,10 +566,12 @@ async fn operator_mode_on_gcs_with_a_service_account_key_exports_mirrors_and_sur
     let hash = s.push();
     let second = s.wait_stored(&hash, 8 + 1 + 25).await;
     assert_ne!(second, first, "a new writer after the kill");
-    crate::wait::until("the registration kept by the new leader", async || {
-        s.resource(&reg).await
-    })
-    .await;
+    // The new leader has the same node id: it refreshes the registration it finds, whose
+    // creation time (the register time Kong reads) stays the oldest.
+    tokio::time::sleep(kong_fallback_operator::election::mirror::REFRESH).await;
+    let kept = s.resource(&reg).await.expect("registered");
+    assert_eq!(kept["timeCreated"], before["timeCreated"], "{kept}");
+    assert_eq!(kept["generation"], before["generation"], "{kept}");
 
     // No credential was ever exchanged at token_uri, none was refused, and no secret value
     // is in a log, the status or an Event.
