@@ -143,11 +143,22 @@ impl GcsStore {
         creds: &GcsCredentials,
         bucket: &str,
     ) -> Result<Self, GcsClientError> {
+        let credentials = credentials(creds)?;
+        if let GcsCredentials::ServiceAccountJson(_) = creds {
+            // NB: a key signs its own token locally (no network): a key that cannot (not an
+            // RSA PKCS #8 PEM, fields missing) is reported as unusable here, not as refused
+            // by the store on every call.
+            credentials.headers(Default::default()).await.map_err(|e| {
+                GcsClientError::Credentials(format!(
+                    "the service-account key cannot sign a token: {e}"
+                ))
+            })?;
+        }
         Ok(GcsStore {
             extras: PutExtras::default(),
             storage: client(endpoint, creds).await?,
             http: reqwest::Client::new(),
-            credentials: credentials(creds)?,
+            credentials,
             endpoint: endpoint
                 .unwrap_or(DEFAULT_ENDPOINT)
                 .trim_end_matches('/')

@@ -650,6 +650,21 @@ async fn storage_reachable_on_gcs_tells_a_refused_key_from_a_missing_bucket() {
     assert_eq!(status, "False");
     assert!(message.contains("roles/storage.objectViewer"), "{message}");
 
+    // A key the client cannot use at all (a PKCS #1 key where Google's JSON has PKCS #8):
+    // found without asking the store.
+    let mut unusable: serde_json::Value = serde_json::from_str(&s.reader.json).unwrap();
+    unusable["private_key"] =
+        json!("-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\n-----END RSA PRIVATE KEY-----\n");
+    s.set_secret(
+        "fallback-read",
+        json!({"GCP_SERVICE_ACCOUNT": unusable.to_string()}),
+    )
+    .await;
+    let (status, _, message) = wait_reason("StorageUnusable").await;
+    assert_eq!(status, "False");
+    assert!(message.contains("cannot sign a token"), "{message}");
+    assert!(!message.contains("MIIBOgIBAAJBAK"), "{message}");
+
     // The right key again, then the key is deleted (its tokens are revoked): 401 again,
     // and the same reason: GCS does not say which (see the test's note).
     s.set_secret(
