@@ -611,7 +611,8 @@ async fn operator_mode_on_gcs_with_a_service_account_key_exports_mirrors_and_sur
 /// NB: a wrong key and a deleted (revoked) key get one reason, `Credentials`: the
 /// operator's client never exchanges its key at `token_uri` (see the module comment), so
 /// both fail at the store with the same answer, 401 "Invalid Credentials", which is all
-/// GCS says about either. A missing bucket is `BucketMissing`, also on fake-gcs-server,
+/// GCS says about either. A key that cannot sign at all is `StorageUnusable`, found
+/// without asking the store. A missing bucket is `BucketMissing`, also on fake-gcs-server,
 /// whose 404s do not say what is missing.
 #[tokio::test]
 async fn storage_reachable_on_gcs_tells_a_refused_key_from_a_missing_bucket() {
