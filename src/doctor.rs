@@ -122,8 +122,8 @@ impl fmt::Display for Report {
 }
 
 /// Storage access from the environment a Kong data plane reads (DOMAIN.md §1).
-/// `endpoint` overrides `AWS_CONFIG_STORAGE_ENDPOINT` (and serves as the GCS emulator
-/// endpoint); `anonymous` is for GCS emulators only.
+/// `endpoint` overrides `AWS_CONFIG_STORAGE_ENDPOINT`, and for GCS `STORAGE_EMULATOR_HOST`
+/// (an emulator, as Google's client libraries read it); `anonymous` is for GCS emulators only.
 pub fn access_from_env(
     url: &StorageUrl,
     get: impl Fn(&str) -> Option<String>,
@@ -158,12 +158,17 @@ pub fn access_from_env(
             })
         }
         Provider::Gcs => Ok(Access::Gcs {
-            endpoint,
+            endpoint: endpoint.or_else(|| {
+                crate::storage::gcs::emulator_endpoint(
+                    get(crate::storage::gcs::EMULATOR_HOST_ENV).as_deref(),
+                )
+            }),
             credentials: match (anonymous, get(env::GCP_SERVICE_ACCOUNT)) {
                 (true, _) => GcsCredentials::Anonymous,
                 (false, Some(json)) => GcsCredentials::ServiceAccountJson(json),
                 (false, None) => GcsCredentials::Ambient,
             },
+            extras: Default::default(),
         }),
     }
 }
@@ -288,8 +293,25 @@ mod tests {
             access_from_env(&url, |_| None, None, false).unwrap(),
             Access::Gcs {
                 credentials: GcsCredentials::Ambient,
+                endpoint: None,
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn gcs_access_goes_to_the_emulator_the_environment_names_unless_told_otherwise() {
+        let url = StorageUrl::parse("gcs://bkt/p").unwrap();
+        let vars = |k: &str| (k == "STORAGE_EMULATOR_HOST").then(|| "127.0.0.1:4443".to_owned());
+        let Access::Gcs { endpoint, .. } = access_from_env(&url, vars, None, false).unwrap() else {
+            panic!("not GCS")
+        };
+        assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:4443"));
+        let Access::Gcs { endpoint, .. } =
+            access_from_env(&url, vars, Some("http://other:1".into()), false).unwrap()
+        else {
+            panic!("not GCS")
+        };
+        assert_eq!(endpoint.as_deref(), Some("http://other:1"));
     }
 }

@@ -73,7 +73,8 @@ enum Command {
         /// The storage URL (default: what the data plane is given).
         #[arg(long, env = "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE")]
         storage: String,
-        /// An S3-compatible endpoint (default: AWS_CONFIG_STORAGE_ENDPOINT), or a GCS emulator.
+        /// An S3-compatible endpoint (default: AWS_CONFIG_STORAGE_ENDPOINT), or a GCS emulator
+        /// (default: STORAGE_EMULATOR_HOST).
         #[arg(long)]
         endpoint: Option<String>,
         /// Use no GCS credentials (emulators only).
@@ -258,6 +259,9 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot serve metrics and probes on {http_addr}"))?;
             tracing::info!(addr = %http_addr, "serving /metrics, /healthz and /readyz");
+            if let Some(emulator) = storage::gcs::emulator_from_env() {
+                tracing::warn!(%emulator, "STORAGE_EMULATOR_HOST is set: every GCS call goes to this emulator, not to Google");
+            }
             let server = tokio::spawn(http::serve(
                 listener,
                 settings.metrics.clone(),

@@ -140,6 +140,7 @@ pub struct BackupPods {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.endpoint) || self.url.startsWith('s3://')").message("storage.endpoint is only for S3-compatible stores: use it with an s3:// url"))]
 #[x_kube(validation = Rule::new("!has(self.putOptions) || self.url.startsWith('s3://')").message("storage.putOptions are S3 PutObject options: use them with an s3:// url"))]
+#[x_kube(validation = Rule::new("!has(self.gcsOptions) || self.url.startsWith('gcs://')").message("storage.gcsOptions are GCS object options: use them with a gcs:// url"))]
 pub struct Storage {
     /// `s3://<bucket>/<prefix>` or `gcs://<bucket>/<prefix>`, exactly as Kong's
     /// `cluster_fallback_config_storage`. The prefix is required (Kong cannot use a
@@ -185,6 +186,16 @@ pub struct Storage {
     /// storage class). Kong 3.5+ backup pods receive them as `cluster_fallback_export_s3_config`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub put_options: Option<PutOptions>,
+
+    /// Options of the GCS objects the operator writes (customer-managed encryption,
+    /// storage class): the GCS counterpart of `putOptions`. Kong's backup pods cannot apply
+    /// them (its GCS strategy inserts with the bucket and the name only): with
+    /// `exporter.mode: BackupPods`, set the bucket's default KMS key and default storage
+    /// class instead.
+    // NB: Kong's `kong/clustering/config_sync_backup/strategies/gcs.lua` (Enterprise)
+    // calls `storage_v1.objects.insert` with `{bucket, name}` only: nothing to inject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcs_options: Option<GcsOptions>,
 
     /// How often the operator checks that the storage is reachable with the read
     /// credentials (the `StorageReachable` condition). `0s` disables the check.
@@ -244,6 +255,31 @@ pub struct PutOptions {
     #[schemars(length(min = 1, max = 2048))]
     pub kms_key_id: Option<String>,
     /// The S3 storage class, e.g. `STANDARD` or `STANDARD_IA`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Z_]+$"))]
+    pub storage_class: Option<String>,
+}
+
+/// Options of the GCS objects the operator writes (`config.json`, history entries,
+/// election registrations).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GcsOptions {
+    /// Customer-managed encryption: the Cloud KMS key that encrypts each object
+    /// (`kmsKeyName` of objects.insert), e.g.
+    /// `projects/p/locations/us/keyRings/kong/cryptoKeys/fallback`. The bucket's service
+    /// agent needs `roles/cloudkms.cryptoKeyEncrypterDecrypter` on it, and the data planes'
+    /// reads then depend on that key too. Default: the bucket's default key, else
+    /// Google-managed encryption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$"
+    ))]
+    pub kms_key_name: Option<String>,
+    /// The objects' storage class, e.g. `STANDARD`, `NEARLINE`, `COLDLINE` or `ARCHIVE`.
+    /// A data plane reads `config.json` only when it starts during an outage, but classes
+    /// other than `STANDARD` have a minimum storage duration and each export replaces the
+    /// object. Default: the bucket's default class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Z_]+$"))]
     pub storage_class: Option<String>,

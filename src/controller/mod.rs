@@ -760,6 +760,14 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         (true, Some(v)) => requeue.min(v.stall_after + Duration::from_secs(1)),
         _ => requeue,
     };
+    // NB: the storage check is due every validationInterval, and without another event
+    // only this requeue runs it: a key revoked while nothing else changes must show.
+    let check: Duration = policy.spec.storage.validation_interval.into();
+    let requeue = if check.is_zero() {
+        requeue
+    } else {
+        requeue.min(check.max(Duration::from_secs(1)))
+    };
     Ok(Action::requeue(requeue))
 }
 

@@ -395,21 +395,34 @@ async fn access(
             let s = secret(&secrets, &ns, name, field).await?;
             versions_of_secrets.push(s.resource_version().unwrap_or_default());
             Access::Gcs {
-                endpoint: spec.storage.endpoint.clone(),
+                // NB: never spec.storage.endpoint (S3 only, like Kong's setting): an
+                // emulator is named to the operator process, not in the policy.
+                endpoint: crate::storage::gcs::emulator_from_env(),
                 credentials: GcsCredentials::ServiceAccountJson(require(
                     &s,
                     &ns,
                     env::GCP_SERVICE_ACCOUNT,
                 )?),
+                extras: gcs_extras(spec),
             }
         }
         (Provider::Gcs, None) => Access::Gcs {
-            endpoint: spec.storage.endpoint.clone(),
+            endpoint: crate::storage::gcs::emulator_from_env(),
             credentials: GcsCredentials::Ambient,
+            extras: gcs_extras(spec),
         },
     };
 
     Ok((access, versions_of_secrets))
+}
+
+/// `spec.storage.gcsOptions` as the GCS store takes them.
+fn gcs_extras(spec: &crate::api::FallbackConfigPolicySpec) -> crate::storage::gcs::PutExtras {
+    let o = spec.storage.gcs_options.as_ref();
+    crate::storage::gcs::PutExtras {
+        kms_key_name: o.and_then(|o| o.kms_key_name.clone()),
+        storage_class: o.and_then(|o| o.storage_class.clone()),
+    }
 }
 
 /// Reads everything the exporters of `policy` need. `Err` names what is missing.

@@ -12,7 +12,8 @@
 //!   while its predecessor's registration is still fresh.
 //! - **GCS**: the key is `election/<node_id>` and the register time is the object's
 //!   `timeCreated`, which nobody can backdate. The leader creates its registration once and
-//!   refreshes it with a metadata patch (`updated` moves, `timeCreated` stays); a native node
+//!   refreshes it with a metadata patch (`updated` moves, `timeCreated` stays; a new leader
+//!   of the same policy patches the one it finds, its node id being the same); a native node
 //!   that registered earlier would win, so the leader removes every other registration each
 //!   round. A removed native node re-creates its own at its next round, later than ours.
 //! - Both: refreshed every [`REFRESH`] (fresh even for native nodes whose interval is as
@@ -203,10 +204,7 @@ impl Mirror {
                     claim.epoch,
                     &self.node_id,
                 );
-                match self
-                    .refresh(&key, ours.as_deref() == Some(key.as_str()))
-                    .await
-                {
+                match self.refresh(&key).await {
                     Ok(()) => {
                         if ours.as_deref() != Some(key.as_str()) {
                             info!(key = %key, "registered the leader in the election prefix");
@@ -230,9 +228,12 @@ impl Mirror {
         }
     }
 
-    async fn refresh(&self, key: &str, registered: bool) -> Result<(), StoreError> {
+    async fn refresh(&self, key: &str) -> Result<(), StoreError> {
         // S3: re-put, as Kong does. GCS: patch, so the creation time (our register time) stays.
-        if self.flavor == Flavor::Gcs && registered && self.store.touch(key).await? {
+        // NB: also on a replica's first round: the node id is the policy's, so a
+        // registration left by the previous leader is ours and keeps its older creation time
+        // (a rewrite would make it younger than a native node's for one round).
+        if self.flavor == Flavor::Gcs && self.store.touch(key).await? {
             return Ok(());
         }
         self.store

@@ -5,6 +5,12 @@
 //! not serve and some networks block; those three use the JSON API directly, with the
 //! same credentials (google-cloud-auth) and endpoint.
 //!
+//! Emulators: `STORAGE_EMULATOR_HOST` (the convention of Google's client libraries and of
+//! fake-gcs-server, `host:port` or a URL) sends every call, the client library's and the
+//! JSON API's alike, to the emulator, with the configured credentials. The policy stays as
+//! in production; Kong's data planes do not read the variable (their GCS strategy always
+//! calls Google).
+//!
 //! NB: no private CA (`spec.storage.caCert`) here. google-cloud-storage 1.21 builds its
 //! own reqwest client inside `Storage::builder().build()` and takes neither an HTTP client
 //! nor trust roots, so only the platform roots apply. GCS itself has a public certificate
@@ -27,6 +33,26 @@ use super::{
 
 /// The public endpoint of Google Cloud Storage.
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
+
+/// The variable that points every GCS call at an emulator.
+pub const EMULATOR_HOST_ENV: &str = "STORAGE_EMULATOR_HOST";
+
+/// The endpoint a `STORAGE_EMULATOR_HOST` value names: a URL as is, a bare `host:port` over
+/// plain HTTP (as Google's client libraries read it); `None` when unset or empty.
+pub fn emulator_endpoint(value: Option<&str>) -> Option<String> {
+    let value = value.map(str::trim).filter(|v| !v.is_empty())?;
+    let value = value.trim_end_matches('/');
+    Some(if value.contains("://") {
+        value.to_owned()
+    } else {
+        format!("http://{value}")
+    })
+}
+
+/// The emulator endpoint of this process's environment ([`EMULATOR_HOST_ENV`]).
+pub fn emulator_from_env() -> Option<String> {
+    emulator_endpoint(std::env::var(EMULATOR_HOST_ENV).ok().as_deref())
+}
 
 /// Where GCS credentials come from.
 #[derive(Clone)]
@@ -94,8 +120,17 @@ pub async fn client(
         .map_err(|e| GcsClientError::Client(e.to_string()))
 }
 
+/// Options of every object this store writes (`spec.storage.gcsOptions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutExtras {
+    /// Cloud KMS key name (customer-managed encryption).
+    pub kms_key_name: Option<String>,
+    pub storage_class: Option<String>,
+}
+
 /// One GCS bucket.
 pub struct GcsStore {
+    extras: PutExtras,
     storage: Storage,
     http: reqwest::Client,
     credentials: Credentials,
@@ -109,16 +144,33 @@ impl GcsStore {
         creds: &GcsCredentials,
         bucket: &str,
     ) -> Result<Self, GcsClientError> {
+        let credentials = credentials(creds)?;
+        if let GcsCredentials::ServiceAccountJson(_) = creds {
+            // NB: a key signs its own token locally (no network): a key that cannot (not an
+            // RSA PKCS #8 PEM, fields missing) is reported as unusable here, not as refused
+            // by the store on every call.
+            credentials.headers(Default::default()).await.map_err(|e| {
+                GcsClientError::Credentials(format!(
+                    "the service-account key cannot sign a token: {e}"
+                ))
+            })?;
+        }
         Ok(GcsStore {
+            extras: PutExtras::default(),
             storage: client(endpoint, creds).await?,
             http: reqwest::Client::new(),
-            credentials: credentials(creds)?,
+            credentials,
             endpoint: endpoint
                 .unwrap_or(DEFAULT_ENDPOINT)
                 .trim_end_matches('/')
                 .to_owned(),
             bucket: bucket.to_owned(),
         })
+    }
+
+    /// Writes every object with `extras`.
+    pub fn with_extras(self, extras: PutExtras) -> Self {
+        GcsStore { extras, ..self }
     }
 
     fn err(
@@ -190,6 +242,19 @@ impl GcsStore {
         )
     }
 
+    /// Lists at most one object under `prefix`: `Err` when the bucket is missing.
+    async fn list_one(&self, prefix: &str) -> Result<(), StoreError> {
+        let url = format!("{}/storage/v1/b/{}/o", self.endpoint, self.bucket);
+        let query = [("prefix", prefix), ("maxResults", "1")];
+        let resp = self
+            .json_api("list", prefix, self.http.get(&url).query(&query))
+            .await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Err(self.failure("list", prefix, resp).await)
+    }
+
     /// The object's JSON API resource; `None` when it does not exist.
     async fn stat(&self, key: &str) -> Result<Option<JsonObject>, StoreError> {
         let resp = self
@@ -197,13 +262,12 @@ impl GcsStore {
             .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             let body = resp.text().await.unwrap_or_default();
-            // NB: a missing bucket is also a 404; tell it apart by the message.
-            return if body.to_ascii_lowercase().contains("bucket")
-                && !body.to_ascii_lowercase().contains("object")
-            {
-                Err(self.err(ErrorKind::BucketMissing, "get", key, body))
-            } else {
-                Ok(None)
+            return match not_found(&body) {
+                NotFound::Bucket => Err(self.err(ErrorKind::BucketMissing, "get", key, body)),
+                NotFound::Object => Ok(None),
+                // NB: emulators (fake-gcs-server) say only "Not Found" for both: a listing
+                // of a missing bucket fails, and the read credentials may list.
+                NotFound::Unsaid => self.list_one(key).await.map(|()| None),
             };
         }
         if !resp.status().is_success() {
@@ -213,6 +277,27 @@ impl GcsStore {
             .await
             .map(Some)
             .map_err(|e| self.err(ErrorKind::Other, "get", key, e.to_string()))
+    }
+}
+
+/// What a 404 of an object read says is missing.
+#[derive(Debug, PartialEq, Eq)]
+enum NotFound {
+    Bucket,
+    Object,
+    /// Neither (an emulator's bare "Not Found").
+    Unsaid,
+}
+
+/// GCS says "The specified bucket does not exist." or "No such object: b/k".
+fn not_found(body: &str) -> NotFound {
+    let body = body.to_ascii_lowercase();
+    if body.contains("object") {
+        NotFound::Object
+    } else if body.contains("bucket") {
+        NotFound::Bucket
+    } else {
+        NotFound::Unsaid
     }
 }
 
@@ -294,6 +379,12 @@ impl ObjectStore for GcsStore {
             .write_object(bucket_path(&self.bucket), &object.key, object.body)
             .set_content_type(object.content_type)
             .set_metadata(object.metadata);
+        if let Some(kms) = &self.extras.kms_key_name {
+            req = req.set_kms_key(kms);
+        }
+        if let Some(class) = &self.extras.storage_class {
+            req = req.set_storage_class(class);
+        }
         req = match &object.precondition {
             Precondition::None => req,
             Precondition::IfAbsent => req.set_if_generation_match(0_i64),
@@ -444,6 +535,34 @@ mod tests {
         assert_eq!((i.size, i.version.as_str()), (42, "1700000000123456"));
         assert!(i.created < i.last_modified);
         assert_eq!(o.metadata["uploader"], "op");
+    }
+
+    #[test]
+    fn the_emulator_host_is_a_url_or_a_plain_http_host_and_port() {
+        assert_eq!(
+            emulator_endpoint(Some("127.0.0.1:4443")).as_deref(),
+            Some("http://127.0.0.1:4443")
+        );
+        assert_eq!(
+            emulator_endpoint(Some("https://gcs.example:8443/")).as_deref(),
+            Some("https://gcs.example:8443")
+        );
+        assert_eq!(emulator_endpoint(Some(" ")), None);
+        assert_eq!(emulator_endpoint(None), None);
+    }
+
+    #[test]
+    fn a_404_says_whether_the_bucket_or_the_object_is_missing_or_neither() {
+        let gcs = |m: &str| format!(r#"{{"error":{{"code":404,"message":"{m}"}}}}"#);
+        assert_eq!(
+            not_found(&gcs("The specified bucket does not exist.")),
+            NotFound::Bucket
+        );
+        assert_eq!(
+            not_found(&gcs("No such object: bkt/p/3.6.1.4/config.json")),
+            NotFound::Object
+        );
+        assert_eq!(not_found(&gcs("Not Found")), NotFound::Unsaid);
     }
 
     #[test]

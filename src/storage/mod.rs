@@ -347,6 +347,7 @@ pub enum Access {
         /// Overrides the public endpoint (emulators).
         endpoint: Option<String>,
         credentials: gcs::GcsCredentials,
+        extras: gcs::PutExtras,
     },
 }
 
@@ -375,11 +376,13 @@ pub async fn open_with(
             Access::Gcs {
                 endpoint,
                 credentials,
+                extras,
             },
         ) => {
             let store = gcs::GcsStore::new(endpoint.as_deref(), &credentials, &url.bucket)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .with_extras(extras);
             Box::new(store)
         }
         (provider, _) => {

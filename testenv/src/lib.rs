@@ -4,6 +4,8 @@
 //! - [`minio()`]: a MinIO server (root credentials, fresh buckets, read-only principals),
 //! - [`minio_tls()`]: another one serving TLS only, with a certificate from a private CA,
 //! - [`gcs()`]: fake-gcs-server, the GCS emulator (fresh buckets),
+//! - [`GcpIam`]: service-account keys, a token endpoint and an authenticating proxy in
+//!   front of the emulator (one per test),
 //! - [`toxiproxy()`]: Toxiproxy, for TCP faults between a client and any of them.
 //!
 //! Each is started once per test binary, on first use, and shared: a test takes its own
@@ -14,6 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod configs;
+mod gcp_iam;
 mod gcs;
 mod kong_cp;
 mod kube;
@@ -22,6 +25,7 @@ mod pki;
 mod process;
 mod toxiproxy;
 
+pub use gcp_iam::{GcpIam, Role, ServiceAccountKey, Upload, sign_jwt};
 pub use gcs::{GcsEnv, gcs};
 pub use kong_cp::{ClusterCerts, DataPlane, KongCp, Mtls};
 pub use kube::{EmptyCluster, KubeEnv, RestartableCluster, kube};

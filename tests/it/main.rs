@@ -25,6 +25,7 @@ mod doctor;
 mod election;
 mod export;
 mod faults;
+mod gcs_e2e;
 mod generated;
 mod install;
 mod storage;
