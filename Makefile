@@ -12,7 +12,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Build (first run only) and cache the test environment: etcd, kube-apiserver, kubectl,
-## MinIO, fake-gcs-server, helm, toxiproxy-server.
+## MinIO, fake-gcs-server, helm, toxiproxy-server, and actionlint (the workflow checker).
 testenv:
 	tools/ensure-bin all >/dev/null
 

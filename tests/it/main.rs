@@ -22,6 +22,7 @@ mod cleanup;
 mod controller;
 mod cp_client;
 mod doctor;
+mod ecosystem;
 mod election;
 mod export;
 mod faults;
