@@ -1,8 +1,22 @@
-//! What the ecosystem around the operator reads: the release workflow passes actionlint.
+//! What the ecosystem around the operator reads: the release workflow passes actionlint,
+//! and Argo CD's health check (deploy/argocd/health.lua), run in gopher-lua as Argo CD
+//! runs it, judges the statuses the operator writes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::Write;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kong_fallback_operator::api::{FallbackConfigPolicyStatus, Problem};
+use kong_fallback_operator::controller::exporters::VersionState;
+use kong_fallback_operator::controller::status::{ExportView, desired_status};
+use serde_json::{Value, json};
+
+const HEALTH_LUA: &str = "deploy/argocd/health.lua";
+const ARGOCD_CM: &str = "deploy/argocd/argocd-cm.yaml";
+const HEALTH_KEY: &str = "resource.customizations.health.fallback.kong-dp.io_FallbackConfigPolicy";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -29,5 +43,144 @@ fn the_workflows_pass_actionlint() {
     assert!(
         root().join(".github/workflows/release.yml").is_file(),
         "the release workflow is missing"
+    );
+}
+
+/// Runs health.lua in gopher-lua (tools/go/argo-health) on `object`: (status, message).
+fn argo_health(object: &Value) -> (String, String) {
+    let checker = kfo_testenv::binary("argo-health").unwrap();
+    let mut child = Command::new(&checker)
+        .arg(root().join(HEALTH_LUA))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(object.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "health.lua failed on {object}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["status"].as_str().unwrap().to_owned(),
+        v["message"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn now() -> Time {
+    Time(Timestamp::from_second(1_790_000_000).unwrap())
+}
+
+/// A policy object with `generation` and a status the controller computes.
+fn policy(generation: i64, status: &FallbackConfigPolicyStatus) -> Value {
+    json!({
+        "apiVersion": "fallback.kong-dp.io/v1alpha1",
+        "kind": "FallbackConfigPolicy",
+        "metadata": {"name": "prod", "namespace": "kong", "generation": generation},
+        "spec": {},
+        "status": serde_json::to_value(status).unwrap(),
+    })
+}
+
+/// The status the controller writes for generation 2 of a valid policy whose exporter is
+/// connected to the control plane, with `exported` deciding whether a configuration has
+/// been stored yet.
+fn operator_mode_status(exported: bool) -> FallbackConfigPolicyStatus {
+    let state = VersionState {
+        connected: true,
+        last_export: exported.then(|| {
+            kong_fallback_operator::controller::exporters::ExportRecord {
+                key: "kong/3.10.0.4/config.json".into(),
+                hash: "abc".into(),
+                bytes: 10,
+                at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000),
+            }
+        }),
+        ..Default::default()
+    };
+    let view = ExportView {
+        states: [("3.10.0.4".to_owned(), state)].into(),
+        ..Default::default()
+    };
+    desired_status(&Default::default(), Some(2), &[], Some(&view), now())
+}
+
+#[test]
+fn argo_cd_sees_a_ready_policy_as_healthy() {
+    let status = operator_mode_status(true);
+    let (health, message) = argo_health(&policy(2, &status));
+    assert_eq!(health, "Healthy", "{message}");
+    assert!(message.contains("Ready=True"), "{message}");
+}
+
+#[test]
+fn argo_cd_sees_a_policy_not_reconciled_since_its_last_change_as_progressing() {
+    // Ready for generation 2, but the spec has changed since (generation 3).
+    let status = operator_mode_status(true);
+    let (health, message) = argo_health(&policy(3, &status));
+    assert_eq!(health, "Progressing", "{message}");
+    assert!(message.contains("generation 3"), "{message}");
+    // A policy the operator has not reported on at all.
+    let (health, _) = argo_health(&policy(1, &FallbackConfigPolicyStatus::default()));
+    assert_eq!(health, "Progressing");
+}
+
+#[test]
+fn argo_cd_sees_a_policy_waiting_for_its_first_export_as_progressing() {
+    let status = operator_mode_status(false);
+    let (health, message) = argo_health(&policy(2, &status));
+    assert_eq!(health, "Progressing", "{message}");
+    assert!(message.contains("Waiting"), "{message}");
+}
+
+#[test]
+fn argo_cd_sees_an_invalid_policy_as_degraded() {
+    let problems = [Problem {
+        field: "spec.storage.writeCredentials".into(),
+        message: "required in Operator mode".into(),
+    }];
+    let status = desired_status(&Default::default(), Some(1), &problems, None, now());
+    let (health, message) = argo_health(&policy(1, &status));
+    assert_eq!(health, "Degraded", "{message}");
+    assert!(
+        message.contains("Valid=False") && message.contains("writeCredentials"),
+        "{message}"
+    );
+}
+
+#[test]
+fn argo_cd_sees_a_policy_that_cannot_export_as_degraded() {
+    let view = ExportView {
+        setup_error: Some((
+            "SecretMissing".into(),
+            "secret kong/fallback-write not found".into(),
+        )),
+        ..Default::default()
+    };
+    let status = desired_status(&Default::default(), Some(1), &[], Some(&view), now());
+    let (health, message) = argo_health(&policy(1, &status));
+    assert_eq!(health, "Degraded", "{message}");
+    assert!(message.contains("SecretMissing"), "{message}");
+}
+
+/// argocd-cm.yaml carries health.lua verbatim (`make generate` writes it).
+#[test]
+fn the_argocd_cm_snippet_carries_the_health_script() {
+    let cm: Value =
+        serde_norway::from_str(&std::fs::read_to_string(root().join(ARGOCD_CM)).unwrap()).unwrap();
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["name"], "argocd-cm");
+    let script = std::fs::read_to_string(root().join(HEALTH_LUA)).unwrap();
+    assert!(
+        cm["data"][HEALTH_KEY].as_str() == Some(script.as_str()),
+        "{ARGOCD_CM} does not carry {HEALTH_LUA} under {HEALTH_KEY}: run `make generate`"
     );
 }
