@@ -360,7 +360,9 @@ impl Exporters {
                             return;
                         };
                         // NB: inside the lock, so a report racing `stop` cannot revive the series.
-                        metrics.observe(&labels, &report);
+                        if let Some(event) = report.metric() {
+                            metrics.observe(&labels, event);
+                        }
                         let before = s.clone();
                         apply(s, report);
                         *s != before

@@ -28,6 +28,7 @@ mod export;
 mod faults;
 mod generated;
 mod install;
+mod layout;
 mod storage;
 mod testenv;
 mod webhook;
