@@ -1,6 +1,7 @@
 //! What the ecosystem around the operator reads: the release workflow passes actionlint,
 //! and Argo CD's health check (deploy/argocd/health.lua), run in gopher-lua as Argo CD
-//! runs it, judges the statuses the operator writes.
+//! runs it, judges the statuses the operator writes: those its pure status function
+//! computes, and objects recorded from a real kube-apiserver with the controller running.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
@@ -183,4 +184,116 @@ fn the_argocd_cm_snippet_carries_the_health_script() {
         cm["data"][HEALTH_KEY].as_str() == Some(script.as_str()),
         "{ARGOCD_CM} does not carry {HEALTH_LUA} under {HEALTH_KEY}: run `make generate`"
     );
+}
+
+/// The condition `type_` of a policy object as the apiserver returns it.
+fn condition(obj: &Value, type_: &str) -> Option<(String, String, Option<i64>)> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+                c["observedGeneration"].as_i64(),
+            )
+        })
+}
+
+/// The same judgements on objects recorded from a real kube-apiserver while the real
+/// controller works on them: refused spec, spec changed and not yet reconciled, a missing
+/// Secret, Ready.
+#[tokio::test]
+async fn argo_cd_judges_policies_recorded_from_a_real_apiserver() {
+    use kong_fallback_operator::api::FallbackConfigPolicy;
+    use kube::CustomResourceExt;
+    use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+
+    let env = kfo_testenv::kube().await;
+    env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+    let client = env.client().await.unwrap();
+    let ns = env.namespace("argo").await.unwrap();
+    let running = crate::cluster::run_controller(&client, &ns, "test-replica");
+    let typed: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &ApiResource::erase::<FallbackConfigPolicy>(&()),
+    );
+    let get = async || serde_json::to_value(raw.get("prod").await.ok()?).ok();
+
+    // Valid for the schema, refused by validate(): S3 without a region.
+    let policy = crate::cluster::policy(
+        "prod",
+        json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {"url": "s3://fallback/kong", "readCredentials": {"secretName": "fallback-read"}},
+            "exporter": {"mode": "None"}
+        }),
+    );
+    typed.create(&PostParams::default(), &policy).await.unwrap();
+    let invalid = crate::wait::until("Valid=False", async || {
+        get()
+            .await
+            .filter(|o| condition(o, "Valid").is_some_and(|c| c.0 == "False"))
+    })
+    .await;
+    let (health, message) = argo_health(&invalid);
+    assert_eq!(health, "Degraded", "{message}\n{invalid:#}");
+
+    // The spec is fixed: the object the apiserver answers has the new generation and the
+    // status of the old one.
+    let s3 = kfo_testenv::minio().await;
+    let bucket = s3.bucket("argo").await.unwrap();
+    let fix = json!({"spec": {"storage": {
+        "url": format!("s3://{bucket}/kong"), "region": "us-east-1", "endpoint": s3.endpoint
+    }}});
+    let patched = raw
+        .patch("prod", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    let patched = serde_json::to_value(patched).unwrap();
+    assert_eq!(patched["metadata"]["generation"], 2, "{patched:#}");
+    assert_eq!(patched["status"]["observedGeneration"], 1, "{patched:#}");
+    let (health, message) = argo_health(&patched);
+    assert_eq!(health, "Progressing", "{message}\n{patched:#}");
+
+    // Reconciled: valid, but the read-credentials Secret is missing.
+    let missing = crate::wait::until("Ready=False SecretMissing", async || {
+        get().await.filter(|o| {
+            condition(o, "Ready").is_some_and(|c| c.1 == "SecretMissing" && c.2 == Some(2))
+        })
+    })
+    .await;
+    let (health, message) = argo_health(&missing);
+    assert_eq!(health, "Degraded", "{message}\n{missing:#}");
+    assert!(message.contains("SecretMissing"), "{message}");
+
+    // The read-only credentials a data plane would get: Ready.
+    let ro = s3.read_only_credentials(&bucket).await.unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fallback-read"},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": ro.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": ro.secret_access_key,
+            "AWS_SESSION_TOKEN": ro.session_token
+        }
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let ready = crate::wait::until("Ready=True", async || {
+        get()
+            .await
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    let (health, message) = argo_health(&ready);
+    assert_eq!(health, "Healthy", "{message}\n{ready:#}");
+
+    running.abort();
 }
