@@ -14,7 +14,7 @@
 # musl toolchain per architecture is what Debian ships. Slower under emulation, but the
 # same steps on both architectures.
 
-FROM rust:1.95-bookworm AS build
+FROM rust:1.95.0-bookworm AS build
 # Set by BuildKit from --platform: amd64 or arm64 (the build stage's own architecture
 # when a builder does not set it).
 ARG TARGETARCH
@@ -26,7 +26,7 @@ RUN case "${TARGETARCH:-$(dpkg --print-architecture)}" in \
 RUN apt-get update && apt-get install -y --no-install-recommends musl-tools cmake clang \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# The pinned toolchain (rustup installs it if the base image's differs), with the target.
+# The toolchain file pins 1.95.0, the base image's own toolchain; add the target to it.
 COPY rust-toolchain.toml .
 RUN rustup target add "$(cat /rust-target)"
 COPY . .
