@@ -1,8 +1,9 @@
 -- Argo CD health check for FallbackConfigPolicy (fallback.kong-dp.io).
 --
--- Argo CD has no built-in health check for custom resources: without this script a policy
--- counts as Healthy as soon as it exists. Install it through argocd-cm (argocd-cm.yaml
--- beside this file). Argo CD passes the object as `obj` and expects {status, message}.
+-- Argo CD has no built-in health check for custom resources: without this script it does
+-- not assess a policy at all, so a failing policy never turns its application Degraded or
+-- Progressing. Install it through argocd-cm (argocd-cm.yaml beside this file). Argo CD
+-- passes the object as `obj` and expects {status, message}.
 --
 --   Progressing  the operator has not reconciled the current spec yet
 --                (no status, status.observedGeneration or Ready's observedGeneration
