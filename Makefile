@@ -12,7 +12,8 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Build (first run only) and cache the test environment: etcd, kube-apiserver, kubectl,
-## MinIO, fake-gcs-server, helm, toxiproxy-server.
+## MinIO, fake-gcs-server, helm, toxiproxy-server, and the checkers actionlint and
+## argo-health (Argo CD's Lua VM running deploy/argocd/health.lua).
 testenv:
 	tools/ensure-bin all >/dev/null
 
@@ -33,6 +34,7 @@ generate:
 	$(CARGO) run -q --bin kong-fallback-operator -- crd > $(CRD)
 	cp $(CRD) $(CHART)/crds/
 	tools/render-deploy > deploy/kong-fallback-operator.yaml
+	tools/render-argocd-cm > deploy/argocd/argocd-cm.yaml
 
 ## The embedded demo: a local control plane and MinIO with the operator running on them.
 demo: testenv

@@ -41,7 +41,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
 enum Command {
     /// Run the controller against the cluster of the current kubeconfig (or in-cluster).
     Run {
-        /// This replica's identity, for Events and (later) the election; the pod name.
+        /// This replica's identity, for Events and the election (the Lease holder); the
+        /// pod name.
         #[arg(long, env = "POD_NAME", default_value = "kong-fallback-operator")]
         identity: String,
         /// Watch only this namespace (default: all namespaces).

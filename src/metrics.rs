@@ -1,5 +1,9 @@
 //! Prometheus metrics, served in the OpenMetrics text format at `/metrics` (see [`crate::http`]).
 //!
+//! A leaf: it knows no other module of the operator. The others report into it in its own
+//! terms ([`ExportEvent`], [`Metrics::leading`], [`Metrics::webhook`], ...); the exporter
+//! translates its reports into [`ExportEvent`]s itself.
+//!
 //! Names follow Prometheus conventions: a `kong_fallback_` prefix, base units (`_seconds`,
 //! `_bytes`), `_total` on counters. Export metrics carry `namespace`, `policy` and `version`
 //! labels; their series are removed when a policy stops exporting, so a deleted policy does
@@ -42,10 +46,33 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::export::runner::Report;
-
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What happened to one export, as far as the metrics care.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ExportEvent<'a> {
+    /// The control-plane session is up.
+    Connected,
+    /// Connected, but the control plane sent no configuration (withheld).
+    Withheld,
+    /// The session ended; `reason` is a stable label (CamelCase or snake_case).
+    Disconnected { reason: &'a str },
+    /// A configuration frame was refused; the last good configuration stays.
+    RejectedFrame { reason: &'a str },
+    /// A configuration arrived and was not exported (unchanged, empty...).
+    Skipped,
+    /// `config.json` was written: `latency` from receiving the configuration to storing it.
+    Exported {
+        bytes: u64,
+        at: SystemTime,
+        latency: Duration,
+    },
+    /// A write failed, for `reason` (a stable label).
+    Failed { reason: &'a str },
+    /// A write was refused because a newer leader had written.
+    Fenced,
+}
 
 /// One (policy, Kong version) export.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -265,8 +292,8 @@ impl Metrics {
         out
     }
 
-    /// Records one exporter report.
-    pub fn observe(&self, l: &ExportLabels, report: &Report) {
+    /// Records one export event.
+    pub fn observe(&self, l: &ExportLabels, event: ExportEvent<'_>) {
         let with = |reason: &str| {
             let reason = snake_case(reason);
             self.reasons
@@ -282,49 +309,41 @@ impl Metrics {
                 reason,
             }
         };
-        match report {
-            Report::Connected => {
+        match event {
+            ExportEvent::Connected => {
                 self.connected.get_or_create(l).set(1);
                 self.withheld.get_or_create(l).set(0);
             }
-            Report::NoConfig => {
+            ExportEvent::Withheld => {
                 self.withheld.get_or_create(l).set(1);
             }
-            Report::Disconnected { label, .. } => {
+            ExportEvent::Disconnected { reason } => {
                 self.connected.get_or_create(l).set(0);
                 self.withheld.get_or_create(l).set(0);
-                self.disconnects.get_or_create(&with(label)).inc();
+                self.disconnects.get_or_create(&with(reason)).inc();
             }
-            Report::Rejected { label, .. } => {
-                self.rejected_frames.get_or_create(&with(label)).inc();
+            ExportEvent::RejectedFrame { reason } => {
+                self.rejected_frames.get_or_create(&with(reason)).inc();
             }
-            Report::Skipped { .. } => {
+            ExportEvent::Skipped => {
                 self.withheld.get_or_create(l).set(0);
             }
-            Report::Exported {
-                bytes, at, latency, ..
-            } => {
+            ExportEvent::Exported { bytes, at, latency } => {
                 self.withheld.get_or_create(l).set(0);
                 self.exports.get_or_create(l).inc();
-                self.exported_bytes.get_or_create(l).inc_by(*bytes);
+                self.exported_bytes.get_or_create(l).inc_by(bytes);
                 self.config_bytes
                     .get_or_create(l)
-                    .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
-                self.last_export.get_or_create(l).set(unix_seconds(*at));
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                self.last_export.get_or_create(l).set(unix_seconds(at));
                 self.export_duration
                     .get_or_create(l)
                     .observe(latency.as_secs_f64());
             }
-            Report::Failed { error, .. } => {
-                self.export_failures
-                    .get_or_create(&with(error.kind.label()))
-                    .inc();
+            ExportEvent::Failed { reason } => {
+                self.export_failures.get_or_create(&with(reason)).inc();
             }
-            Report::Stored { .. }
-            | Report::Received { .. }
-            | Report::Refused { .. }
-            | Report::Foreign { .. } => {}
-            Report::Fenced { .. } => {
+            ExportEvent::Fenced => {
                 self.fenced.get_or_create(l).inc();
             }
         }
@@ -445,7 +464,6 @@ fn unix_seconds(t: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{ErrorKind, StoreError};
 
     fn labels() -> ExportLabels {
         ExportLabels {
@@ -457,10 +475,8 @@ mod tests {
 
     const L: &str = r#"namespace="kong",policy="prod",version="3.6.1.4""#;
 
-    fn exported(bytes: u64, ms: u64) -> Report {
-        Report::Exported {
-            key: "p/3.6.1.4/config.json".into(),
-            hash: "h".into(),
+    fn exported(bytes: u64, ms: u64) -> ExportEvent<'static> {
+        ExportEvent::Exported {
             bytes,
             at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             latency: Duration::from_millis(ms),
@@ -480,12 +496,10 @@ mod tests {
             ..gone.clone()
         };
         for l in [&gone, &kept] {
-            m.observe(l, &Report::Connected);
+            m.observe(l, ExportEvent::Connected);
             m.observe(
                 l,
-                &Report::Exported {
-                    key: "k".into(),
-                    hash: "h".into(),
+                ExportEvent::Exported {
                     bytes: 10,
                     at: std::time::SystemTime::now(),
                     latency: Duration::from_millis(5),
@@ -493,19 +507,13 @@ mod tests {
             );
             m.observe(
                 l,
-                &Report::Disconnected {
-                    reason: "x".into(),
-                    label: "Unreachable",
+                ExportEvent::Disconnected {
+                    reason: "Unreachable",
                 },
             );
-            m.observe(
-                l,
-                &Report::Rejected {
-                    reason: "x".into(),
-                    label: "BadFrame",
-                },
-            );
-            m.observe(l, &Report::Fenced { mine: 1, epoch: 2 });
+            m.observe(l, ExportEvent::RejectedFrame { reason: "BadFrame" });
+            m.observe(l, ExportEvent::Failed { reason: "Network" });
+            m.observe(l, ExportEvent::Fenced);
             m.leading(&l.namespace, &l.policy, true);
         }
         m.forget(&gone);
@@ -518,8 +526,8 @@ mod tests {
     #[test]
     fn exports_count_bytes_latency_and_the_last_success() {
         let m = Metrics::new();
-        m.observe(&labels(), &exported(1000, 20));
-        m.observe(&labels(), &exported(500, 3000));
+        m.observe(&labels(), exported(1000, 20));
+        m.observe(&labels(), exported(500, 3000));
         let text = m.encode();
         for line in [
             format!("kong_fallback_exports_total{{{L}}} 2"),
@@ -541,42 +549,27 @@ mod tests {
     fn failures_and_session_changes_are_counted_by_cause() {
         let m = Metrics::new();
         let l = labels();
-        m.observe(&l, &Report::Connected);
-        m.observe(&l, &Report::NoConfig);
+        m.observe(&l, ExportEvent::Connected);
+        m.observe(&l, ExportEvent::Withheld);
         let text = m.encode();
         assert!(text.contains(&format!("kong_fallback_control_plane_connected{{{L}}} 1")));
         assert!(text.contains(&format!("kong_fallback_control_plane_withheld{{{L}}} 1")));
 
-        let denied = StoreError {
-            kind: ErrorKind::Credentials,
-            op: "put",
-            bucket: "b".into(),
-            key: "k".into(),
-            detail: "AccessDenied".into(),
-        };
         for _ in 0..2 {
             m.observe(
                 &l,
-                &Report::Failed {
-                    error: denied.clone(),
-                    retry_in: Duration::from_secs(1),
+                ExportEvent::Failed {
+                    reason: "Credentials",
                 },
             );
         }
         m.observe(
             &l,
-            &Report::Rejected {
-                reason: "too large".into(),
-                label: "too_large",
+            ExportEvent::RejectedFrame {
+                reason: "too_large",
             },
         );
-        m.observe(
-            &l,
-            &Report::Disconnected {
-                reason: "refused".into(),
-                label: "connect",
-            },
-        );
+        m.observe(&l, ExportEvent::Disconnected { reason: "connect" });
         let text = m.encode();
         for line in [
             format!("kong_fallback_export_failures_total{{{L},reason=\"credentials\"}} 2"),
@@ -586,14 +579,13 @@ mod tests {
         ] {
             assert!(text.contains(&line), "missing {line} in\n{text}");
         }
-        assert!(!text.contains("AccessDenied"), "messages are not labels");
     }
 
     #[test]
     fn a_stopped_export_leaves_no_series_behind() {
         let m = Metrics::new();
-        m.observe(&labels(), &Report::Connected);
-        m.observe(&labels(), &exported(10, 1));
+        m.observe(&labels(), ExportEvent::Connected);
+        m.observe(&labels(), exported(10, 1));
         m.forget(&labels());
         let text = m.encode();
         assert!(!text.contains(&format!("kong_fallback_control_plane_connected{{{L}}}")));
@@ -608,7 +600,7 @@ mod tests {
         m.leading("kong", "prod", true);
         m.leading("kong", "prod", true);
         m.leading("kong", "prod", false);
-        m.observe(&labels(), &Report::Fenced { mine: 1, epoch: 2 });
+        m.observe(&labels(), ExportEvent::Fenced);
         let text = m.encode();
         let p = r#"namespace="kong",policy="prod""#;
         for line in [

@@ -6,7 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 /// The condition types a policy reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConditionType {
-    /// Summary: the policy does its job. GitOps tools (kstatus, Argo CD, Flux) read this one.
+    /// Summary: the policy does its job. kstatus and Flux read this one; Argo CD through
+    /// `deploy/argocd/health.lua`.
     Ready,
     /// The spec passed validation.
     Valid,

@@ -23,8 +23,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use super::exporters::fingerprint;
-use super::plan::{SetupError, pod_version, selector_string, write_access};
+use super::plan::{SetupError, fingerprint, pod_version, selector_string, write_access};
 use crate::api::{BackupDesignation, FallbackConfigPolicy};
 use crate::inject::{self, Role, SecretFacts};
 use crate::kong::{KongVersion, StorageUrl, env};

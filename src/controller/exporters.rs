@@ -5,7 +5,6 @@
 //! report triggers a reconcile of its policy.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -14,17 +13,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::backup::BackupPlan;
+use super::plan::{Plan, PolicyKey};
 use crate::api::FallbackConfigPolicy;
 use crate::cp_client::{self, ClientSettings};
 use crate::election::Gate;
 use crate::election::mirror::{Flavor, Mirror};
 use crate::export::runner::{self, ExportTarget, Report};
-use crate::kong::StorageUrl;
 use crate::metrics::{ExportLabels, Metrics};
-use crate::storage::{self, Access};
-
-/// `(namespace, name)` of a policy.
-pub type PolicyKey = (String, String);
+use crate::storage;
 
 /// The last export of one version.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,34 +46,6 @@ pub struct VersionState {
     /// When the oldest configuration not yet stored arrived; `None` when everything
     /// received is stored (or was skipped).
     pub waiting_since: Option<SystemTime>,
-}
-
-/// Everything one policy's exporters need; `fingerprint` changes when any input does.
-pub struct Plan {
-    pub fingerprint: u64,
-    pub url: StorageUrl,
-    pub access: Access,
-    /// Client settings without version and plugins (filled per version).
-    pub client: ClientSettings,
-    pub custom_plugins: Vec<(String, String)>,
-    /// Per version, the plugins the data planes enable where they set `KONG_PLUGINS`.
-    pub dp_plugins: BTreeMap<String, std::collections::BTreeSet<String>>,
-    pub versions: Vec<String>,
-    pub min_interval: std::time::Duration,
-    pub history_limit: usize,
-    /// Register the leader in the store's `election/` prefix (spec.election.mirrorToStorage).
-    pub mirror: bool,
-    /// Whether followers keep their control-plane sessions open.
-    pub standby: crate::api::Standby,
-    /// The policy object's UID: the node ids derive from it.
-    pub policy_uid: String,
-}
-
-/// A stable hash of the inputs of a plan.
-pub fn fingerprint(parts: &[&str]) -> u64 {
-    let mut h = DefaultHasher::new();
-    parts.hash(&mut h);
-    h.finish()
 }
 
 /// The Kong node id (UUID form) of a policy's exports of one version: derived from the
@@ -215,7 +184,7 @@ impl Exporters {
     pub async fn ensure_mirrors(
         &self,
         key: &PolicyKey,
-        plan: super::backup::BackupPlan,
+        plan: BackupPlan,
         gate: &Gate,
     ) -> Result<(), String> {
         if self
@@ -360,7 +329,9 @@ impl Exporters {
                             return;
                         };
                         // NB: inside the lock, so a report racing `stop` cannot revive the series.
-                        metrics.observe(&labels, &report);
+                        if let Some(event) = report.metric() {
+                            metrics.observe(&labels, event);
+                        }
                         let before = s.clone();
                         apply(s, report);
                         *s != before

@@ -13,7 +13,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::exporters::PolicyKey;
+use super::plan::PolicyKey;
 use crate::api::FallbackConfigPolicy;
 use crate::election::Gate;
 use crate::election::lease::{self, Elector, Timings};

@@ -1,11 +1,21 @@
-//! Reconciles `FallbackConfigPolicy` objects.
+//! Reconciles `FallbackConfigPolicy` objects: validates the spec, runs what its exporter
+//! mode needs, and writes the status that sums it up ([`status`], pure) with server-side
+//! apply, with an Event for each change a person should know about. Only the policy's
+//! Lease holder ([`leadership`]) writes status and exports; the others stand by.
 //!
-//! Built so far: validation, the operator's own exporters in `exporter.mode: Operator`
-//! ([`exporters`], fed by [`plan`]), and the status that sums them up ([`status`]:
-//! `Valid`, `ControlPlaneConnected`, `Exporting`, `Ready`, the per-version exports), written
-//! with server-side apply, with an Event for each change a person should know about.
-//! Not built yet: injection, pod counts, the election, finalizers and watches on Secrets
-//! and pods (a policy is re-checked every 30 s while not ready instead).
+//! - `exporter.mode: Operator`: the operator's own exporters ([`exporters`], fed by
+//!   [`plan`]), reported as `ControlPlaneConnected`, `Exporting`, `Fencing` and the
+//!   per-version exports.
+//! - `exporter.mode: BackupPods`: the designation of native Kong backup pods ([`backup`]).
+//! - Every mode: `StorageReachable` ([`probe`]), and the pods a policy covers with those
+//!   lacking the current injection ([`pods`]: `PodsInjected`, `status.pods`), their
+//!   opt-in restart ([`rollout`]) and the pacing of pod events ([`throttle`]).
+//!
+//! Watches policies, the pods' metadata (also the cache the injection webhook reads) and
+//! the metadata of the Secrets policies name; a changed Secret re-triggers its policies.
+//! The finalizer ([`FINALIZER`]) stops a deleted policy's work and deletes its Lease. A
+//! policy is also re-checked on a timer: 30 s while not Ready, 5 min when Ready, 10 s in
+//! BackupPods mode (a designated pod that stops being Ready).
 
 pub mod backup;
 pub mod exporters;

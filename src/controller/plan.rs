@@ -1,8 +1,14 @@
 //! Gathering what a policy's exporters need: the versions to export (explicit, or seen
 //! among the selected data planes), the cluster certificate and the write credentials.
 //! The decisions are pure functions; [`build`] does the reads.
+//!
+//! Also the home of what the exporters, the backup-pod designation (`backup`) and
+//! the storage probe share: the [`Plan`], a policy's [`PolicyKey`], the [`fingerprint`]
+//! of a plan's inputs, and the Secret and selector helpers. It imports none of them, so
+//! the dependencies run one way: `exporters` -> `backup` -> `plan`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -10,13 +16,43 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use super::exporters::{Plan, PolicyKey, fingerprint};
 use crate::api::{FallbackConfigPolicy, MtlsMode, ServerSideEncryption, max_config_bytes};
 use crate::cp_client::{ClientSettings, DEFAULT_MAX_FRAME};
 use crate::kong::{Provider, StorageUrl, VERSION_ANNOTATION, env, version_from_image};
 use crate::storage::Access;
 use crate::storage::gcs::GcsCredentials;
 use crate::storage::s3::{PutExtras, S3Settings, StaticCredentials};
+
+/// `(namespace, name)` of a policy.
+pub type PolicyKey = (String, String);
+
+/// Everything one policy's exporters need; `fingerprint` changes when any input does.
+pub struct Plan {
+    pub fingerprint: u64,
+    pub url: StorageUrl,
+    pub access: Access,
+    /// Client settings without version and plugins (filled per version).
+    pub client: ClientSettings,
+    pub custom_plugins: Vec<(String, String)>,
+    /// Per version, the plugins the data planes enable where they set `KONG_PLUGINS`.
+    pub dp_plugins: BTreeMap<String, BTreeSet<String>>,
+    pub versions: Vec<String>,
+    pub min_interval: Duration,
+    pub history_limit: usize,
+    /// Register the leader in the store's `election/` prefix (spec.election.mirrorToStorage).
+    pub mirror: bool,
+    /// Whether followers keep their control-plane sessions open.
+    pub standby: crate::api::Standby,
+    /// The policy object's UID: the node ids derive from it.
+    pub policy_uid: String,
+}
+
+/// A stable hash of the inputs of a plan.
+pub fn fingerprint(parts: &[&str]) -> u64 {
+    let mut h = DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
 
 /// Why the exporters cannot start: a condition reason and a message a person can act on.
 pub type SetupError = (String, String);

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use kube::{Client, ResourceExt};
 
-use super::exporters::{PolicyKey, fingerprint};
-use super::plan::read_access;
+use super::plan::{PolicyKey, fingerprint, read_access};
 use crate::api::FallbackConfigPolicy;
 use crate::kong::{Provider, StorageUrl};
 use crate::storage;

@@ -2,8 +2,10 @@
 //!
 //! [`decision`] holds the pure rules (what to write and when: dedupe, never empty,
 //! coalescing, retry backoff), [`history`] the bounded rollback history, and [`runner`]
-//! the thin loop from control-plane events to storage writes and reports. Not built yet:
-//! gating writes on the election's claim and fencing them with conditional writes.
+//! the thin loop from control-plane events to storage writes and reports. Every write
+//! waits for a permit from the election's [`crate::election::Gate`] and is conditional on
+//! the object last seen (S3 `If-Match` / `If-None-Match`, GCS `ifGenerationMatch`) with the
+//! Lease's epoch in its metadata, so a replaced leader cannot overwrite a newer export.
 
 pub mod decision;
 pub mod history;

@@ -13,6 +13,7 @@ use super::history::{history_key, to_prune};
 use crate::cp_client::{ConfigSnapshot, Event};
 use crate::election::Gate;
 use crate::kong::StorageUrl;
+use crate::metrics::ExportEvent;
 use crate::storage::{ErrorKind, Object, ObjectStore, Precondition, PutObject, StoreError};
 
 /// Object metadata naming the exporter's Kong node id, as Kong's own exporter sets it
@@ -96,6 +97,35 @@ pub enum Report {
     /// The stored object was written by another policy (or cluster) on the same prefix:
     /// not overwritten; retried with backoff.
     Foreign { owner: String, key: String },
+}
+
+impl Report {
+    /// What this report changes in the metrics, if anything. Only stable labels pass,
+    /// never a message.
+    pub fn metric(&self) -> Option<ExportEvent<'_>> {
+        Some(match self {
+            Report::Connected => ExportEvent::Connected,
+            Report::NoConfig => ExportEvent::Withheld,
+            Report::Disconnected { label, .. } => ExportEvent::Disconnected { reason: label },
+            Report::Rejected { label, .. } => ExportEvent::RejectedFrame { reason: label },
+            Report::Skipped { .. } => ExportEvent::Skipped,
+            Report::Exported {
+                bytes, at, latency, ..
+            } => ExportEvent::Exported {
+                bytes: *bytes,
+                at: *at,
+                latency: *latency,
+            },
+            Report::Failed { error, .. } => ExportEvent::Failed {
+                reason: error.kind.label(),
+            },
+            Report::Fenced { .. } => ExportEvent::Fenced,
+            Report::Stored { .. }
+            | Report::Received { .. }
+            | Report::Refused { .. }
+            | Report::Foreign { .. } => return None,
+        })
+    }
 }
 
 /// Runs until `events` closes or `shutdown` fires: feeds snapshots into the decision
@@ -552,6 +582,51 @@ mod tests {
             summary: validate_config(&value).unwrap(),
             timestamp: None,
         })
+    }
+
+    #[test]
+    fn reports_reach_the_metrics_as_stable_labels_never_messages() {
+        let denied = Report::Failed {
+            error: StoreError {
+                kind: ErrorKind::Credentials,
+                op: "put",
+                bucket: "b".into(),
+                key: "k".into(),
+                detail: "AccessDenied".into(),
+            },
+            retry_in: Duration::from_secs(1),
+        };
+        assert_eq!(
+            denied.metric(),
+            Some(ExportEvent::Failed {
+                reason: "Credentials"
+            })
+        );
+        let lost = Report::Disconnected {
+            reason: "connection refused".into(),
+            label: "connect",
+        };
+        assert_eq!(
+            lost.metric(),
+            Some(ExportEvent::Disconnected { reason: "connect" })
+        );
+        let bad = Report::Rejected {
+            reason: "frame too large".into(),
+            label: "too_large",
+        };
+        assert_eq!(
+            bad.metric(),
+            Some(ExportEvent::RejectedFrame {
+                reason: "too_large"
+            })
+        );
+        assert_eq!(Report::NoConfig.metric(), Some(ExportEvent::Withheld));
+        assert_eq!(
+            Report::Fenced { mine: 1, epoch: 2 }.metric(),
+            Some(ExportEvent::Fenced)
+        );
+        let received = Report::Received { hash: "h".into() };
+        assert_eq!(received.metric(), None);
     }
 
     const GOOD: &str = r#"{"_format_version":"3.0","services":[{"id":"s"}]}"#;

@@ -197,6 +197,9 @@ fn a_second_ensure_bin_run_builds_nothing() {
         "minio",
         "fake-gcs-server",
         "helm",
+        "toxiproxy-server",
+        "actionlint",
+        "argo-health",
     ];
     let lines: Vec<&str> = paths.lines().collect();
     assert_eq!(lines.len(), names.len(), "{paths}");
