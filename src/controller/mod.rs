@@ -200,7 +200,8 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let (pod_store, pod_writer) = kube::runtime::reflector::store();
     let pod_events = kube::runtime::reflector(
         pod_writer,
-        watcher::watcher(pods_api, watcher::Config::default().any_semantic()).backoff(crate::watch::backoff()),
+        watcher::watcher(pods_api, watcher::Config::default().any_semantic())
+            .backoff(crate::watch::backoff()),
     );
     // NB: Secrets are watched as metadata only: a change re-triggers the policies that name
     // the Secret, which then read just those Secrets. No other Secret's value ever reaches
@@ -229,7 +230,8 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let (store, writer) = kube::runtime::reflector::store();
     let policy_events = kube::runtime::reflector(
         writer,
-        watcher::watcher(policies, watcher::Config::default().any_semantic()).backoff(crate::watch::backoff()),
+        watcher::watcher(policies, watcher::Config::default().any_semantic())
+            .backoff(crate::watch::backoff()),
     )
     .applied_objects()
     .predicate_filter(
