@@ -515,8 +515,13 @@ impl ObjectStore for Bounded {
         let key = object.key.clone();
         self.bound("put", &key, limit, self.inner.put(object)).await
     }
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        // NB: a read of unknown size is bounded as a call.
+        self.bound("get", key, self.timeouts.call, self.inner.get(key))
+            .await
+    }
     async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
-        // NB: a body read is bounded like a write of the most it may read (up to 1 GiB).
+        // NB: a bounded read is bounded like a write of the most it may read (up to 1 GiB).
         let most = usize::try_from(max).unwrap_or(usize::MAX).min(1 << 30);
         let limit = self.timeouts.put(most);
         self.bound("get", key, limit, self.inner.get_at_most(key, max))
