@@ -87,15 +87,16 @@ async fn p2(standby: &str) {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     println!(
-        "bench: P2 standby={} lease_s={} renew_s={} retry_s={} rounds={ROUNDS} kill_p50_s={:.2} kill_p99_s={:.2} term_p50_s={:.2} term_p99_s={:.2} target_kill_s={} target_term_s=2",
+        "bench: P2 standby={} lease_s={} renew_s={} retry_s={} rounds={ROUNDS} kill_p50_s={:.2} kill_max_s={:.2} term_p50_s={:.2} term_max_s={:.2} target_kill_s={} target_term_s=2",
         standby.to_lowercase(),
         timings.lease,
         timings.renew,
         timings.retry,
         percentile(&mut kill, 0.5),
-        percentile(&mut kill, 0.99),
+        // NB: the maximum, labelled as such: 20 samples have no p99.
+        percentile(&mut kill, 1.0),
         percentile(&mut term, 0.5),
-        percentile(&mut term, 0.99),
+        percentile(&mut term, 1.0),
         timings.lease + 2,
     );
 }

@@ -92,14 +92,12 @@ async fn p1() {
                 .unwrap();
             bare.push(start.elapsed());
         }
-        let (p50, p99) = (
-            percentile(&mut samples, 0.5),
-            percentile(&mut samples, 0.99),
-        );
-        let bare_p99 = percentile(&mut bare, 0.99);
+        // NB: the maximum, labelled as such: 50 samples have no p99.
+        let (p50, max) = (percentile(&mut samples, 0.5), percentile(&mut samples, 1.0));
+        let bare_max = percentile(&mut bare, 1.0);
         println!(
-            "bench: P1 size={label} rounds={ROUNDS} p50_ms={p50:.1} p99_ms={p99:.1} bare_put_p99_ms={bare_p99:.1} ratio={:.2} target_p99_ms=500 target_ratio=1.2",
-            p99 / bare_p99
+            "bench: P1 size={label} rounds={ROUNDS} p50_ms={p50:.1} max_ms={max:.1} bare_put_max_ms={bare_max:.1} ratio={:.2} target_p99_ms=500 target_ratio=1.2",
+            max / bare_max
         );
     }
 }
@@ -127,6 +125,8 @@ async fn p5() {
     let frame = gz.finish().unwrap();
     let path = std::env::temp_dir().join(format!("kfo-p5-{}.gz", std::process::id()));
     std::fs::write(&path, &frame).unwrap();
+    // NB: one unit for the ratio (MiB over MiB); throughput in MB/s as the target says.
+    let size_mib = table.len() as f64 / f64::from(1 << 20);
     let size_mb = table.len() as f64 / 1e6;
     drop((table, json, frame));
     // NB: the child starts its own MinIO client against the same server via the env.
@@ -155,10 +155,10 @@ async fn p5() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    let peak_mb = field("hwm_kb") / 1024.0;
+    let peak_mib = field("hwm_kb") / 1024.0;
     println!(
-        "bench: P5 size_mb={size_mb:.1} peak_rss_mb={peak_mb:.0} rss_ratio={:.2} mb_per_s={:.1} target_rss_ratio=3",
-        peak_mb / size_mb,
+        "bench: P5 size_mib={size_mib:.1} peak_rss_mib={peak_mib:.0} rss_ratio={:.2} mb_per_s={:.1} target_rss_ratio=3",
+        peak_mib / size_mib,
         size_mb / field("secs")
     );
 }
