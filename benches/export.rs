@@ -102,6 +102,23 @@ async fn p1() {
     }
 }
 
+/// The `key=value` figures of a P5 child's `P5-CHILD` line, by key (0 when absent).
+fn child_fields(out: &std::process::Output, what: &str) -> impl Fn(&str) -> f64 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().find(|l| l.starts_with("P5-CHILD")) else {
+        panic!(
+            "{what} child failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let fields: Vec<(String, f64)> = line
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect();
+    move |k: &str| fields.iter().find(|(f, _)| f == k).map_or(0.0, |(_, v)| *v)
+}
+
 fn vm_kb(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -139,22 +156,7 @@ async fn p5() {
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("P5-CHILD"))
-        .unwrap_or_else(|| {
-            panic!(
-                "P5 child failed: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        });
-    let field = |k: &str| -> f64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let field = child_fields(&out, "P5");
     let peak_mib = field("hwm_kb") / 1024.0;
     println!(
         "bench: P5 size_mib={size_mib:.1} peak_rss_mib={peak_mib:.0} rss_ratio={:.2} mb_per_s={:.1} target_rss_ratio=3",
@@ -289,19 +291,7 @@ async fn p5_worst() {
         .expect("the P5 worst-case child finished within 300 s")
         .unwrap();
     let _ = (std::fs::remove_file(&cert), std::fs::remove_file(&key));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let Some(line) = text.lines().find(|l| l.starts_with("P5-CHILD")) else {
-        panic!(
-            "P5 worst-case child failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let field = |k: &str| -> f64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let field = child_fields(&out, "P5 case=worst");
     let (idle_mib, peak_mib) = (field("idle_kb") / 1024.0, field("hwm_kb") / 1024.0);
     let max_mib = (MAX_CONFIG >> 20) as f64;
     println!(

@@ -41,6 +41,16 @@ pub fn run_controller(
     ))
 }
 
+/// A condition of `p`'s status: (status, reason, message).
+pub fn condition(p: &FallbackConfigPolicy, type_: &str) -> Option<(String, String, String)> {
+    p.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
 /// The reasons of the Events in namespace `ns`.
 pub async fn event_reasons(client: &Client, ns: &str) -> Vec<String> {
     Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), ns)

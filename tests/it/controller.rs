@@ -310,15 +310,7 @@ mod operator_mode {
         .unwrap()
     }
 
-    fn condition(p: &FallbackConfigPolicy, t: &str) -> Option<(String, String, String)> {
-        let c = p
-            .status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == t)?;
-        Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-    }
+    use crate::cluster::condition;
 
     #[tokio::test]
     async fn the_operator_exports_what_the_control_plane_publishes_and_reports_it() {

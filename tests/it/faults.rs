@@ -19,6 +19,8 @@ use kube::CustomResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+use crate::cluster::condition;
+
 /// Whether this is `make faults` (full rounds and outages) or the short form of `make test`.
 fn full() -> bool {
     std::env::var("KFO_FAULTS").is_ok_and(|v| v == "full")
@@ -31,17 +33,6 @@ fn config(name: &str) -> (String, String) {
     );
     let hash = config_hashes(&serde_json::from_str(&table).unwrap()).config;
     (table, hash)
-}
-
-/// A condition's (status, reason, message).
-fn condition(p: &FallbackConfigPolicy, t: &str) -> Option<(String, String, String)> {
-    let c = p
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == t)?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 /// The `config-hash` metadata of what `bucket` holds at `key`, read without the proxy.

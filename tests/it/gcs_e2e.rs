@@ -21,6 +21,8 @@ use kong_fallback_operator::storage::gcs::{GcsCredentials, GcsStore};
 use kong_fallback_operator::storage::{ErrorKind, ObjectStore, Precondition, PutObject};
 use serde_json::json;
 
+use crate::cluster::condition;
+
 fn put(key: &str, body: &'static str) -> PutObject {
     PutObject {
         key: key.into(),
@@ -443,16 +445,6 @@ fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
         }
         (b, e) => *b = e,
     }
-}
-
-/// A condition's (status, reason, message).
-fn condition(p: &FallbackConfigPolicy, type_: &str) -> Option<(String, String, String)> {
-    p.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 #[tokio::test]
