@@ -508,7 +508,7 @@ pub fn apply(s: &mut VersionState, report: Report) {
                 at,
             });
         }
-        Report::Fenced { .. } => {}
+        Report::Fenced { .. } | Report::History { .. } => {}
         Report::Foreign { owner, key } => {
             s.export_error = Some((
                 "SharedPrefix".to_owned(),
@@ -571,6 +571,7 @@ mod tests {
                 bytes: 3,
                 at: SystemTime::UNIX_EPOCH,
                 latency: Default::default(),
+                stages: Default::default(),
             },
         );
         assert!(s.export_error.is_none() && !s.withheld);

@@ -25,6 +25,16 @@ pub struct ConfigSnapshot {
     pub summary: ConfigSummary,
     /// The control plane's `timestamp`, if any.
     pub timestamp: Option<f64>,
+    /// When the frame was read and decoded: set by the client, `None` from [`decode`].
+    pub arrival: Option<Arrival>,
+}
+
+/// When a snapshot's frame came off the socket and when it had been decoded and
+/// validated: the first two steps of an export's latency split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arrival {
+    pub read: std::time::Instant,
+    pub decoded: std::time::Instant,
 }
 
 impl ConfigSnapshot {
@@ -106,6 +116,7 @@ pub fn decode(frame: &[u8], max_config: usize) -> Result<Option<ConfigSnapshot>,
         config: Bytes::from(json).slice(range),
         summary,
         timestamp,
+        arrival: None,
     }))
 }
 

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-pub use frame::{ConfigSnapshot, FrameError, decode};
+pub use frame::{Arrival, ConfigSnapshot, FrameError, decode};
 
 use crate::api::MtlsMode;
 use crate::kong::KongVersion;
@@ -525,9 +525,11 @@ pub async fn session(
                 match msg {
                     Some(Ok(Message::Binary(data))) => {
                         let max = s.max_config;
+                        let read = std::time::Instant::now();
                         let decoded = tokio::task::spawn_blocking(move || decode(&data, max)).await;
                         match decoded {
-                            Ok(Ok(Some(snapshot))) => {
+                            Ok(Ok(Some(mut snapshot))) => {
+                                snapshot.arrival = Some(Arrival { read, decoded: std::time::Instant::now() });
                                 got_config = true;
                                 hash.clone_from(&snapshot.hash);
                                 if let Err(e) = ws.send(Message::Ping(hash.clone().into_bytes().into())).await {

@@ -54,6 +54,29 @@ pub struct ExportTarget {
     pub history_limit: usize,
 }
 
+/// Where one export's time went: the frame read off the control plane's socket, decoded
+/// and validated, taken through the exporter's checks and queue, then written.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stages {
+    /// When the frame was read (`None`: the snapshot did not come from a session).
+    pub read: Option<Instant>,
+    /// Read → decoded: inflate, JSON and the configuration's validation.
+    pub decode: Duration,
+    /// Decoded → the PUT started: the plugin check, coalescing, waiting for the lead.
+    pub queue: Duration,
+    /// The PUT of `config.json`.
+    pub put: Duration,
+    /// When the PUT returned.
+    pub written: Option<Instant>,
+}
+
+/// A snapshot the exporter holds, and when it arrived (for [`Stages`]).
+#[derive(Clone, Copy, Debug)]
+struct Arrived {
+    at: Instant,
+    arrival: Option<crate::cp_client::Arrival>,
+}
+
 /// What happened, for status, Events and metrics.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Report {
@@ -78,8 +101,14 @@ pub enum Report {
         hash: String,
         bytes: u64,
         at: SystemTime,
+        /// From the snapshot reaching the exporter to the write's end.
         latency: Duration,
+        /// Where the time went, step by step.
+        stages: Stages,
     },
+    /// The history step after an export ended: its entry written (and the history
+    /// pruned), or not (logged). Comes after the export's report, never before.
+    History { hash: String, written: bool },
     /// A write failed; it is retried after `retry_in`.
     Failed {
         error: StoreError,
@@ -122,6 +151,7 @@ impl Report {
             Report::Fenced { .. } => ExportEvent::Fenced,
             Report::Stored { .. }
             | Report::Received { .. }
+            | Report::History { .. }
             | Report::Refused { .. }
             | Report::Foreign { .. } => return None,
         })
@@ -153,7 +183,11 @@ pub async fn run(
     let mut fenced: Option<i32> = None;
     let epoch = Instant::now();
     let now_ms = || epoch.elapsed().as_millis() as u64;
-    let mut received: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut received: BTreeMap<String, Arrived> = BTreeMap::new();
+    // NB: the history copy follows the export off its path: the next configuration is
+    // not held up by it. At most one copy is written at a time and none waits (an export
+    // that finds the history busy gets no entry): it never holds more than one body.
+    let history = History::start(&target, &store, &reports);
     loop {
         let wait = match exporter.next(now_ms()) {
             Next::Write(snapshot) => {
@@ -207,7 +241,12 @@ pub async fn run(
                     }
                     continue;
                 }
-                let started = received.remove(&snapshot.hash).unwrap_or_else(Instant::now);
+                let arrived = received.remove(&snapshot.hash).unwrap_or(Arrived {
+                    at: Instant::now(),
+                    arrival: None,
+                });
+                let started = arrived.at;
+                let put_start = Instant::now();
                 let precondition = match seen.clone().flatten() {
                     Some(v) => Precondition::IfVersion(v),
                     None => Precondition::IfAbsent,
@@ -226,13 +265,16 @@ pub async fn run(
                     }),
                 };
                 drop(permit);
+                let written = Instant::now();
                 match result {
                     Ok(version) => {
                         seen = Some(Some(version));
                         conflicts = 0;
                         exporter.written(&snapshot.hash, snapshot.timestamp, now_ms());
-                        let latency = started.elapsed();
-                        info!(key = %key, hash = %snapshot.hash, bytes = snapshot.body.len(), ?latency, "exported");
+                        let latency = written - started;
+                        let stages = stages(arrived, put_start, written);
+                        info!(key = %key, hash = %snapshot.hash, bytes = snapshot.body.len(), ?latency,
+                            decode = ?stages.decode, queue = ?stages.queue, put = ?stages.put, "exported");
                         let _ = reports
                             .send(Report::Exported {
                                 key: key.clone(),
@@ -240,15 +282,15 @@ pub async fn run(
                                 bytes: snapshot.body.len() as u64,
                                 at: SystemTime::now(),
                                 latency,
+                                stages,
                             })
                             .await;
-                        // NB: after the report: the history is a convenience, not part of the export.
-                        write_history(&target, store.as_ref(), &snapshot).await;
+                        history.offer(&snapshot);
                     }
                     Err(error) if error.kind == ErrorKind::PreconditionFailed && conflicts < 3 => {
                         // Someone else wrote: a newer leader (step down) or not (re-read, retry).
                         conflicts += 1;
-                        received.insert(snapshot.hash.clone(), started);
+                        received.insert(snapshot.hash.clone(), arrived);
                         match store.head(&key).await {
                             Ok(o) => {
                                 let mine = seen_epoch.unwrap_or(0);
@@ -283,7 +325,7 @@ pub async fn run(
                         if error.kind == ErrorKind::PreconditionFailed {
                             seen = None;
                         }
-                        received.insert(snapshot.hash.clone(), started);
+                        received.insert(snapshot.hash.clone(), arrived);
                         let retry_in = exporter.failed(now_ms());
                         warn!(key = %key, error = %error, ?retry_in, "export failed");
                         let _ = reports.send(Report::Failed { error, retry_in }).await;
@@ -316,7 +358,7 @@ async fn wait_for_gate(
     gate: &mut Gate,
     events: &mut mpsc::Receiver<Event>,
     exporter: &mut Exporter,
-    received: &mut BTreeMap<String, Instant>,
+    received: &mut BTreeMap<String, Arrived>,
     reports: &mpsc::Sender<Report>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
@@ -421,7 +463,7 @@ fn stored_timestamp(o: &Object) -> Option<f64> {
 fn handle(
     target: &ExportTarget,
     exporter: &mut Exporter,
-    received: &mut BTreeMap<String, Instant>,
+    received: &mut BTreeMap<String, Arrived>,
     ev: Event,
 ) -> Option<Report> {
     match ev {
@@ -437,6 +479,7 @@ fn handle(
         }),
         Event::Snapshot(s) => {
             let hash = s.hash.clone();
+            let arrival = s.arrival;
             if let Some(announced) = &target.plugins {
                 let lacking = crate::cp_client::plugins::missing(&s.summary.plugins, announced);
                 if !lacking.is_empty() {
@@ -451,7 +494,13 @@ fn handle(
             }
             match exporter.offer(to_snapshot(s)) {
                 Ok(()) => {
-                    received.insert(hash.clone(), Instant::now());
+                    received.insert(
+                        hash.clone(),
+                        Arrived {
+                            at: Instant::now(),
+                            arrival,
+                        },
+                    );
                     // NB: bounded: only pending hashes are remembered.
                     if received.len() > 16 {
                         let keep = exporter.pending().map(|p| p.hash.clone());
@@ -527,12 +576,68 @@ async fn write(
         .await
 }
 
-/// Writes the history entry of `s` and prunes the history to its limit. Failures are
-/// logged only: the history must never hold up or fail an export.
-async fn write_history(target: &ExportTarget, store: &dyn ObjectStore, s: &Snapshot) {
-    if target.history_limit == 0 {
-        return;
+/// The split of one export, from when its snapshot arrived to when its PUT returned.
+fn stages(arrived: Arrived, put_start: Instant, written: Instant) -> Stages {
+    let decoded = arrived.arrival.map_or(arrived.at, |a| a.decoded);
+    Stages {
+        read: arrived.arrival.map(|a| a.read),
+        decode: arrived.arrival.map_or(Duration::ZERO, |a| {
+            a.decoded.saturating_duration_since(a.read)
+        }),
+        queue: put_start.saturating_duration_since(decoded),
+        put: written.saturating_duration_since(put_start),
+        written: Some(written),
     }
+}
+
+/// The task that writes history copies after exports, one at a time.
+struct History {
+    tx: Option<mpsc::Sender<Snapshot>>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl History {
+    fn start(
+        target: &ExportTarget,
+        store: &Arc<dyn ObjectStore>,
+        reports: &mpsc::Sender<Report>,
+    ) -> History {
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if target.history_limit == 0 {
+            return History { tx: None, busy };
+        }
+        let (tx, mut rx) = mpsc::channel::<Snapshot>(1);
+        let (target, store, reports, flag) =
+            (target.clone(), store.clone(), reports.clone(), busy.clone());
+        // NB: ends when the runner drops its sender, after the copy in hand.
+        tokio::spawn(async move {
+            while let Some(s) = rx.recv().await {
+                let written = write_history(&target, store.as_ref(), &s).await;
+                let hash = s.hash.clone();
+                drop(s);
+                flag.store(false, std::sync::atomic::Ordering::Release);
+                let _ = reports.send(Report::History { hash, written }).await;
+            }
+        });
+        History { tx: Some(tx), busy }
+    }
+
+    /// Hands `s` to the history task, unless it is still writing the previous copy.
+    fn offer(&self, s: &Snapshot) {
+        let Some(tx) = &self.tx else { return };
+        if self.busy.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            debug!(hash = %s.hash, "the previous history copy is still being written: no entry for this one");
+            return;
+        }
+        if tx.try_send(s.clone()).is_err() {
+            self.busy.store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+/// Writes the history entry of `s` and prunes the history to its limit; whether the entry
+/// was written. Failures are logged only: the history must never hold up or fail an export.
+async fn write_history(target: &ExportTarget, store: &dyn ObjectStore, s: &Snapshot) -> bool {
     let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -544,10 +649,15 @@ async fn write_history(target: &ExportTarget, store: &dyn ObjectStore, s: &Snaps
         metadata: metadata(target, s),
         precondition: Precondition::None,
     };
-    if let Err(e) = store.put(put).await {
-        warn!(key = %history, error = %e, "cannot write the history entry");
-    }
+    let written = match store.put(put).await {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(key = %history, error = %e, "cannot write the history entry");
+            false
+        }
+    };
     prune_history(target, store).await;
+    written
 }
 
 async fn prune_history(target: &ExportTarget, store: &dyn ObjectStore) {
@@ -581,6 +691,7 @@ mod tests {
             config: bytes::Bytes::from(body.to_owned()),
             summary: validate_config(&value).unwrap(),
             timestamp: None,
+            arrival: None,
         })
     }
 
@@ -942,6 +1053,95 @@ mod tests {
         assert_eq!(h.store.put_count(), 1, "only theirs");
     }
 
+    /// A store whose history PUTs wait until released: a history copy that hangs.
+    struct SlowHistory {
+        inner: Arc<MemoryStore>,
+        release: tokio::sync::Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for SlowHistory {
+        fn bucket(&self) -> &str {
+            self.inner.bucket()
+        }
+        async fn put(&self, object: PutObject) -> Result<String, StoreError> {
+            if object.key.contains("/history/") {
+                let _held = self.release.acquire().await;
+            }
+            self.inner.put(object).await
+        }
+        async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
+            self.inner.get_at_most(key, max).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<crate::storage::ObjectInfo>, StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn touch(&self, key: &str) -> Result<bool, StoreError> {
+            self.inner.touch(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_history_copy_that_hangs_does_not_hold_up_the_next_export() {
+        let memory = Arc::new(MemoryStore::new("bkt"));
+        let store = Arc::new(SlowHistory {
+            inner: memory.clone(),
+            release: tokio::sync::Semaphore::new(0),
+        });
+        let (events, rx) = mpsc::channel(16);
+        let (tx, mut reports) = mpsc::channel(64);
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(run(
+            target(3),
+            store.clone(),
+            rx,
+            tx,
+            Gate::always(),
+            stop_rx,
+        ));
+        let mut exported = Vec::new();
+        let next_export = async |reports: &mut mpsc::Receiver<Report>| loop {
+            let r = tokio::time::timeout(Duration::from_secs(5), reports.recv())
+                .await
+                .expect("an export within 5 s while the history copy hangs")
+                .unwrap();
+            match r {
+                Report::Exported { hash, .. } => return hash,
+                Report::History { .. } => panic!("the hanging history copy ended"),
+                _ => {}
+            }
+        };
+        events.send(snapshot('a', GOOD)).await.unwrap();
+        exported.push(next_export(&mut reports).await);
+        let second = r#"{"_format_version":"3.0","services":[{"id":"t"}]}"#;
+        events.send(snapshot('b', second)).await.unwrap();
+        exported.push(next_export(&mut reports).await);
+        assert_eq!(exported, ["a".repeat(32), "b".repeat(32)]);
+        let stored = memory
+            .get("kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&stored.body[..], second.as_bytes());
+        // Released, the copy in hand ends and says so; 'b' found it busy and has none.
+        store.release.add_permits(1);
+        loop {
+            let r = tokio::time::timeout(Duration::from_secs(5), reports.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if let Report::History { hash, written } = r {
+                assert_eq!((hash, written), ("a".repeat(32), true));
+                break;
+            }
+        }
+        let entries = memory.list("kong/3.6.1.4/history/").await.unwrap();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+    }
+
     /// A store where, just before our first write, the previous incarnation of our Lease
     /// (epoch 7) writes once more: our conditional write fails and we re-read its object.
     struct Raced {
@@ -1082,6 +1282,11 @@ mod tests {
                 .await
                 .unwrap();
             assert!(matches!(h.report().await, Report::Exported { .. }));
+            // NB: one copy at a time: the next export waits for this one's, so each has one.
+            let Report::History { hash, written } = h.report().await else {
+                panic!("no history report")
+            };
+            assert_eq!((hash, written), (c.to_string().repeat(32), true));
         }
         // The history is written after the report: wait for the last entry and the pruning.
         let mut history = Vec::new();

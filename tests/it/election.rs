@@ -236,6 +236,7 @@ fn snapshot(n: u32) -> Event {
             plugins: Vec::new(),
         },
         timestamp: None,
+        arrival: None,
     })
 }
 
