@@ -26,7 +26,7 @@
 //! | `kong_fallback_leader{namespace,policy}` | gauge | 1 while this replica leads the policy (controller-runtime's `leader_election_master_status`) |
 //! | `kong_fallback_leader_transitions_total{namespace,policy}` | counter | this replica gained or lost the lead |
 //! | `kong_fallback_webhook_requests_total{result}` | counter | admission reviews answered: `injected`, `unchanged`, `skipped`, `malformed`, `error` |
-//! | `kong_fallback_webhook_latency_seconds` | histogram | time to answer a review, inside the webhook |
+//! | `kong_fallback_webhook_latency_seconds` | histogram | time to answer a review: from its headers read to the answer encoded (reading the body included; TLS and HTTP framing not) |
 //! | `kong_fallback_reconcile_total{controller,result}` | counter | reconciles, `result` = `success` or `error` |
 //! | `kong_fallback_reconcile_errors_total{controller,reason}` | counter | failed reconciles, by cause |
 //! | `kong_fallback_reconcile_time_seconds{controller}` | histogram | reconcile time |
@@ -48,6 +48,12 @@ use prometheus_client::registry::{Registry, Unit};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Bucket bounds (seconds) of the webhook's request time: 100 µs .. 1 s.
+const WEBHOOK_BUCKETS: [f64; 20] = [
+    0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_25, 0.001_5, 0.001_75, 0.002, 0.002_5,
+    0.003, 0.004, 0.005, 0.007_5, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 /// What happened to one export, as far as the metrics care.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -181,8 +187,9 @@ impl Metrics {
             leader: Family::default(),
             leader_transitions: Family::default(),
             webhook_requests: Family::default(),
-            // 50 µs .. ~200 ms.
-            webhook_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 12)),
+            // NB: fine where the target is (2 ms): a quantile read from these buckets is
+            // off by at most a quarter of a millisecond below 2 ms.
+            webhook_latency: Histogram::new(WEBHOOK_BUCKETS.iter().copied()),
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
             reconcile_duration,

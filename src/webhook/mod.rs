@@ -123,7 +123,6 @@ pub type SharedSecretFacts = Arc<std::sync::RwLock<inject::SecretFacts>>;
 struct Shared {
     policies: Store<FallbackConfigPolicy>,
     secrets: SharedSecretFacts,
-    metrics: Arc<Metrics>,
 }
 
 /// The webhook's routes.
@@ -132,20 +131,36 @@ pub fn router(
     secrets: SharedSecretFacts,
     metrics: Arc<Metrics>,
 ) -> Router {
-    Router::new().route(PATH, post(mutate)).with_state(Shared {
-        policies,
-        secrets,
-        metrics,
-    })
+    Router::new()
+        .route(PATH, post(mutate))
+        .with_state(Shared { policies, secrets })
+        // NB: outermost, so the time counts reading the body and encoding the answer.
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let metrics = metrics.clone();
+                async move {
+                    let started = Instant::now();
+                    let response = next.run(req).await;
+                    let result = response
+                        .extensions()
+                        .get::<Answered>()
+                        .map_or("unrouted", |a| a.0);
+                    metrics.webhook(result, started.elapsed());
+                    response
+                }
+            },
+        ))
 }
 
+/// The result label of an answered review, handed from the handler to the timing layer.
+#[derive(Clone, Copy)]
+struct Answered(&'static str);
+
 async fn mutate(State(s): State<Shared>, body: Bytes) -> impl IntoResponse {
-    let started = Instant::now();
     let policies: Vec<FallbackConfigPolicy> =
         s.policies.state().iter().map(|p| (**p).clone()).collect();
     let secrets = s.secrets.read().unwrap_or_else(|e| e.into_inner()).clone();
     let (review, result) = review(&body, &policies, &secrets);
-    s.metrics.webhook(result, started.elapsed());
     match result {
         "malformed" => warn!("refused a malformed AdmissionReview"),
         r => debug!(result = r, "answered an AdmissionReview"),
@@ -155,7 +170,11 @@ async fn mutate(State(s): State<Shared>, body: Bytes) -> impl IntoResponse {
     } else {
         StatusCode::OK
     };
-    (status, axum::Json(review))
+    (
+        status,
+        axum::Extension(Answered(result)),
+        axum::Json(review),
+    )
 }
 
 /// How the webhook runs.

@@ -182,6 +182,20 @@ async fn the_apiserver_calls_the_webhook_and_pods_get_the_fallback_env() {
         .unwrap();
     assert_eq!(r.name, "fallback-write");
 
+    // Each answer is counted under its result and timed once, at the server's edge.
+    let text = metrics.encode();
+    let injected: u64 = text
+        .lines()
+        .find(|l| l.starts_with("kong_fallback_webhook_requests_total{result=\"injected\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(injected >= 2, "injections counted as such: {text}");
+    let timed: u64 = text
+        .lines()
+        .find(|l| l.starts_with("kong_fallback_webhook_latency_seconds_count"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(timed, requests(&metrics), "one time per answer: {text}");
     // An unrelated pod is untouched and never reaches the webhook.
     let before = requests(&metrics);
     let other = pods
