@@ -2,7 +2,7 @@
 //! chain, proven against the real protocols with no static key anywhere (issue #13):
 //!
 //! - EKS Pod Identity: the container credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`
-//!   + `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`), served on loopback with temporary MinIO
+//!   and `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`), served on loopback with temporary MinIO
 //!   credentials ([`PodIdentityAgent`]);
 //! - IRSA: a ServiceAccount token of the test apiserver (`kubectl create token`, audience
 //!   `sts.amazonaws.com`) in `AWS_WEB_IDENTITY_TOKEN_FILE`, exchanged with
