@@ -291,7 +291,8 @@ async fn p5_child_with_env(frame_path: &str, bucket: &str) {
             access_key_id: var("KFO_P5_USER"),
             secret_access_key: var("KFO_P5_PASSWORD"),
             session_token: None,
-        },
+        }
+        .into(),
         ca_pem: None,
     };
     let store = S3Store::new(&settings, bucket, PutExtras::default()).unwrap();
@@ -401,7 +402,8 @@ async fn p5_worst_child() {
             access_key_id: var("KFO_P5_USER"),
             secret_access_key: var("KFO_P5_PASSWORD"),
             session_token: None,
-        },
+        }
+        .into(),
         ca_pem: None,
     };
     let bucket = var("KFO_P5_BUCKET");

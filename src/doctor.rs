@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use crate::kong::config::{config_hashes, validate_config};
 use crate::kong::{Provider, StorageUrl, env};
 use crate::storage::gcs::GcsCredentials;
-use crate::storage::s3::{PutExtras, S3Settings, StaticCredentials};
+use crate::storage::s3::{PutExtras, S3Credentials, S3Settings, StaticCredentials};
 use crate::storage::{Access, Object};
 
 /// What `doctor` found.
@@ -138,20 +138,25 @@ pub fn access_from_env(
                 .ok_or(
                     "S3 region is not configured: set AWS_REGION (Kong refuses S3 without one)",
                 )?;
-            let (Some(id), Some(secret)) =
-                (get(env::AWS_ACCESS_KEY_ID), get(env::AWS_SECRET_ACCESS_KEY))
-            else {
-                return Err("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are required (doctor does not use ambient AWS identities yet)".into());
+            // NB: without keys, the AWS SDK's default chain, as Kong's own AWS library
+            // falls back to its chain: IRSA, EKS Pod Identity, instance profile.
+            let credentials = match (get(env::AWS_ACCESS_KEY_ID), get(env::AWS_SECRET_ACCESS_KEY)) {
+                (Some(id), Some(secret)) => StaticCredentials {
+                    access_key_id: id,
+                    secret_access_key: secret,
+                    session_token: get(env::AWS_SESSION_TOKEN),
+                }
+                .into(),
+                (None, None) => S3Credentials::Ambient,
+                _ => {
+                    return Err("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither to use the ambient AWS identity (IRSA, EKS Pod Identity)".into());
+                }
             };
             Ok(Access::S3 {
                 settings: S3Settings {
                     region,
                     endpoint: endpoint.or_else(|| get(env::AWS_CONFIG_STORAGE_ENDPOINT)),
-                    credentials: StaticCredentials {
-                        access_key_id: id,
-                        secret_access_key: secret,
-                        session_token: get(env::AWS_SESSION_TOKEN),
-                    },
+                    credentials,
                     ca_pem: None,
                 },
                 extras: PutExtras::default(),
@@ -276,6 +281,28 @@ mod tests {
         };
         assert_eq!(settings.region, "eu-west-1");
         assert_eq!(settings.endpoint.as_deref(), Some("http://minio:9000/"));
+        assert!(matches!(settings.credentials, S3Credentials::Static(_)));
+    }
+
+    #[test]
+    fn s3_access_without_keys_uses_the_ambient_identity_and_half_a_key_is_refused() {
+        let url = StorageUrl::parse("s3://bkt/p").unwrap();
+        let region = |k: &str| (k == "AWS_REGION").then(|| "eu-west-1".to_owned());
+        let Access::S3 { settings, .. } = access_from_env(&url, region, None, false).unwrap()
+        else {
+            panic!("not S3")
+        };
+        assert!(matches!(settings.credentials, S3Credentials::Ambient));
+        let half = |k: &str| match k {
+            "AWS_REGION" => Some("eu-west-1".to_owned()),
+            "AWS_ACCESS_KEY_ID" => Some("id".to_owned()),
+            _ => None,
+        };
+        let e = access_from_env(&url, half, None, false).unwrap_err();
+        assert!(
+            e.contains("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -53,6 +53,28 @@ pub fn set_condition(
     now: Time,
 ) -> bool {
     let status = if status { "True" } else { "False" };
+    set_condition_status(
+        conditions,
+        type_,
+        status,
+        reason,
+        message,
+        observed_generation,
+        now,
+    )
+}
+
+/// [`set_condition`] with the status as text: `True`, `False` or `Unknown` (a check the
+/// operator cannot make).
+pub fn set_condition_status(
+    conditions: &mut Vec<Condition>,
+    type_: ConditionType,
+    status: &str,
+    reason: &str,
+    message: &str,
+    observed_generation: Option<i64>,
+    now: Time,
+) -> bool {
     let existing = conditions.iter_mut().find(|c| c.type_ == type_.as_str());
     match existing {
         Some(c) => {

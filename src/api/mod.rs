@@ -9,7 +9,7 @@
 mod conditions;
 mod validate;
 
-pub use conditions::{ConditionType, set_condition};
+pub use conditions::{ConditionType, set_condition, set_condition_status};
 pub use validate::{Problem, parse_quantity, validate};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};

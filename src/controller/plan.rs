@@ -21,7 +21,7 @@ use crate::cp_client::{ClientSettings, DEFAULT_MAX_FRAME};
 use crate::kong::{Provider, StorageUrl, VERSION_ANNOTATION, env, version_from_image};
 use crate::storage::Access;
 use crate::storage::gcs::GcsCredentials;
-use crate::storage::s3::{PutExtras, S3Settings, StaticCredentials};
+use crate::storage::s3::{PutExtras, S3Credentials, S3Settings, StaticCredentials};
 
 /// `(namespace, name)` of a policy.
 pub type PolicyKey = (String, String);
@@ -375,9 +375,22 @@ async fn access(
     let creds = creds.ok_or_else(|| ("InvalidSpec".to_owned(), format!("{field} is required")))?;
     let mut versions_of_secrets = Vec::new();
     let access = match (url.provider, creds.secret_name.as_deref()) {
-        (Provider::S3, Some(name)) => {
-            let s = secret(&secrets, &ns, name, field).await?;
-            versions_of_secrets.push(s.resource_version().unwrap_or_default());
+        (Provider::S3, name) => {
+            // NB: `ambient: true` (no Secret) is the operator's own identity: the SDK's
+            // default credential chain of this process (IRSA, EKS Pod Identity...).
+            let credentials: S3Credentials = match name {
+                Some(name) => {
+                    let s = secret(&secrets, &ns, name, field).await?;
+                    versions_of_secrets.push(s.resource_version().unwrap_or_default());
+                    StaticCredentials {
+                        access_key_id: require(&s, &ns, env::AWS_ACCESS_KEY_ID)?,
+                        secret_access_key: require(&s, &ns, env::AWS_SECRET_ACCESS_KEY)?,
+                        session_token: text(&s, env::AWS_SESSION_TOKEN),
+                    }
+                    .into()
+                }
+                None => S3Credentials::Ambient,
+            };
             // NB: its version joins the others, so a changed CA restarts the exporters.
             let ca_pem = match ca_bundle(&secrets, &ns, spec).await? {
                 Some((pem, version)) => {
@@ -398,11 +411,7 @@ async fn access(
                         )
                     })?,
                     endpoint: spec.storage.endpoint.clone(),
-                    credentials: StaticCredentials {
-                        access_key_id: require(&s, &ns, env::AWS_ACCESS_KEY_ID)?,
-                        secret_access_key: require(&s, &ns, env::AWS_SECRET_ACCESS_KEY)?,
-                        session_token: text(&s, env::AWS_SESSION_TOKEN),
-                    },
+                    credentials,
                     ca_pem,
                 },
                 extras: PutExtras {
@@ -416,14 +425,6 @@ async fn access(
                     storage_class: p.and_then(|p| p.storage_class.clone()),
                 },
             }
-        }
-        (Provider::S3, None) => {
-            return Err((
-                "Unsupported".into(),
-                format!(
-                    "the operator cannot use ambient S3 credentials yet: set {field}.secretName"
-                ),
-            ));
         }
         // NB: spec.storage.caCert is not read for GCS: the google-cloud-storage client
         // builds its own HTTP client and takes no trust roots (see `storage::gcs`).

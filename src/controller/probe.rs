@@ -5,6 +5,10 @@
 //! `config.json` of the first version in `exporter.versions` (else of the last export in
 //! status), or lists the prefix when no version is known. An absent object is fine: the
 //! store answered.
+//!
+//! With `readCredentials.ambient` there is nothing the operator can check: the data planes
+//! read with their own cloud identity, not the operator's, so the condition is `Unknown`
+//! (`NotVerifiable`) and `doctor`, run as the data planes' ServiceAccount, is the check.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,8 +21,16 @@ use crate::api::FallbackConfigPolicy;
 use crate::kong::{Provider, StorageUrl};
 use crate::storage;
 
-/// (ok, reason, message) for the condition.
-pub type Outcome = (bool, String, String);
+/// (ok, reason, message) for the condition; `ok` is `None` when the operator cannot make
+/// the check (the condition is then `Unknown`).
+pub type Outcome = (Option<bool>, String, String);
+
+/// A check that was made: (ok, reason, message).
+type Checked = (bool, String, String);
+
+fn known((ok, reason, message): Checked) -> Outcome {
+    (Some(ok), reason, message)
+}
 
 /// The last probe of every policy.
 #[derive(Default)]
@@ -33,19 +45,22 @@ impl Probes {
         let spec = &policy.spec;
         let url = match StorageUrl::parse(&spec.storage.url) {
             Ok(u) => u,
-            Err(e) => return (false, "InvalidSpec".into(), e.to_string()),
+            Err(e) => return (Some(false), "InvalidSpec".into(), e.to_string()),
         };
         if let Some(message) = gcs_ambient_before_3_6(policy, &url) {
-            return (false, "AmbientUnsupported".into(), message);
+            return (Some(false), "AmbientUnsupported".into(), message);
+        }
+        if let Some(outcome) = not_verifiable(policy) {
+            return outcome;
         }
         let (access, secret_versions) = match read_access(client, &key.0, spec, &url).await {
             Ok(a) => a,
-            Err((reason, message)) => return (false, reason, message),
+            Err((reason, message)) => return (Some(false), reason, message),
         };
         let interval: Duration = spec.storage.validation_interval.into();
         if interval.is_zero() {
             drop(access);
-            return disabled();
+            return known(disabled());
         }
         let inputs = serde_json::to_string(&spec.storage).unwrap_or_default();
         let fp = fingerprint(&[&inputs, &secret_versions.join(",")]);
@@ -62,7 +77,7 @@ impl Probes {
                 .and_then(|s| s.exports.first())
                 .map(|e| e.version.clone())
         });
-        let outcome = probe(&url, access, version.as_deref()).await;
+        let outcome = known(probe(&url, access, version.as_deref()).await);
         self.lock()
             .insert(key, (fp, Instant::now(), outcome.clone()));
         outcome
@@ -110,9 +125,23 @@ fn gcs_ambient_before_3_6(policy: &FallbackConfigPolicy, url: &StorageUrl) -> Op
     })
 }
 
+/// The outcome with `readCredentials.ambient`: the data planes read with their own cloud
+/// identity (their ServiceAccount's IRSA role or Pod Identity association, their Workload
+/// Identity binding), which is not the operator's. A probe with the operator's identity would
+/// say nothing about theirs, so none is made and no credentials are injected. Pure.
+fn not_verifiable(policy: &FallbackConfigPolicy) -> Option<Outcome> {
+    (policy.spec.storage.read_credentials.ambient == Some(true)).then(|| {
+        (
+            None,
+            "NotVerifiable".to_owned(),
+            "spec.storage.readCredentials.ambient: the data planes read the store with their own cloud identity (IRSA, EKS Pod Identity, GKE Workload Identity), not the operator's, so the operator cannot check it; run `kong-fallback-operator doctor` as the data planes' ServiceAccount to verify (docs/doctor.md)".to_owned(),
+        )
+    })
+}
+
 /// The outcome with `storage.validationInterval: 0s`: the store is never probed (the Secret
 /// still is read, and a missing one still shows).
-fn disabled() -> Outcome {
+fn disabled() -> Checked {
     (
         true,
         "CheckDisabled".into(),
@@ -120,7 +149,7 @@ fn disabled() -> Outcome {
     )
 }
 
-async fn probe(url: &StorageUrl, access: storage::Access, version: Option<&str>) -> Outcome {
+async fn probe(url: &StorageUrl, access: storage::Access, version: Option<&str>) -> Checked {
     let store = match storage::open(url, access).await {
         Ok(s) => s,
         Err(e) => return (false, "StorageUnusable".into(), e),
@@ -160,7 +189,7 @@ async fn probe(url: &StorageUrl, access: storage::Access, version: Option<&str>)
 }
 
 /// The condition for a probe the store refused, with what the read credentials need.
-fn refused(url: &StorageUrl, e: &storage::StoreError) -> Outcome {
+fn refused(url: &StorageUrl, e: &storage::StoreError) -> Checked {
     let mut message = e.to_string();
     if e.kind == storage::ErrorKind::Credentials {
         message.push_str(match url.provider {
@@ -234,6 +263,31 @@ mod tests {
         assert!(m.contains("GCP_SERVICE_ACCOUNT"), "{m}");
         assert_eq!(check(&policy("gcs://bkt/kong", &["3.6.0.0"])), None);
         assert_eq!(check(&policy("s3://bkt/kong", &["3.5.0.3"])), None);
+    }
+
+    #[test]
+    fn ambient_read_credentials_are_not_verifiable_by_the_operator() {
+        let policy = |read: serde_json::Value| -> FallbackConfigPolicy {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
+                "metadata": {"name": "p", "namespace": "kong"},
+                "spec": {
+                    "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+                    "storage": {"url": "s3://bkt/kong", "region": "r", "readCredentials": read},
+                    "exporter": {"mode": "None"}
+                }
+            }))
+            .unwrap()
+        };
+        let (ok, reason, message) =
+            not_verifiable(&policy(serde_json::json!({"ambient": true}))).unwrap();
+        assert_eq!(ok, None);
+        assert_eq!(reason, "NotVerifiable");
+        assert!(message.contains("doctor"), "{message}");
+        assert_eq!(
+            not_verifiable(&policy(serde_json::json!({"secretName": "r"}))),
+            None
+        );
     }
 
     #[test]

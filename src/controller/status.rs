@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::exporters::VersionState;
 use crate::api::{
     ConditionType, ExportStatus, FallbackConfigPolicyStatus, LeaderStatus, Problem, set_condition,
+    set_condition_status,
 };
 
 /// What the operator's own exporters look like for one policy.
@@ -186,7 +187,8 @@ pub fn set_leader(
     status.leader = leader;
 }
 
-/// Sets `StorageReachable` from the probe; a failing probe makes `Ready` False too. Pure.
+/// Sets `StorageReachable` from the probe (`Unknown` when the operator cannot check); a
+/// failing probe makes `Ready` False too. Pure.
 pub fn set_storage(
     status: &mut FallbackConfigPolicyStatus,
     outcome: &super::probe::Outcome,
@@ -194,16 +196,21 @@ pub fn set_storage(
     now: Time,
 ) {
     let (ok, reason, message) = outcome;
-    set_condition(
+    let text = match ok {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
+    set_condition_status(
         &mut status.conditions,
         ConditionType::StorageReachable,
-        *ok,
+        text,
         reason,
         message,
         generation,
         now.clone(),
     );
-    if !ok {
+    if *ok == Some(false) {
         downgrade_ready(status, reason, message, generation, now);
     }
 }
@@ -434,8 +441,9 @@ pub fn changes(old: &FallbackConfigPolicyStatus, new: &FallbackConfigPolicyStatu
         if (flipped || worse) && after.reason != "Waiting" && after.reason != "Connecting" {
             let mut note = after.message.clone();
             truncate(&mut note, 1000);
+            // NB: Unknown (a check the operator cannot make) is news, not a warning.
             out.push(Change {
-                warning: after.status != "True",
+                warning: after.status == "False",
                 reason: after.reason.clone(),
                 note,
             });
@@ -658,6 +666,37 @@ mod tests {
         );
         assert!(c.message.contains("version 3.6.1.4"), "{}", c.message);
         assert_eq!(cond(&s, "Ready").unwrap().status, "False");
+    }
+
+    #[test]
+    fn storage_the_operator_cannot_check_is_unknown_keeps_ready_and_is_no_warning() {
+        let view = ExportView {
+            states: [exported("3.6.1.4")].into(),
+            ..Default::default()
+        };
+        let before = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        let mut s = before.clone();
+        let outcome = (
+            None,
+            "NotVerifiable".to_owned(),
+            "their identity".to_owned(),
+        );
+        set_storage(&mut s, &outcome, Some(1), at(6));
+        let c = cond(&s, "StorageReachable").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("Unknown", "NotVerifiable")
+        );
+        assert_eq!(cond(&s, "Ready").unwrap().status, "True");
+        let events = changes(&before, &s);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(!events[0].warning, "{events:?}");
+        // A check that failed is still False, a warning, and makes Ready False.
+        let outcome = (Some(false), "Credentials".to_owned(), "refused".to_owned());
+        set_storage(&mut s, &outcome, Some(1), at(7));
+        assert_eq!(cond(&s, "StorageReachable").unwrap().status, "False");
+        assert_eq!(cond(&s, "Ready").unwrap().status, "False");
+        assert!(changes(&before, &s).iter().all(|e| e.warning));
     }
 
     #[test]

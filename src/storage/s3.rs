@@ -1,12 +1,22 @@
 //! S3 and S3-compatible stores, through aws-sdk-s3.
 //!
+//! Credentials are static keys (a policy's Secret) or, with `ambient: true`, the AWS SDK's
+//! default credential chain (aws-config): environment keys, web identity (IRSA:
+//! `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`), the container credentials endpoint (EKS
+//! Pod Identity, ECS: `AWS_CONTAINER_CREDENTIALS_FULL_URI` +
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`), then the instance metadata service. The chain
+//! reads the operator process's own environment, never the policy's Secrets.
+//!
 //! With a CA bundle (`spec.storage.caCert`), the SDK's own HTTPS client is built with a
 //! trust store of the platform roots plus that bundle; nothing else about it changes.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_credential_types::provider::future;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, ProvideCredentials, Region, SharedCredentialsProvider,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls;
@@ -39,6 +49,22 @@ impl std::fmt::Debug for StaticCredentials {
     }
 }
 
+/// Where the S3 client's credentials come from.
+#[derive(Clone, Debug)]
+pub enum S3Credentials {
+    /// Keys, e.g. read from a policy's Secret.
+    Static(StaticCredentials),
+    /// The AWS SDK's default credential chain of this process (IRSA, EKS Pod Identity,
+    /// environment keys, instance profile): `ambient: true`.
+    Ambient,
+}
+
+impl From<StaticCredentials> for S3Credentials {
+    fn from(c: StaticCredentials) -> Self {
+        S3Credentials::Static(c)
+    }
+}
+
 /// How to reach one S3 bucket.
 #[derive(Clone, Debug)]
 pub struct S3Settings {
@@ -46,7 +72,7 @@ pub struct S3Settings {
     /// S3-compatible endpoint (`AWS_CONFIG_STORAGE_ENDPOINT`); path-style addressing is
     /// used with it, as Kong does.
     pub endpoint: Option<String>,
-    pub credentials: StaticCredentials,
+    pub credentials: S3Credentials,
     /// PEM certificates trusted for the endpoint besides the platform roots (a private CA in
     /// front of an S3-compatible store).
     pub ca_pem: Option<String>,
@@ -104,21 +130,61 @@ fn https_client(ca_pem: &str) -> Result<aws_sdk_s3::config::SharedHttpClient, Ca
         .build_https())
 }
 
+/// The AWS SDK's default credential chain, built on first use (building it is async, a
+/// client is not). Its STS calls (web identity) go to the region of the process's
+/// environment (`AWS_REGION`, which EKS's webhook sets), else to the bucket's region; the
+/// STS endpoint follows `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL` as the SDK reads them.
+#[derive(Debug)]
+struct AmbientChain {
+    region: Region,
+    chain:
+        tokio::sync::OnceCell<aws_config::default_provider::credentials::DefaultCredentialsChain>,
+}
+
+impl ProvideCredentials for AmbientChain {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            let chain = self
+                .chain
+                .get_or_init(|| async {
+                    let region = aws_config::meta::region::RegionProviderChain::default_provider()
+                        .or_else(self.region.clone());
+                    aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                        .region(region)
+                        .build()
+                        .await
+                })
+                .await;
+            chain.provide_credentials().await
+        })
+    }
+}
+
 /// An S3 client for `settings`. Kong always uses path-style addressing; so do we, so the
 /// operator and the data planes resolve a bucket the same way on every store. `Err` when
 /// the CA bundle cannot be read.
 pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, CaBundleError> {
-    let c = &settings.credentials;
-    let mut config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(settings.region.clone()))
-        .credentials_provider(Credentials::new(
+    let region = Region::new(settings.region.clone());
+    let credentials = match &settings.credentials {
+        S3Credentials::Static(c) => SharedCredentialsProvider::new(Credentials::new(
             c.access_key_id.clone(),
             c.secret_access_key.clone(),
             c.session_token.clone(),
             None,
             "kong-fallback-operator",
-        ))
+        )),
+        S3Credentials::Ambient => SharedCredentialsProvider::new(AmbientChain {
+            region: region.clone(),
+            chain: tokio::sync::OnceCell::new(),
+        }),
+    };
+    let mut config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(region)
+        .credentials_provider(credentials)
         .force_path_style(true);
     if let Some(endpoint) = &settings.endpoint {
         config = config.endpoint_url(endpoint.trim_end_matches('/'));
@@ -412,7 +478,8 @@ mod tests {
                 access_key_id: "a".into(),
                 secret_access_key: "b".into(),
                 session_token: None,
-            },
+            }
+            .into(),
             ca_pem: Some(ca_pem.into()),
         }
     }
@@ -477,7 +544,7 @@ mod tests {
             S3Settings {
                 region: "r".into(),
                 endpoint: None,
-                credentials: c,
+                credentials: c.into(),
                 ca_pem: None,
             }
         );

@@ -405,6 +405,63 @@ impl KubeEnv {
         Ok(calls)
     }
 
+    /// The OpenID discovery document of this apiserver as the issuer of ServiceAccount
+    /// tokens (`--service-account-issuer` is `<apiserver_url>/`): what an IRSA-style
+    /// identity provider (AWS IAM's, MinIO's STS) is configured with.
+    pub fn issuer_discovery_url(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.apiserver_url)
+    }
+
+    /// Lets anyone read the issuer's discovery document and keys (binds the built-in
+    /// ClusterRole `system:service-account-issuer-discovery` to `system:unauthenticated`),
+    /// as a cloud's identity provider reads them. Idempotent; grants nothing else.
+    pub async fn serve_issuer_discovery_anonymously(&self) -> Result<()> {
+        use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+        let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "kfo-testenv-issuer-discovery"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:service-account-issuer-discovery"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:unauthenticated"}]
+        }))?;
+        Api::<ClusterRoleBinding>::all(self.client().await?)
+            .patch(
+                "kfo-testenv-issuer-discovery",
+                &PatchParams::apply("kfo-testenv").force(),
+                &Patch::Apply(&binding),
+            )
+            .await
+            .context("binding system:service-account-issuer-discovery")?;
+        Ok(())
+    }
+
+    /// A token of ServiceAccount `ns/name` (created if missing) for `audience`, from the
+    /// real `kubectl create token`: what EKS projects into an IRSA pod.
+    pub async fn service_account_token(
+        &self,
+        ns: &str,
+        name: &str,
+        audience: &str,
+    ) -> Result<String> {
+        let _ = self
+            .kubectl(&["create", "serviceaccount", name, "-n", ns])
+            .await?;
+        let out = self
+            .kubectl(&[
+                "create",
+                "token",
+                name,
+                "-n",
+                ns,
+                "--audience",
+                audience,
+                "--duration",
+                "1h",
+            ])
+            .await?;
+        crate::aws_identity::trimmed(&out)
+    }
+
     /// Creates a fresh namespace named after `prefix` and returns its name.
     pub async fn namespace(&self, prefix: &str) -> Result<String> {
         let name = crate::unique_name(prefix);

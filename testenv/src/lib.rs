@@ -6,6 +6,8 @@
 //! - [`gcs()`]: fake-gcs-server, the GCS emulator (fresh buckets),
 //! - [`GcpIam`]: service-account keys, a token endpoint and an authenticating proxy in
 //!   front of the emulator (one per test),
+//! - [`PodIdentityAgent`], [`MinioEnv::with_openid`]: AWS workload identities (EKS Pod
+//!   Identity, IRSA) against MinIO, without static keys,
 //! - [`toxiproxy()`]: Toxiproxy, for TCP faults between a client and any of them.
 //!
 //! Each is started once per test binary, on first use, and shared: a test takes its own
@@ -15,6 +17,7 @@
 //! tests pass, fail or the binary is killed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod aws_identity;
 pub mod configs;
 mod gcp_iam;
 mod gcs;
@@ -25,11 +28,14 @@ mod pki;
 mod process;
 mod toxiproxy;
 
+pub use aws_identity::{MinioOpenId, PodIdentityAgent, STS_AUDIENCE, StsArnShim};
 pub use gcp_iam::{GcpIam, Role, ServiceAccountKey, Upload, sign_jwt};
 pub use gcs::{GcsEnv, gcs};
 pub use kong_cp::{ClusterCerts, DataPlane, KongCp, Mtls};
 pub use kube::{EmptyCluster, KubeEnv, RestartableCluster, kube};
-pub use minio::{MinioEnv, ReadOnlyCredentials, StoredVersion, minio, minio_tls};
+pub use minio::{
+    MinioEnv, ReadOnlyCredentials, StoredVersion, TemporaryCredentials, minio, minio_tls,
+};
 pub use process::{Proc, binary, repo_root};
 pub use toxiproxy::{Proxy, Stream, Toxic, Toxiproxy, toxiproxy};
 

@@ -56,6 +56,17 @@ pub struct ReadOnlyCredentials {
     pub session_token: String,
 }
 
+/// Temporary credentials for one bucket (STS AssumeRole with a session policy), as a cloud
+/// identity hands them out: with a session token and an expiry.
+#[derive(Clone)]
+pub struct TemporaryCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    /// RFC 3339.
+    pub expiration: String,
+}
+
 /// Starts MinIO on first use (building it if needed) and returns the shared server.
 pub async fn minio() -> &'static MinioEnv {
     // NB: a failure is kept too, so the other tests of the binary fail at once with the
@@ -105,19 +116,50 @@ fn write_serving_certs(certs_dir: &std::path::Path) -> Result<String> {
 
 impl MinioEnv {
     async fn start() -> Result<MinioEnv> {
-        MinioEnv::launch("minio", None).await
+        MinioEnv::launch("minio", None, Vec::new()).await
+    }
+
+    /// A MinIO of the caller's alone (plain HTTP) whose STS `AssumeRoleWithWebIdentity`
+    /// trusts the OpenID provider `openid` names, over HTTPS with `ca_pem` trusted (Go's
+    /// `SSL_CERT_FILE`), and grants its role `openid.role_policy`. The provider's discovery
+    /// document and keys are fetched at start, so it must be serving already.
+    pub async fn with_openid(
+        name: &str,
+        openid: &crate::aws_identity::MinioOpenId,
+        ca_pem: &str,
+    ) -> Result<MinioEnv> {
+        let name = crate::unique_name(name);
+        let ca_file = run_dir().join(format!("{name}-openid-ca.crt"));
+        std::fs::write(&ca_file, ca_pem)?;
+        MinioEnv::launch(
+            &name,
+            None,
+            vec![
+                ("SSL_CERT_FILE", ca_file.display().to_string()),
+                (
+                    "MINIO_IDENTITY_OPENID_CONFIG_URL",
+                    openid.config_url.clone(),
+                ),
+                ("MINIO_IDENTITY_OPENID_CLIENT_ID", openid.client_id.clone()),
+                (
+                    "MINIO_IDENTITY_OPENID_ROLE_POLICY",
+                    openid.role_policy.clone(),
+                ),
+            ],
+        )
+        .await
     }
 
     async fn start_tls() -> Result<MinioEnv> {
         let certs_dir = run_dir().join("minio-tls-certs");
         let ca_pem = write_serving_certs(&certs_dir)?;
-        MinioEnv::launch("minio-tls", Some((certs_dir, ca_pem))).await
+        MinioEnv::launch("minio-tls", Some((certs_dir, ca_pem)), Vec::new()).await
     }
 
     /// A MinIO server of the caller's alone (plain HTTP), which it may stop, pause and
     /// start again (same port, same data): the fault suite's store.
     pub async fn private(name: &str) -> Result<MinioEnv> {
-        MinioEnv::launch(&crate::unique_name(name), None).await
+        MinioEnv::launch(&crate::unique_name(name), None, Vec::new()).await
     }
 
     /// Sends `signal` (`STOP`, `CONT`, `KILL`...) to the server.
@@ -228,19 +270,24 @@ impl MinioEnv {
     }
 
     /// Starts MinIO as `name`, serving TLS from `tls`'s certs dir when given.
-    async fn launch(name: &str, tls: Option<(std::path::PathBuf, String)>) -> Result<MinioEnv> {
+    async fn launch(
+        name: &str,
+        tls: Option<(std::path::PathBuf, String)>,
+        extra_env: Vec<(&'static str, String)>,
+    ) -> Result<MinioEnv> {
         let bin = tokio::task::spawn_blocking(|| binary("minio")).await??;
         let dir = run_dir().join(name);
         std::fs::create_dir_all(&dir)?;
         let root_user = "kfo-root".to_owned();
         let root_password = format!("kfo-{}", crate::kube::random_suffix());
-        let env: Vec<(&'static str, String)> = vec![
+        let mut env: Vec<(&'static str, String)> = vec![
             ("MINIO_ROOT_USER", root_user.clone()),
             ("MINIO_ROOT_PASSWORD", root_password.clone()),
             ("MINIO_BROWSER", "off".into()),
             ("MINIO_REGION", REGION.into()),
             ("MINIO_UPDATE", "off".into()),
         ];
+        env.extend(extra_env);
         let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (endpoint, proc, args) = on_free_ports(async |[port, console]| {
             let mut args = vec![
@@ -343,6 +390,32 @@ impl MinioEnv {
                 {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation"], "Resource": [format!("arn:aws:s3:::{bucket}")]}
             ]
         });
+        let c = self.assume_role(&policy, "kfo-read-only").await?;
+        Ok(ReadOnlyCredentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+            session_token: c.session_token,
+        })
+    }
+
+    /// Temporary credentials that may do anything with `bucket` and its objects, and nothing
+    /// else: what a workload identity with a role for one bucket receives.
+    pub async fn bucket_credentials(&self, bucket: &str) -> Result<TemporaryCredentials> {
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": ["s3:*"], "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")]}
+            ]
+        });
+        self.assume_role(&policy, "kfo-bucket").await
+    }
+
+    /// STS AssumeRole with the root credentials and the session policy `policy`.
+    async fn assume_role(
+        &self,
+        policy: &serde_json::Value,
+        session: &str,
+    ) -> Result<TemporaryCredentials> {
         let mut config = aws_sdk_sts::Config::builder()
             .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
             .region(aws_sdk_sts::config::Region::new(REGION))
@@ -360,7 +433,7 @@ impl MinioEnv {
         let out = aws_sdk_sts::Client::from_conf(config.build())
             .assume_role()
             .role_arn("arn:xxx:xxx:xxx:xxxx")
-            .role_session_name("kfo-read-only")
+            .role_session_name(session)
             .policy(policy.to_string())
             .duration_seconds(3600)
             .send()
@@ -369,7 +442,11 @@ impl MinioEnv {
         let c = out
             .credentials
             .context("AssumeRole returned no credentials")?;
-        Ok(ReadOnlyCredentials {
+        Ok(TemporaryCredentials {
+            expiration: c
+                .expiration
+                .fmt(aws_sdk_sts::primitives::DateTimeFormat::DateTime)
+                .context("an expiry in RFC 3339")?,
             access_key_id: c.access_key_id,
             secret_access_key: c.secret_access_key,
             session_token: c.session_token,

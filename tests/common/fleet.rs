@@ -33,6 +33,10 @@ pub struct Fleet {
     pub timings: Timings,
     kubeconfig: String,
     pushes: u64,
+    /// Set on every operator process started afterwards (e.g. a cloud identity's
+    /// variables); never on the test process.
+    pub operator_env: Vec<(String, String)>,
+    ambient: bool,
 }
 
 /// How [`Fleet::with`] builds a fleet; the default is [`Fleet::new`]'s.
@@ -47,6 +51,11 @@ pub struct Options<'a> {
     /// The policy's `controlPlane.endpoint` (default: the CP double's own).
     pub cp_endpoint: Option<String>,
     pub history_limit: u32,
+    /// `ambient: true` read and write credentials (no credentials Secret): the operators
+    /// write with their own cloud identity, allowed in the fleet's namespace.
+    pub ambient: bool,
+    /// More environment for every operator process (never the test process's own).
+    pub operator_env: Vec<(String, String)>,
 }
 
 impl Default for Options<'_> {
@@ -58,6 +67,8 @@ impl Default for Options<'_> {
             store_endpoint: None,
             cp_endpoint: None,
             history_limit: 0,
+            ambient: false,
+            operator_env: Vec::new(),
         }
     }
 }
@@ -122,22 +133,31 @@ impl Fleet {
             )
             .unwrap()
         };
-        for s in [
-            secret(
-                "kong-cluster-cert",
-                json!({"tls.crt": cp.certs.cert_pem, "tls.key": cp.certs.key_pem}),
-            ),
-            secret(
+        let mut to_create = vec![secret(
+            "kong-cluster-cert",
+            json!({"tls.crt": cp.certs.cert_pem, "tls.key": cp.certs.key_pem}),
+        )];
+        if !options.ambient {
+            to_create.push(secret(
                 "fallback-write",
                 json!({"AWS_ACCESS_KEY_ID": s3.root_user, "AWS_SECRET_ACCESS_KEY": s3.root_password}),
-            ),
-            secret(
+            ));
+            to_create.push(secret(
                 "fallback-read",
                 json!({"AWS_ACCESS_KEY_ID": "r", "AWS_SECRET_ACCESS_KEY": "r"}),
-            ),
-        ] {
+            ));
+        }
+        for s in to_create {
             secrets.create(&PostParams::default(), &s).await.unwrap();
         }
+        let (read, write) = if options.ambient {
+            (json!({"ambient": true}), json!({"ambient": true}))
+        } else {
+            (
+                json!({"secretName": "fallback-read"}),
+                json!({"secretName": "fallback-write"}),
+            )
+        };
         let policy: FallbackConfigPolicy = crate::cluster::policy(
             "prod",
             json!({
@@ -146,8 +166,8 @@ impl Fleet {
                     "url": format!("s3://{bucket}/kong"),
                     "endpoint": store_endpoint,
                     "region": "us-east-1",
-                    "readCredentials": {"secretName": "fallback-read"},
-                    "writeCredentials": {"secretName": "fallback-write"}
+                    "readCredentials": read,
+                    "writeCredentials": write
                 },
                 "exporter": {
                     "mode": "Operator",
@@ -177,6 +197,8 @@ impl Fleet {
             timings,
             kubeconfig: env.kubeconfig_path().display().to_string(),
             pushes: 0,
+            operator_env: options.operator_env,
+            ambient: options.ambient,
         }
     }
 
@@ -187,9 +209,13 @@ impl Fleet {
 
     /// [`Fleet::start`] with more arguments to `run` (e.g. the webhook's).
     pub fn start_with(&self, name: &str, extra: &[String]) -> Operator {
+        let mut extra = extra.to_vec();
+        if self.ambient {
+            extra.push(format!("--ambient-write-namespaces={}", self.ns));
+        }
         Operator {
             name: name.to_owned(),
-            proc: operator(&self.kubeconfig, name, &self.ns, extra),
+            proc: operator_with_env(&self.kubeconfig, name, &self.ns, &extra, &self.operator_env),
         }
     }
 
@@ -286,6 +312,17 @@ impl Fleet {
 
 /// An operator process named `name` (its identity) watching `ns` through `kubeconfig`.
 pub fn operator(kubeconfig: &str, name: &str, ns: &str, extra: &[String]) -> Proc {
+    operator_with_env(kubeconfig, name, ns, extra, &[])
+}
+
+/// [`operator`] with more environment variables for the process.
+pub fn operator_with_env(
+    kubeconfig: &str,
+    name: &str,
+    ns: &str,
+    extra: &[String],
+    env: &[(String, String)],
+) -> Proc {
     let bin = env!("CARGO_BIN_EXE_kong-fallback-operator");
     let args: Vec<String> = [
         "run".to_owned(),
@@ -306,7 +343,10 @@ pub fn operator(kubeconfig: &str, name: &str, ns: &str, extra: &[String]) -> Pro
         &[
             ("KUBECONFIG", kubeconfig),
             ("RUST_LOG", "info,kong_fallback_operator=debug"),
-        ],
+        ]
+        .into_iter()
+        .chain(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .collect::<Vec<_>>(),
     )
     .unwrap()
 }

@@ -16,7 +16,8 @@ pub fn minio_settings(env: &MinioEnv, secret: &str) -> S3Settings {
             access_key_id: env.root_user.clone(),
             secret_access_key: secret.to_owned(),
             session_token: None,
-        },
+        }
+        .into(),
         ca_pem: None,
     }
 }

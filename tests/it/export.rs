@@ -263,7 +263,8 @@ async fn wrong_write_credentials_are_reported_as_credentials_and_retried() {
             access_key_id: ro.access_key_id,
             secret_access_key: ro.secret_access_key.clone(),
             session_token: Some(ro.session_token),
-        },
+        }
+        .into(),
         ca_pem: None,
     };
     let store: Arc<dyn ObjectStore> =

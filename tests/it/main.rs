@@ -28,6 +28,7 @@ mod export;
 mod faults;
 mod gcs_e2e;
 mod generated;
+mod identity;
 mod install;
 mod layout;
 mod storage;

@@ -24,7 +24,8 @@ async fn s3_round_trip_against_minio_with_the_product_client() {
             access_key_id: env.root_user.clone(),
             secret_access_key: env.root_password.clone(),
             session_token: None,
-        },
+        }
+        .into(),
         ca_pem: None,
     })
     .unwrap();
@@ -87,7 +88,8 @@ async fn a_read_only_principal_reads_but_its_writes_are_refused() {
             access_key_id: ro.access_key_id,
             secret_access_key: ro.secret_access_key,
             session_token: Some(ro.session_token),
-        },
+        }
+        .into(),
         ca_pem: None,
     })
     .unwrap();
@@ -373,7 +375,8 @@ async fn s3_errors_say_credentials_missing_bucket_or_network() {
             access_key_id: "a".into(),
             secret_access_key: "b".into(),
             session_token: None,
-        },
+        }
+        .into(),
         ca_pem: None,
     };
     let e = S3Store::new(&settings, &bucket, PutExtras::default())
@@ -433,7 +436,8 @@ async fn a_store_that_never_answers_fails_every_call_within_its_bound() {
                 access_key_id: "AKIAHUNG".into(),
                 secret_access_key: "hung-secret-value".into(),
                 session_token: None,
-            },
+            }
+            .into(),
             ca_pem: None,
         },
         extras: PutExtras::default(),
@@ -483,7 +487,8 @@ fn tls_minio_access(
                 access_key_id: env.root_user.clone(),
                 secret_access_key: env.root_password.clone(),
                 session_token: None,
-            },
+            }
+            .into(),
             ca_pem,
         },
         extras: PutExtras::default(),

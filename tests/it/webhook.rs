@@ -499,3 +499,144 @@ async fn a_certificate_not_there_yet_is_waited_for_not_fatal() {
         .await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `ambient: true` (IRSA, EKS Pod Identity): the webhook injects the storage settings and
+/// no credential at all, in importers and backup pods alike, and keeps the variables EKS's
+/// own webhook put there; the operator reports the storage check as not its to make.
+#[tokio::test]
+async fn ambient_credentials_inject_no_secret_reference_and_storage_is_not_verifiable() {
+    let env_ = kube().await;
+    env_.install_crd(&FallbackConfigPolicy::crd())
+        .await
+        .unwrap();
+    let client = env_.client().await.unwrap();
+    let ns = env_.namespace("webhook-ambient").await.unwrap();
+    let policy: FallbackConfigPolicy = crate::cluster::policy(
+        "prod",
+        json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "backup": {"selector": {"matchLabels": {"app": "kong-backup"}}},
+            "storage": {
+                "url": "s3://fallback/kong", "region": "eu-west-1",
+                "readCredentials": {"ambient": true},
+                "writeCredentials": {"ambient": true}
+            },
+            "exporter": {"mode": "BackupPods"},
+            "election": {"mirrorToStorage": false}
+        }),
+    );
+    Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let configuration = kfo_testenv::unique_name("kfo-webhook-ambient");
+    let settings = controller::Settings {
+        namespace: Some(ns.clone()),
+        webhook: Some(crate::cluster::local_webhook(
+            &ns,
+            "webhook-tls",
+            &configuration,
+            registration::FailurePolicy::Fail,
+            Duration::from_secs(1),
+        )),
+        ambient_write_namespaces: vec![ns.clone()],
+        ..controller::Settings::new("kfo-webhook-ambient-test")
+    };
+    let health = settings.health.clone();
+    let running = tokio::spawn(controller::run(client.clone(), settings));
+    until(
+        "ready: caches synced and the certificate loaded",
+        async || health.pending().is_empty().then_some(()),
+    )
+    .await;
+
+    // What EKS's pod identity webhook adds to a pod of an annotated ServiceAccount.
+    let irsa = |mut p: Pod| {
+        p.spec.as_mut().unwrap().containers[0]
+            .env
+            .as_mut()
+            .unwrap()
+            .extend([
+                EnvVar {
+                    name: "AWS_ROLE_ARN".into(),
+                    value: Some("arn:aws:iam::111122223333:role/kong-read".into()),
+                    ..Default::default()
+                },
+                EnvVar {
+                    name: "AWS_WEB_IDENTITY_TOKEN_FILE".into(),
+                    value: Some("/var/run/secrets/eks.amazonaws.com/serviceaccount/token".into()),
+                    ..Default::default()
+                },
+            ]);
+        p
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for (name, app, role) in [
+        ("dp-0", "kong-dp", Role::Importer),
+        ("backup-0", "kong-backup", Role::Backup),
+    ] {
+        let created = until(&format!("{name} injected"), async || {
+            let p = pods
+                .create(&PostParams::default(), &irsa(pod(name, app)))
+                .await
+                .ok()?;
+            if recorded(&p).is_some() {
+                return Some(p);
+            }
+            // Admitted before the registration covered the namespace: try again.
+            let _ = pods
+                .delete(name, &DeleteParams::default().grace_period(0))
+                .await;
+            None
+        })
+        .await;
+        assert_eq!(recorded(&created).unwrap().role, role);
+        let e = env(&created);
+        assert_eq!(
+            find(&e, "KONG_CLUSTER_FALLBACK_CONFIG_STORAGE").and_then(|v| v.value.as_deref()),
+            Some("s3://fallback/kong"),
+            "{name}"
+        );
+        assert_eq!(
+            find(&e, "AWS_REGION").and_then(|v| v.value.as_deref()),
+            Some("eu-west-1"),
+            "{name}"
+        );
+        assert!(
+            e.iter().all(|v| v
+                .value_from
+                .as_ref()
+                .is_none_or(|f| f.secret_key_ref.is_none())),
+            "{name}: a Secret reference was injected: {e:?}"
+        );
+        for key in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "GCP_SERVICE_ACCOUNT",
+        ] {
+            assert!(find(&e, key).is_none(), "{name}: {key} injected: {e:?}");
+        }
+        assert_eq!(
+            find(&e, "AWS_ROLE_ARN").and_then(|v| v.value.as_deref()),
+            Some("arn:aws:iam::111122223333:role/kong-read"),
+            "{name}"
+        );
+        assert!(find(&e, "AWS_WEB_IDENTITY_TOKEN_FILE").is_some(), "{name}");
+    }
+
+    let policies: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+    let (reason, message) = until("StorageReachable Unknown", async || {
+        let p = policies.get("prod").await.ok()?;
+        let (status, reason, message) = crate::cluster::condition(&p, "StorageReachable")?;
+        (status == "Unknown").then_some((reason, message))
+    })
+    .await;
+    assert_eq!(reason, "NotVerifiable", "{message}");
+
+    running.abort();
+    Api::<MutatingWebhookConfiguration>::all(client)
+        .delete(&configuration, &DeleteParams::default())
+        .await
+        .unwrap();
+}
