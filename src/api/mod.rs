@@ -64,6 +64,13 @@ pub const FIELD_MANAGER: &str = "kong-fallback-operator";
     )
 )]
 #[serde(rename_all = "camelCase")]
+// NB: these cross-field rules are also in `validate()`: objects stored before a rule
+// existed (or kept by the apiserver's validation ratcheting) still get a clear status.
+// `validate()` alone compares the two selectors: CEL types each selector schema apart and
+// has no equality between them.
+#[x_kube(validation = Rule::new("!(self.exporter.mode in ['Operator', 'BackupPods']) || has(self.storage.writeCredentials)").message("storage.writeCredentials is required with exporter.mode Operator or BackupPods: the exporter needs write access").field_path(".storage.writeCredentials").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("self.exporter.mode != 'BackupPods' || has(self.backup)").message("backup is required with exporter.mode BackupPods: it selects the pods that export").field_path(".backup").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("!has(self.backup) || self.exporter.mode == 'BackupPods'").message("backup pods export only with exporter.mode BackupPods: two exporters would overwrite each other").field_path(".backup").reason(kube::core::Reason::FieldValueForbidden))]
 pub struct FallbackConfigPolicySpec {
     /// The Kong data planes that import the fallback configuration when they start during
     /// a control plane outage. They receive read-only storage credentials.
@@ -141,6 +148,8 @@ pub struct BackupPods {
 #[x_kube(validation = Rule::new("!has(self.endpoint) || self.url.startsWith('s3://')").message("storage.endpoint is only for S3-compatible stores: use it with an s3:// url"))]
 #[x_kube(validation = Rule::new("!has(self.putOptions) || self.url.startsWith('s3://')").message("storage.putOptions are S3 PutObject options: use them with an s3:// url"))]
 #[x_kube(validation = Rule::new("!has(self.gcsOptions) || self.url.startsWith('gcs://')").message("storage.gcsOptions are GCS object options: use them with a gcs:// url"))]
+#[x_kube(validation = Rule::new("!self.url.startsWith('s3://') || has(self.region)").message("storage.region is required for s3:// storage: Kong refuses to use S3 without a region, whatever the credentials (any value, e.g. us-east-1, for most S3-compatible stores)").field_path(".region").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("!has(self.writeCredentials) || !has(self.readCredentials.secretName) || !has(self.writeCredentials.secretName) || self.readCredentials.secretName != self.writeCredentials.secretName").message("readCredentials names the same Secret as writeCredentials: importing data planes must not hold write access; use a read-only key").field_path(".readCredentials"))]
 pub struct Storage {
     /// `s3://<bucket>/<prefix>` or `gcs://<bucket>/<prefix>`, exactly as Kong's
     /// `cluster_fallback_config_storage`. The prefix is required (Kong cannot use a
@@ -318,8 +327,12 @@ pub struct Exporter {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 32),
-        inner(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(\.[0-9]+)?$"))
+        inner(
+            regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(\.[0-9]+)?$"),
+            length(max = 64)
+        )
     )]
+    #[x_kube(validation = Rule::new("self.all(v, self.exists_one(w, w == v))").message("a version is listed twice"))]
     pub versions: Vec<String>,
 
     /// Custom plugins (beyond Kong's bundled ones) that the data planes have. The operator
@@ -353,6 +366,7 @@ pub struct Exporter {
     /// applies when it is lower: a policy cannot make the operator hold more.
     #[serde(default = "default_max_config_size")]
     #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"))]
+    #[x_kube(validation = Rule::new("!isQuantity(self) || (quantity(self).isGreaterThan(quantity('0')) && quantity(self).compareTo(quantity('1Gi')) <= 0)").message("maxConfigSize must be a positive size of at most 1Gi (the operator's limit), such as 64Mi"))]
     pub max_config_size: String,
 
     /// `Warm` (default): every replica keeps a control-plane session open, so a new leader
@@ -420,6 +434,7 @@ pub struct ControlPlane {
     /// the session (`BadFrame`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"))]
+    #[x_kube(validation = Rule::new("!isQuantity(self) || (quantity(self).compareTo(quantity('4Mi')) >= 0 && quantity(self).compareTo(quantity('1Gi')) <= 0)").message("maxPayload must be between 4Mi (Kong's minimum cluster_max_payload) and 1Gi"))]
     pub max_payload: Option<String>,
 }
 
@@ -446,6 +461,10 @@ pub struct PluginRef {
 /// Lease timings (client-go's defaults) and the mirror into Kong's election prefix.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.leaseDuration) > duration(self.renewDeadline)").message("leaseDuration must be greater than renewDeadline").field_path(".leaseDuration"))]
+#[x_kube(validation = Rule::new("duration(self.retryPeriod) > duration('0s')").message("retryPeriod must be greater than 0").field_path(".retryPeriod"))]
+// NB: CEL durations do not multiply; milliseconds are exact enough for 1.2 x retryPeriod.
+#[x_kube(validation = Rule::new("duration(self.renewDeadline).getMilliseconds() * 5 > duration(self.retryPeriod).getMilliseconds() * 6").message("renewDeadline must be greater than 1.2 x retryPeriod").field_path(".renewDeadline"))]
 pub struct Election {
     /// How long a Lease is valid without renewal; another replica may take over after it.
     #[serde(default = "default_lease_duration")]
@@ -488,7 +507,12 @@ pub(crate) const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61
 fn label_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
-        "description": "A label selector (matchLabels and matchExpressions, ANDed) with Kubernetes' label syntax: keys `[prefix/]name`, values of at most 63 letters, digits, `-`, `_` and `.`.",
+        "description": "A label selector (matchLabels and matchExpressions, ANDed) with Kubernetes' label syntax: keys `[prefix/]name`, values of at most 63 letters, digits, `-`, `_` and `.`. An empty selector is refused: it would claim every pod in the namespace.",
+        "x-kubernetes-validations": [{
+            "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+            "message": "must not be empty: an empty selector would claim every pod in the namespace",
+            "reason": "FieldValueRequired"
+        }],
         "properties": {
             "matchLabels": {
                 "type": "object",
@@ -511,6 +535,10 @@ fn label_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema 
                 "items": {
                     "type": "object",
                     "required": ["key", "operator"],
+                    "x-kubernetes-validations": [{
+                        "rule": "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)",
+                        "message": "operators In and NotIn need values; Exists and DoesNotExist take none"
+                    }],
                     "properties": {
                         "key": {"type": "string", "maxLength": 317, "pattern": LABEL_KEY_PATTERN},
                         "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},

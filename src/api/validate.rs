@@ -1,6 +1,9 @@
-//! What the CRD schema cannot express. The apiserver already enforces patterns, enums and
-//! the CEL rules on the types; [`validate`] checks the rest and returns every problem at
-//! once, each naming its field, so a person fixes the spec in one round.
+//! Every rule of a spec, once more. The apiserver already enforces patterns, enums and the
+//! CEL rules on the types (the cross-field rules included); [`validate`] checks those again
+//! for objects stored before a rule existed, plus what CEL cannot say (plugins listed twice
+//! under `-`/`_` spellings, beyond the CEL cost budget; two selectors being equal; label-key
+//! prefix lengths), and returns every problem at once, each naming its field, so a person
+//! fixes the spec in one round.
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -37,13 +37,13 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
     let ns = env.namespace("ctrl").await.unwrap();
     let running = crate::cluster::run_controller(&client, &ns, "test-replica");
 
-    // Valid for the schema, invalid for validate(): S3 without a region, empty selector.
+    // Admitted by the apiserver, refused by validate(): a plugin listed twice.
     let policy: FallbackConfigPolicy = crate::cluster::policy(
         "prod",
         json!({
-            "dataPlanes": {"selector": {}},
-            "storage": {"url": "s3://fallback/kong", "readCredentials": {"secretName": "fallback-read"}},
-            "exporter": {"mode": "None"}
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {"url": "s3://fallback/kong", "region": "us-east-1", "readCredentials": {"secretName": "fallback-read"}},
+            "exporter": {"mode": "None", "plugins": crate::cluster::plugins_listed_twice()}
         }),
     );
     let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
@@ -57,8 +57,10 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
         (status.as_str(), reason.as_str(), generation),
         ("False", "InvalidSpec", Some(1))
     );
-    assert!(message.contains("spec.storage.region"), "{message}");
-    assert!(message.contains("spec.dataPlanes.selector"), "{message}");
+    assert!(
+        message.contains("spec.exporter.plugins[1].name"),
+        "{message}"
+    );
 
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let warning = until("an InvalidSpec event", async || {
@@ -74,7 +76,7 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
     let s3 = kfo_testenv::minio().await;
     let bucket = s3.bucket("ctrl").await.unwrap();
     let fix = json!({"spec": {
-        "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+        "exporter": {"plugins": [{"name": "my-auth", "version": "1.0.0"}]},
         "storage": {"url": format!("s3://{bucket}/kong"), "region": "us-east-1", "endpoint": s3.endpoint}
     }});
     api.patch("prod", &PatchParams::default(), &Patch::Merge(&fix))

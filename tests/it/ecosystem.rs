@@ -223,13 +223,13 @@ async fn argo_cd_judges_policies_recorded_from_a_real_apiserver() {
     );
     let get = async || serde_json::to_value(raw.get("prod").await.ok()?).ok();
 
-    // Valid for the schema, refused by validate(): S3 without a region.
+    // Admitted by the apiserver, refused by validate(): a plugin listed twice.
     let policy = crate::cluster::policy(
         "prod",
         json!({
             "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
-            "storage": {"url": "s3://fallback/kong", "readCredentials": {"secretName": "fallback-read"}},
-            "exporter": {"mode": "None"}
+            "storage": {"url": "s3://fallback/kong", "region": "us-east-1", "readCredentials": {"secretName": "fallback-read"}},
+            "exporter": {"mode": "None", "plugins": crate::cluster::plugins_listed_twice()}
         }),
     );
     typed.create(&PostParams::default(), &policy).await.unwrap();
@@ -246,9 +246,10 @@ async fn argo_cd_judges_policies_recorded_from_a_real_apiserver() {
     // status of the old one.
     let s3 = kfo_testenv::minio().await;
     let bucket = s3.bucket("argo").await.unwrap();
-    let fix = json!({"spec": {"storage": {
-        "url": format!("s3://{bucket}/kong"), "region": "us-east-1", "endpoint": s3.endpoint
-    }}});
+    let fix = json!({"spec": {
+        "exporter": {"plugins": null},
+        "storage": {"url": format!("s3://{bucket}/kong"), "region": "us-east-1", "endpoint": s3.endpoint}
+    }});
     let patched = raw
         .patch("prod", &PatchParams::default(), &Patch::Merge(&fix))
         .await
