@@ -591,7 +591,9 @@ pub struct FallbackConfigPolicyStatus {
     pub observed_generation: Option<i64>,
 
     /// `Ready` summarises the others: `Valid`, `StorageReachable`, `PodsInjected`,
-    /// `ControlPlaneConnected`, `Exporting`, `Leading`.
+    /// `ControlPlaneConnected`, `Exporting`, `Leading`. `Stalled` (True: an invalid spec,
+    /// nothing happens until it changes) and `Reconciling` (True: connecting or waiting for
+    /// the first export) are kstatus' conditions, for Flux and `kubectl wait`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

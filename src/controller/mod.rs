@@ -662,7 +662,12 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let report = pods::report(policy, &policies, &all_pods, &secrets);
-        status::set_pods(&mut desired, &report, policy.metadata.generation, now);
+        status::set_pods(
+            &mut desired,
+            &report,
+            policy.metadata.generation,
+            now.clone(),
+        );
         if policy.spec.data_planes.rollout && !report.not_injected.is_empty() {
             let webhook = if !ctx.webhook_enabled {
                 Err("this operator does not serve the webhook (run --webhook): restarted pods would not be injected".to_owned())
@@ -728,6 +733,7 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             }
         }
     }
+    status::set_progress(&mut desired, policy.metadata.generation, now);
 
     if desired != current {
         let api: Api<FallbackConfigPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
