@@ -92,6 +92,14 @@ pub struct FallbackConfigPolicySpec {
     /// How the single exporter per Kong version is elected.
     #[serde(default)]
     pub election: Election,
+
+    /// Pause the operator's work on this policy: it stops exporting and mirroring the
+    /// election, designates no backup pod, restarts no workload, and reports
+    /// `Ready=False` with reason `Suspended` (and an Event). The webhook keeps injecting:
+    /// the env points new data planes at the last configuration stored, which is what they
+    /// should load in an outage. Default false.
+    #[serde(default)]
+    pub suspend: bool,
 }
 
 /// The importing data planes.
@@ -149,7 +157,8 @@ pub struct BackupPods {
 #[x_kube(validation = Rule::new("!has(self.putOptions) || self.url.startsWith('s3://')").message("storage.putOptions are S3 PutObject options: use them with an s3:// url"))]
 #[x_kube(validation = Rule::new("!has(self.gcsOptions) || self.url.startsWith('gcs://')").message("storage.gcsOptions are GCS object options: use them with a gcs:// url"))]
 #[x_kube(validation = Rule::new("!self.url.startsWith('s3://') || has(self.region)").message("storage.region is required for s3:// storage: Kong refuses to use S3 without a region, whatever the credentials (any value, e.g. us-east-1, for most S3-compatible stores)").field_path(".region").reason(kube::core::Reason::FieldValueRequired))]
-#[x_kube(validation = Rule::new("!has(self.writeCredentials) || !has(self.readCredentials.secretName) || !has(self.writeCredentials.secretName) || self.readCredentials.secretName != self.writeCredentials.secretName").message("readCredentials names the same Secret as writeCredentials: importing data planes must not hold write access; use a read-only key").field_path(".readCredentials"))]
+#[x_kube(validation = Rule::new("!has(self.writeCredentials) || (has(self.readCredentials.name) ? self.readCredentials.name : (has(self.readCredentials.secretName) ? self.readCredentials.secretName : '')) != (has(self.writeCredentials.name) ? self.writeCredentials.name : (has(self.writeCredentials.secretName) ? self.writeCredentials.secretName : '-'))").message("readCredentials names the same Secret as writeCredentials: importing data planes must not hold write access; use a read-only key").field_path(".readCredentials"))]
+#[x_kube(validation = Rule::new("!(has(self.caCert) && has(self.caCertRef))").message("set caCertRef or caCert (its older form), not both").field_path(".caCertRef"))]
 pub struct Storage {
     /// `s3://<bucket>/<prefix>` or `gcs://<bucket>/<prefix>`, exactly as Kong's
     /// `cluster_fallback_config_storage`. The prefix is required (Kong cannot use a
@@ -178,7 +187,8 @@ pub struct Storage {
     pub read_credentials: Credentials,
 
     /// Credentials used to write: by the operator (`exporter.mode: Operator`) or given to the
-    /// backup pods (`BackupPods`). Never given to importing data planes.
+    /// backup pods (`BackupPods`); required with those modes. Never given to importing
+    /// data planes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_credentials: Option<Credentials>,
 
@@ -187,7 +197,12 @@ pub struct Storage {
     /// GCS (its client library takes no extra CA). Not injected into Kong pods: they need
     /// the same CA in `lua_ssl_trusted_certificate` (`KONG_LUA_SSL_TRUSTED_CERTIFICATE`).
     /// A change of the Secret restarts the exporters; a bundle that is not PEM certificates
-    /// makes the storage unusable until fixed.
+    /// makes the storage unusable until fixed. Default: none (the system's CA roots only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_ref: Option<SecretKeySelector>,
+
+    /// The older form of `caCertRef` (`{secretName, key}`), still read: set one of them,
+    /// not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<SecretKeyRef>,
 
@@ -217,12 +232,23 @@ pub struct Storage {
 /// identity (IRSA, EKS Pod Identity, GKE Workload Identity).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.secretName) != (has(self.ambient) && self.ambient)").message("set exactly one of secretName or ambient: true"))]
+#[x_kube(validation = Rule::new("!(has(self.secretName) && has(self.name))").message("set name or secretName (the same field under its older name), not both").field_path(".name"))]
+#[x_kube(validation = Rule::new("(has(self.secretName) || has(self.name)) != (has(self.ambient) && self.ambient)").message("set exactly one of name (or secretName) or ambient: true"))]
+#[x_kube(validation = Rule::new("!has(self.keys) || has(self.secretName) || has(self.name)").message("keys name the keys of a Secret: set name too").field_path(".keys"))]
 pub struct Credentials {
-    /// A Secret in the policy's namespace. For S3 it holds `AWS_ACCESS_KEY_ID` and
-    /// `AWS_SECRET_ACCESS_KEY` (and optionally `AWS_SESSION_TOKEN`); for GCS it holds
-    /// `GCP_SERVICE_ACCOUNT` (the service-account JSON). Pods reference the keys with
-    /// `secretKeyRef`; values are never copied into a pod spec.
+    /// A Secret in the policy's namespace. By default (see `keys`) for S3 it holds
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally
+    /// `AWS_SESSION_TOKEN`); for GCS it holds `GCP_SERVICE_ACCOUNT` (the service-account
+    /// JSON). Pods reference the keys with `secretKeyRef`; values are never copied into a
+    /// pod spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
+    pub name: Option<String>,
+
+    /// The older name of `name`, still read: set one of them, not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
@@ -230,13 +256,78 @@ pub struct Credentials {
     )]
     pub secret_name: Option<String>,
 
+    /// Which keys of the Secret hold what, for a Secret written for another tool (as
+    /// Velero's `credential`). Each unset key defaults to the name of Kong's environment
+    /// variable: the env var in Kong's pods keeps Kong's name and references the mapped key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<CredentialKeys>,
+
     /// Use the pod's cloud identity instead of a Secret: nothing is injected and Kong's
     /// SDK finds the credentials itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ambient: Option<bool>,
 }
 
-/// A key of a Secret in the policy's namespace.
+impl Storage {
+    /// The CA bundle's Secret and key: `caCertRef`, else its older form `caCert`.
+    pub fn ca(&self) -> Option<(&str, &str)> {
+        match (&self.ca_cert_ref, &self.ca_cert) {
+            (Some(r), _) => Some((r.name.as_str(), r.key.as_str())),
+            (None, Some(c)) => Some((c.secret_name.as_str(), c.key.as_str())),
+            (None, None) => None,
+        }
+    }
+}
+
+impl Credentials {
+    /// The Secret's name: `name`, else its older spelling `secretName`.
+    pub fn secret(&self) -> Option<&str> {
+        self.name.as_deref().or(self.secret_name.as_deref())
+    }
+
+    /// The key of the Secret that holds Kong's environment variable `env_name`.
+    pub fn key<'a>(&'a self, env_name: &'a str) -> &'a str {
+        use crate::kong::env;
+        let k = self.keys.as_ref();
+        let mapped = match env_name {
+            env::AWS_ACCESS_KEY_ID => k.and_then(|k| k.access_key_id.as_deref()),
+            env::AWS_SECRET_ACCESS_KEY => k.and_then(|k| k.secret_access_key.as_deref()),
+            env::AWS_SESSION_TOKEN => k.and_then(|k| k.session_token.as_deref()),
+            env::GCP_SERVICE_ACCOUNT => k.and_then(|k| k.service_account.as_deref()),
+            _ => None,
+        };
+        mapped.unwrap_or(env_name)
+    }
+}
+
+/// The keys of a credentials Secret. Each defaults to the name of the Kong environment
+/// variable it feeds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialKeys {
+    /// The key holding the S3 access key id (`AWS_ACCESS_KEY_ID`). Default: `AWS_ACCESS_KEY_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub access_key_id: Option<String>,
+    /// The key holding the S3 secret access key (`AWS_SECRET_ACCESS_KEY`). Default:
+    /// `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub secret_access_key: Option<String>,
+    /// The key holding the optional S3 session token (`AWS_SESSION_TOKEN`). Default:
+    /// `AWS_SESSION_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub session_token: Option<String>,
+    /// The key holding the GCS service-account JSON (`GCP_SERVICE_ACCOUNT`). Default:
+    /// `GCP_SERVICE_ACCOUNT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub service_account: Option<String>,
+}
+
+/// A key of a Secret in the policy's namespace, as `storage.caCert` names it (older form
+/// of `caCertRef`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
@@ -246,6 +337,21 @@ pub struct SecretKeyRef {
         length(max = 253)
     )]
     pub secret_name: String,
+    /// The key inside the Secret.
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub key: String,
+}
+
+/// A key of a Secret in the policy's namespace (`corev1.SecretKeySelector`'s shape).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// The Secret's name.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
+    pub name: String,
     /// The key inside the Secret.
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
     pub key: String,

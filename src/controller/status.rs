@@ -208,6 +208,22 @@ pub fn set_storage(
     }
 }
 
+/// The `Ready` reason of a policy with `spec.suspend: true`.
+pub const SUSPENDED: &str = "Suspended";
+
+/// `Ready=False` with reason [`SUSPENDED`], after every other condition is set. Pure.
+pub fn set_suspended(status: &mut FallbackConfigPolicyStatus, generation: Option<i64>, now: Time) {
+    set_condition(
+        &mut status.conditions,
+        ConditionType::Ready,
+        false,
+        SUSPENDED,
+        "spec.suspend is true: the operator does not export, mirror the election, designate backup pods or restart workloads for this policy; the webhook still injects, pointing new data planes at the last configuration stored",
+        generation,
+        now,
+    );
+}
+
 /// `Ready` reasons that mean "working on it": the operator gets there by itself.
 const IN_PROGRESS: &[&str] = &["Connecting", "Waiting"];
 /// `Ready` reasons that need a person: the operator cannot get further by itself.
@@ -498,6 +514,22 @@ pub fn changes(old: &FallbackConfigPolicyStatus, new: &FallbackConfigPolicyStatu
                 note,
             });
         }
+    }
+    let suspended = |s: &FallbackConfigPolicyStatus| {
+        find(&s.conditions, ConditionType::Ready).is_some_and(|c| c.reason == SUSPENDED)
+    };
+    match (suspended(old), suspended(new)) {
+        (false, true) => out.push(Change {
+            warning: false,
+            reason: "Suspended".into(),
+            note: "spec.suspend is true: exports, the election mirror and rollouts stop; the webhook still injects".into(),
+        }),
+        (true, false) => out.push(Change {
+            warning: false,
+            reason: "Resumed".into(),
+            note: "spec.suspend is no longer true: the operator works on this policy again".into(),
+        }),
+        _ => {}
     }
     let holder = |s: &FallbackConfigPolicyStatus| s.leader.as_ref().map(|l| l.identity.clone());
     if let Some(l) = &new.leader
@@ -859,6 +891,41 @@ mod tests {
         set_progress(&mut s, Some(1), at(6));
         assert_eq!(kstatus(&s), ("False".into(), "False".into()));
         assert_eq!(cond(&s, "Ready").unwrap().status, "False");
+    }
+
+    #[test]
+    fn a_suspended_policy_is_not_ready_and_says_so_once_with_an_event() {
+        let view = ExportView {
+            states: [exported("3.6.1.4")].into(),
+            ..Default::default()
+        };
+        let running = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        let mut s = desired_status(&running, Some(2), &[], None, at(6));
+        set_suspended(&mut s, Some(2), at(6));
+        set_progress(&mut s, Some(2), at(6));
+        let c = cond(&s, "Ready").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Suspended")
+        );
+        assert!(
+            c.message.contains("the webhook still injects"),
+            "{}",
+            c.message
+        );
+        assert_eq!(kstatus(&s), ("False".into(), "False".into()));
+        let reasons: Vec<String> = changes(&running, &s)
+            .into_iter()
+            .map(|c| c.reason)
+            .collect();
+        assert!(reasons.contains(&"Suspended".to_owned()), "{reasons:?}");
+        assert!(changes(&s, &s).is_empty());
+        let resumed = desired_status(&s, Some(3), &[], Some(&view), at(7));
+        let reasons: Vec<String> = changes(&s, &resumed)
+            .into_iter()
+            .map(|c| c.reason)
+            .collect();
+        assert!(reasons.contains(&"Resumed".to_owned()), "{reasons:?}");
     }
 
     #[test]

@@ -445,6 +445,36 @@ fn cross_field_cases() -> Vec<(&'static str, serde_json::Value, &'static str, &'
             "same Secret as writeCredentials",
         ),
         (
+            "importers holding the write Secret, named by name and secretName",
+            with(|s| s["storage"]["readCredentials"] = json!({"name": "fallback-write"})),
+            "spec.storage.readCredentials",
+            "same Secret as writeCredentials",
+        ),
+        (
+            "both name and secretName",
+            with(|s| s["storage"]["readCredentials"] = json!({"name": "a", "secretName": "a"})),
+            "spec.storage.readCredentials.name",
+            "set name or secretName",
+        ),
+        (
+            "keys without a Secret",
+            with(|s| {
+                s["storage"]["readCredentials"] =
+                    json!({"ambient": true, "keys": {"accessKeyId": "id"}})
+            }),
+            "spec.storage.readCredentials.keys",
+            "keys name the keys of a Secret",
+        ),
+        (
+            "both caCert and caCertRef",
+            with(|s| {
+                s["storage"]["caCert"] = json!({"secretName": "ca", "key": "ca.crt"});
+                s["storage"]["caCertRef"] = json!({"name": "ca", "key": "ca.crt"});
+            }),
+            "spec.storage.caCertRef",
+            "set caCertRef or caCert",
+        ),
+        (
             "a lease shorter than the renew deadline",
             with(|s| {
                 s["election"] =
