@@ -32,4 +32,5 @@ mod install;
 mod layout;
 mod storage;
 mod testenv;
+mod upgrade;
 mod webhook;
