@@ -584,6 +584,22 @@ mod tests {
             .collect()
     }
 
+    /// Do no harm: a suspended policy's env points new data planes at the last
+    /// configuration stored, which is what they should load in an outage.
+    #[test]
+    fn a_suspended_policy_still_injects() {
+        let mut p = policy("prod", "2026-01-01T00:00:00Z", json!({}));
+        let pod = pod(json!({"app": "kong-dp"}), proxy());
+        let running = inject(&pod, std::slice::from_ref(&p), &SecretFacts::default());
+        p.spec.suspend = true;
+        let suspended = inject(&pod, std::slice::from_ref(&p), &SecretFacts::default());
+        assert!(!suspended.patch.is_empty());
+        assert_eq!(
+            env_of(&patched(&pod, &suspended), 0),
+            env_of(&patched(&pod, &running), 0)
+        );
+    }
+
     #[test]
     fn mapped_secret_keys_are_referenced_under_kongs_env_names() {
         // Merged over fallback-read's `secretName`: the older spelling is taken out first.

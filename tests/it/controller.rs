@@ -908,3 +908,81 @@ async fn pod_churn_costs_a_status_write_a_second_not_one_per_pod() {
     );
     running.abort();
 }
+
+/// Issue 13 point 7: `suspend: true` stops the exports (a new configuration is not
+/// written) and says so in `Ready` and an Event; `suspend: false` resumes them.
+#[tokio::test]
+async fn a_suspended_policy_stops_exporting_says_so_and_resumes() {
+    let mut fleet = crate::fleet::Fleet::new(
+        "suspend",
+        crate::fleet::Timings {
+            lease: 15,
+            renew: 10,
+            retry: 2,
+        },
+    )
+    .await;
+    fleet.working_read_credentials().await;
+    let _operator = fleet.start("kfo-0");
+    let api: Api<FallbackConfigPolicy> = Api::namespaced(fleet.client.clone(), &fleet.ns);
+    let first = fleet.push();
+    fleet
+        .wait_stored(&first, Duration::from_secs(40))
+        .await
+        .expect("the first configuration is exported");
+    until("Ready=True", async || {
+        ready(&api.get("prod").await.ok()?).filter(|r| r.0 == "True")
+    })
+    .await;
+
+    let suspend = |on: bool| json!({"spec": {"suspend": on}});
+    api.patch(
+        "prod",
+        &PatchParams::default(),
+        &Patch::Merge(&suspend(true)),
+    )
+    .await
+    .unwrap();
+    let (_, _, message, _) = until("Ready=False Suspended", async || {
+        ready(&api.get("prod").await.ok()?).filter(|r| r.1 == "Suspended")
+    })
+    .await;
+    assert!(message.contains("the webhook still injects"), "{message}");
+    until("a Suspended event", async || {
+        crate::cluster::event_reasons(&fleet.client, &fleet.ns)
+            .await
+            .contains(&"Suspended".to_owned())
+            .then_some(())
+    })
+    .await;
+    let second = fleet.push();
+    assert!(
+        fleet
+            .wait_stored(&second, Duration::from_secs(8))
+            .await
+            .is_none(),
+        "a suspended policy exported"
+    );
+    assert_eq!(fleet.stored().await.unwrap().0, first);
+
+    api.patch(
+        "prod",
+        &PatchParams::default(),
+        &Patch::Merge(&suspend(false)),
+    )
+    .await
+    .unwrap();
+    fleet
+        .wait_stored(&second, Duration::from_secs(40))
+        .await
+        .expect("the newest configuration is exported once resumed");
+    until("Ready=True again", async || {
+        ready(&api.get("prod").await.ok()?).filter(|r| r.0 == "True")
+    })
+    .await;
+    assert!(
+        crate::cluster::event_reasons(&fleet.client, &fleet.ns)
+            .await
+            .contains(&"Resumed".to_owned())
+    );
+}

@@ -373,7 +373,6 @@ fn kstatus_reads_the_statuses_the_controller_computes() {
 /// spec changes, and Failed with an invalid spec the apiserver admits.
 #[tokio::test]
 async fn kstatus_judges_policies_a_real_operator_wrote_as_flux_would() {
-    use k8s_openapi::api::core::v1::Secret;
     use kong_fallback_operator::api::FallbackConfigPolicy;
     use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 
@@ -387,20 +386,7 @@ async fn kstatus_judges_policies_a_real_operator_wrote_as_flux_would() {
     )
     .await;
     // Read-only credentials that work, so that Ready depends on the export alone.
-    let ro = fleet.s3.read_only_credentials(&fleet.bucket).await.unwrap();
-    let data = json!({"stringData": {
-        "AWS_ACCESS_KEY_ID": ro.access_key_id,
-        "AWS_SECRET_ACCESS_KEY": ro.secret_access_key,
-        "AWS_SESSION_TOKEN": ro.session_token
-    }});
-    Api::<Secret>::namespaced(fleet.client.clone(), &fleet.ns)
-        .patch(
-            "fallback-read",
-            &PatchParams::default(),
-            &Patch::Merge(&data),
-        )
-        .await
-        .unwrap();
+    fleet.working_read_credentials().await;
     let raw: Api<DynamicObject> = Api::namespaced_with(
         fleet.client.clone(),
         &fleet.ns,
