@@ -222,7 +222,8 @@ pub struct Storage {
     pub gcs_options: Option<GcsOptions>,
 
     /// How often the operator checks that the storage is reachable with the read
-    /// credentials (the `StorageReachable` condition). `0s` disables the check.
+    /// credentials (the `StorageReachable` condition). `0s` disables the check. Default
+    /// `5m` (written `300s`).
     #[serde(default = "default_validation_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub validation_interval: Duration,
@@ -445,7 +446,7 @@ pub struct Exporter {
     /// announces Kong's bundled plugins of each version plus these (narrowed by the pods'
     /// `KONG_PLUGINS`): the control plane withholds the configuration from a data plane that
     /// does not announce every configured plugin, and a configuration naming a plugin the
-    /// data planes lack is not exported.
+    /// data planes lack is not exported. Default: none (Kong's bundled plugins only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub plugins: Vec<PluginRef>,
@@ -453,6 +454,7 @@ pub struct Exporter {
     /// The Wasm filters the data planes have (Kong's `wasm_filters`), announced to the
     /// control plane. A control plane with `wasm = on` withholds the configuration from a
     /// data plane that lacks any filter it has installed (`filter_set_incompatible`).
+    /// Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 256),
@@ -461,7 +463,7 @@ pub struct Exporter {
     pub wasm_filters: Vec<String>,
 
     /// At most one write per version in this interval; bursts of changes are coalesced and
-    /// the newest configuration always wins. Kong's own exporter uses 60s.
+    /// the newest configuration always wins. Default `5s`; Kong's own exporter uses 60s.
     #[serde(default = "default_min_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub min_interval: Duration,
@@ -469,7 +471,8 @@ pub struct Exporter {
     /// The largest configuration (decompressed) the operator accepts from the control
     /// plane, as a Kubernetes quantity. Larger ones are refused and reported. The operator's
     /// own ceiling (`run --max-config-size`, the chart's `maxConfigSize`, default 64Mi)
-    /// applies when it is lower: a policy cannot make the operator hold more.
+    /// applies when it is lower: a policy cannot make the operator hold more. Default
+    /// `64Mi`, at most `1Gi`.
     #[serde(default = "default_max_config_size")]
     #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"))]
     #[x_kube(validation = Rule::new("!isQuantity(self) || (quantity(self).isGreaterThan(quantity('0')) && quantity(self).compareTo(quantity('1Gi')) <= 0)").message("maxConfigSize must be a positive size of at most 1Gi (the operator's limit), such as 64Mi"))]
@@ -483,7 +486,7 @@ pub struct Exporter {
     pub standby: Standby,
 
     /// How many previous configurations to keep per version under
-    /// `<prefix>/<version>/history/` for rollback. 0 keeps none.
+    /// `<prefix>/<version>/history/` for rollback. 0 keeps none. Default 10.
     #[serde(default = "default_history_limit")]
     #[schemars(range(min = 0, max = 1000))]
     pub history_limit: u32,
@@ -573,19 +576,22 @@ pub struct PluginRef {
 #[x_kube(validation = Rule::new("duration(self.renewDeadline).getMilliseconds() * 5 > duration(self.retryPeriod).getMilliseconds() * 6").message("renewDeadline must be greater than 1.2 x retryPeriod").field_path(".renewDeadline"))]
 pub struct Election {
     /// How long a Lease is valid without renewal; another replica may take over after it.
+    /// Greater than renewDeadline. Default `15s` (client-go's).
     #[serde(default = "default_lease_duration")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub lease_duration: Duration,
-    /// The leader stops exporting if it cannot renew within this time. Less than leaseDuration.
+    /// The leader stops exporting if it cannot renew within this time. Less than
+    /// leaseDuration. Default `10s` (client-go's).
     #[serde(default = "default_renew_deadline")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub renew_deadline: Duration,
-    /// How often candidates retry. renewDeadline must exceed 1.2 x retryPeriod.
+    /// How often candidates retry; greater than 0, and renewDeadline must exceed 1.2 x
+    /// retryPeriod. Default `2s` (client-go's).
     #[serde(default = "default_retry_period")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub retry_period: Duration,
     /// Register the elected exporter under `<prefix>/<version>/election/` in Kong's own
-    /// format, so native Kong 3.6+ backup nodes sharing the prefix defer to it.
+    /// format, so native Kong 3.6+ backup nodes sharing the prefix defer to it. Default true.
     #[serde(default = "default_true")]
     pub mirror_to_storage: bool,
 }

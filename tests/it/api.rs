@@ -107,11 +107,31 @@ async fn kubectl_applies_the_crd_file_and_it_becomes_established() {
             .unwrap();
         text = String::from_utf8_lossy(&out.stdout).into_owned();
         if text.contains("s3://<bucket>/<prefix>") {
-            return;
+            break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    panic!("kubectl explain does not show the doc comment: {text}");
+    assert!(
+        text.contains("s3://<bucket>/<prefix>"),
+        "kubectl explain does not show the doc comment: {text}"
+    );
+    // Defaults are explained where the fields are (issue 13 point 7).
+    for (path, words) in [
+        (
+            "fcp.spec.storage.readCredentials.keys.accessKeyId",
+            "Default: `AWS_ACCESS_KEY_ID`",
+        ),
+        ("fcp.spec.election.leaseDuration", "Default `15s`"),
+        ("fcp.spec.suspend", "Default false"),
+    ] {
+        let out = env.kubectl(&["explain", path]).await.unwrap();
+        // NB: kubectl wraps descriptions: compare with the whitespace collapsed.
+        let text = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(text.contains(words), "{path}: {text}");
+    }
 }
 
 #[tokio::test]
