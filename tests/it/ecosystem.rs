@@ -174,6 +174,16 @@ fn argo_cd_sees_a_policy_that_cannot_export_as_degraded() {
     assert!(message.contains("SecretMissing"), "{message}");
 }
 
+#[test]
+fn argo_cd_sees_a_suspended_policy_as_suspended() {
+    use kong_fallback_operator::controller::status::set_suspended;
+    let mut status = operator_mode_status(true);
+    set_suspended(&mut status, Some(2), now());
+    let (health, message) = argo_health(&policy(2, &with_progress(status)));
+    assert_eq!(health, "Suspended", "{message}");
+    assert!(message.contains("spec.suspend"), "{message}");
+}
+
 /// argocd-cm.yaml carries health.lua verbatim (`make generate` writes it).
 #[test]
 fn the_argocd_cm_snippet_carries_the_health_script() {
