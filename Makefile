@@ -12,8 +12,9 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Build (first run only) and cache the test environment: etcd, kube-apiserver, kubectl,
-## MinIO, fake-gcs-server, helm, toxiproxy-server, and the checkers actionlint and
-## argo-health (Argo CD's Lua VM running deploy/argocd/health.lua).
+## MinIO, fake-gcs-server, helm, toxiproxy-server, and the checkers actionlint,
+## argo-health (Argo CD's Lua VM running deploy/argocd/health.lua) and kstatus
+## (sigs.k8s.io/cli-utils' status rules, as Flux applies them).
 testenv:
 	tools/ensure-bin all >/dev/null
 

@@ -189,13 +189,14 @@ pub fn role(
     }
 }
 
-fn secret_env(name: &str, secret: &str) -> EnvVar {
+/// Kong's env var `name` from `key` of Secret `secret`.
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret.to_owned(),
-                key: name.to_owned(),
+                key: key.to_owned(),
                 // NB: never required: a missing Secret or key would keep the pod from
                 // starting, and Kong needs these only if the control plane is down.
                 optional: Some(true),
@@ -252,22 +253,25 @@ fn desired(
         Role::Importer => Some(&st.read_credentials),
         Role::Backup => st.write_credentials.as_ref(),
     };
-    if let Some(secret) = creds.and_then(|c| c.secret_name.as_deref()) {
+    if let Some(c) = creds
+        && let Some(secret) = c.secret()
+    {
         let required: &[&str] = if s3 {
             &[env::AWS_ACCESS_KEY_ID, env::AWS_SECRET_ACCESS_KEY]
         } else {
             &[env::GCP_SERVICE_ACCOUNT]
         };
         for name in required {
-            match secrets.missing(&ns, secret, name) {
+            match secrets.missing(&ns, secret, c.key(name)) {
                 Some(why) => left_out.push(((*name).to_owned(), why)),
-                None => out.push(secret_env(name, secret)),
+                None => out.push(secret_env(name, secret, c.key(name))),
             }
         }
         // NB: the session token is optional in the Secret too: always referenced, so the
         // env (and its hash) does not change when a Secret without one is read.
         if s3 {
-            out.push(secret_env(env::AWS_SESSION_TOKEN, secret));
+            let token = env::AWS_SESSION_TOKEN;
+            out.push(secret_env(token, secret, c.key(token)));
         }
     }
     if role == Role::Backup {
@@ -578,6 +582,52 @@ mod tests {
                 (e.name, v)
             })
             .collect()
+    }
+
+    /// Do no harm: a suspended policy's env points new data planes at the last
+    /// configuration stored, which is what they should load in an outage.
+    #[test]
+    fn a_suspended_policy_still_injects() {
+        let mut p = policy("prod", "2026-01-01T00:00:00Z", json!({}));
+        let pod = pod(json!({"app": "kong-dp"}), proxy());
+        let running = inject(&pod, std::slice::from_ref(&p), &SecretFacts::default());
+        p.spec.suspend = true;
+        let suspended = inject(&pod, std::slice::from_ref(&p), &SecretFacts::default());
+        assert!(!suspended.patch.is_empty());
+        assert_eq!(
+            env_of(&patched(&pod, &suspended), 0),
+            env_of(&patched(&pod, &running), 0)
+        );
+    }
+
+    #[test]
+    fn mapped_secret_keys_are_referenced_under_kongs_env_names() {
+        // Merged over fallback-read's `secretName`: the older spelling is taken out first.
+        let mut p = policy("prod", "2026-01-01T00:00:00Z", json!({}));
+        p.spec.storage.read_credentials = serde_json::from_value(json!({
+            "name": "velero-creds",
+            "keys": {"accessKeyId": "aws_access_key_id", "secretAccessKey": "aws_secret_access_key"}
+        }))
+        .unwrap();
+        let pod = pod(json!({"app": "kong-dp"}), proxy());
+        let o = inject(&pod, std::slice::from_ref(&p), &SecretFacts::default());
+        let env = env_of(&patched(&pod, &o), 0);
+        let r = |key: &str| json!({"secretKeyRef": {"name": "velero-creds", "key": key, "optional": true}});
+        assert_eq!(env["AWS_ACCESS_KEY_ID"], r("aws_access_key_id"));
+        assert_eq!(env["AWS_SECRET_ACCESS_KEY"], r("aws_secret_access_key"));
+        // Not mapped: Kong's name, the default.
+        assert_eq!(env["AWS_SESSION_TOKEN"], r("AWS_SESSION_TOKEN"));
+        // A key known missing is named by the mapped key.
+        let mut facts = SecretFacts::default();
+        facts.record(
+            "kong",
+            "velero-creds",
+            Some(["aws_access_key_id".to_owned()].into()),
+        );
+        let o = inject(&pod, std::slice::from_ref(&p), &facts);
+        let env = env_of(&patched(&pod, &o), 0);
+        assert_eq!(env["AWS_ACCESS_KEY_ID"], r("aws_access_key_id"));
+        assert!(!env.contains_key("AWS_SECRET_ACCESS_KEY"), "{env:?}");
     }
 
     #[test]

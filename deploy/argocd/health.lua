@@ -12,6 +12,7 @@
 --   Degraded     Valid is False (the spec is refused), Stalled is True, or Ready is
 --                False for any other reason (storage, credentials, pods not injected, ...)
 --   Healthy      Ready is True for the current generation
+--   Suspended    Ready is False because spec.suspend is true (reason Suspended)
 --
 -- NB: only Lua's base library is used: Argo CD does not open the string library.
 
@@ -95,7 +96,9 @@ if ready.status == "True" then
   hs.message = describe(ready)
   return hs
 end
-if passing[ready.reason] then
+if ready.reason == "Suspended" then
+  hs.status = "Suspended"
+elseif passing[ready.reason] then
   hs.status = "Progressing"
 else
   hs.status = "Degraded"

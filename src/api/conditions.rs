@@ -24,6 +24,13 @@ pub enum ConditionType {
     /// The store enforces conditional writes, so a replaced leader cannot overwrite a
     /// newer export (Operator mode; known once the leader has checked).
     Fencing,
+    /// kstatus' abnormal-true condition: True while the operator works towards `Ready`
+    /// on its own (connecting, waiting for the first configuration). kstatus, Flux and
+    /// `kubectl wait` read it as InProgress.
+    Reconciling,
+    /// kstatus' abnormal-true condition: True when the operator cannot make progress
+    /// until a person changes something (an invalid spec). Read as Failed.
+    Stalled,
 }
 
 impl ConditionType {
@@ -37,6 +44,8 @@ impl ConditionType {
             ConditionType::Exporting => "Exporting",
             ConditionType::Leading => "Leading",
             ConditionType::Fencing => "Fencing",
+            ConditionType::Reconciling => "Reconciling",
+            ConditionType::Stalled => "Stalled",
         }
     }
 }

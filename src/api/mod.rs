@@ -64,6 +64,13 @@ pub const FIELD_MANAGER: &str = "kong-fallback-operator";
     )
 )]
 #[serde(rename_all = "camelCase")]
+// NB: these cross-field rules are also in `validate()`: objects stored before a rule
+// existed (or kept by the apiserver's validation ratcheting) still get a clear status.
+// `validate()` alone compares the two selectors: CEL types each selector schema apart and
+// has no equality between them.
+#[x_kube(validation = Rule::new("!(self.exporter.mode in ['Operator', 'BackupPods']) || has(self.storage.writeCredentials)").message("storage.writeCredentials is required with exporter.mode Operator or BackupPods: the exporter needs write access").field_path(".storage.writeCredentials").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("self.exporter.mode != 'BackupPods' || has(self.backup)").message("backup is required with exporter.mode BackupPods: it selects the pods that export").field_path(".backup").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("!has(self.backup) || self.exporter.mode == 'BackupPods'").message("backup pods export only with exporter.mode BackupPods: two exporters would overwrite each other").field_path(".backup").reason(kube::core::Reason::FieldValueForbidden))]
 pub struct FallbackConfigPolicySpec {
     /// The Kong data planes that import the fallback configuration when they start during
     /// a control plane outage. They receive read-only storage credentials.
@@ -85,6 +92,14 @@ pub struct FallbackConfigPolicySpec {
     /// How the single exporter per Kong version is elected.
     #[serde(default)]
     pub election: Election,
+
+    /// Pause the operator's work on this policy: it stops exporting and mirroring the
+    /// election, designates no backup pod, restarts no workload, and reports
+    /// `Ready=False` with reason `Suspended` (and an Event). The webhook keeps injecting:
+    /// the env points new data planes at the last configuration stored, which is what they
+    /// should load in an outage. Default false.
+    #[serde(default)]
+    pub suspend: bool,
 }
 
 /// The importing data planes.
@@ -141,6 +156,9 @@ pub struct BackupPods {
 #[x_kube(validation = Rule::new("!has(self.endpoint) || self.url.startsWith('s3://')").message("storage.endpoint is only for S3-compatible stores: use it with an s3:// url"))]
 #[x_kube(validation = Rule::new("!has(self.putOptions) || self.url.startsWith('s3://')").message("storage.putOptions are S3 PutObject options: use them with an s3:// url"))]
 #[x_kube(validation = Rule::new("!has(self.gcsOptions) || self.url.startsWith('gcs://')").message("storage.gcsOptions are GCS object options: use them with a gcs:// url"))]
+#[x_kube(validation = Rule::new("!self.url.startsWith('s3://') || has(self.region)").message("storage.region is required for s3:// storage: Kong refuses to use S3 without a region, whatever the credentials (any value, e.g. us-east-1, for most S3-compatible stores)").field_path(".region").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("!has(self.writeCredentials) || (has(self.readCredentials.name) ? self.readCredentials.name : (has(self.readCredentials.secretName) ? self.readCredentials.secretName : '')) != (has(self.writeCredentials.name) ? self.writeCredentials.name : (has(self.writeCredentials.secretName) ? self.writeCredentials.secretName : '-'))").message("readCredentials names the same Secret as writeCredentials: importing data planes must not hold write access; use a read-only key").field_path(".readCredentials"))]
+#[x_kube(validation = Rule::new("!(has(self.caCert) && has(self.caCertRef))").message("set caCertRef or caCert (its older form), not both").field_path(".caCertRef"))]
 pub struct Storage {
     /// `s3://<bucket>/<prefix>` or `gcs://<bucket>/<prefix>`, exactly as Kong's
     /// `cluster_fallback_config_storage`. The prefix is required (Kong cannot use a
@@ -169,7 +187,8 @@ pub struct Storage {
     pub read_credentials: Credentials,
 
     /// Credentials used to write: by the operator (`exporter.mode: Operator`) or given to the
-    /// backup pods (`BackupPods`). Never given to importing data planes.
+    /// backup pods (`BackupPods`); required with those modes. Never given to importing
+    /// data planes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_credentials: Option<Credentials>,
 
@@ -178,7 +197,12 @@ pub struct Storage {
     /// GCS (its client library takes no extra CA). Not injected into Kong pods: they need
     /// the same CA in `lua_ssl_trusted_certificate` (`KONG_LUA_SSL_TRUSTED_CERTIFICATE`).
     /// A change of the Secret restarts the exporters; a bundle that is not PEM certificates
-    /// makes the storage unusable until fixed.
+    /// makes the storage unusable until fixed. Default: none (the system's CA roots only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_ref: Option<SecretKeySelector>,
+
+    /// The older form of `caCertRef` (`{secretName, key}`), still read: set one of them,
+    /// not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<SecretKeyRef>,
 
@@ -198,7 +222,8 @@ pub struct Storage {
     pub gcs_options: Option<GcsOptions>,
 
     /// How often the operator checks that the storage is reachable with the read
-    /// credentials (the `StorageReachable` condition). `0s` disables the check.
+    /// credentials (the `StorageReachable` condition). `0s` disables the check. Default
+    /// `5m` (written `300s`).
     #[serde(default = "default_validation_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub validation_interval: Duration,
@@ -208,12 +233,23 @@ pub struct Storage {
 /// identity (IRSA, EKS Pod Identity, GKE Workload Identity).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.secretName) != (has(self.ambient) && self.ambient)").message("set exactly one of secretName or ambient: true"))]
+#[x_kube(validation = Rule::new("!(has(self.secretName) && has(self.name))").message("set name or secretName (the same field under its older name), not both").field_path(".name"))]
+#[x_kube(validation = Rule::new("(has(self.secretName) || has(self.name)) != (has(self.ambient) && self.ambient)").message("set exactly one of name (or secretName) or ambient: true"))]
+#[x_kube(validation = Rule::new("!has(self.keys) || has(self.secretName) || has(self.name)").message("keys name the keys of a Secret: set name too").field_path(".keys"))]
 pub struct Credentials {
-    /// A Secret in the policy's namespace. For S3 it holds `AWS_ACCESS_KEY_ID` and
-    /// `AWS_SECRET_ACCESS_KEY` (and optionally `AWS_SESSION_TOKEN`); for GCS it holds
-    /// `GCP_SERVICE_ACCOUNT` (the service-account JSON). Pods reference the keys with
-    /// `secretKeyRef`; values are never copied into a pod spec.
+    /// A Secret in the policy's namespace. By default (see `keys`) for S3 it holds
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally
+    /// `AWS_SESSION_TOKEN`); for GCS it holds `GCP_SERVICE_ACCOUNT` (the service-account
+    /// JSON). Pods reference the keys with `secretKeyRef`; values are never copied into a
+    /// pod spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
+    pub name: Option<String>,
+
+    /// The older name of `name`, still read: set one of them, not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
@@ -221,13 +257,78 @@ pub struct Credentials {
     )]
     pub secret_name: Option<String>,
 
+    /// Which keys of the Secret hold what, for a Secret written for another tool (as
+    /// Velero's `credential`). Each unset key defaults to the name of Kong's environment
+    /// variable: the env var in Kong's pods keeps Kong's name and references the mapped key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<CredentialKeys>,
+
     /// Use the pod's cloud identity instead of a Secret: nothing is injected and Kong's
     /// SDK finds the credentials itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ambient: Option<bool>,
 }
 
-/// A key of a Secret in the policy's namespace.
+impl Storage {
+    /// The CA bundle's Secret and key: `caCertRef`, else its older form `caCert`.
+    pub fn ca(&self) -> Option<(&str, &str)> {
+        match (&self.ca_cert_ref, &self.ca_cert) {
+            (Some(r), _) => Some((r.name.as_str(), r.key.as_str())),
+            (None, Some(c)) => Some((c.secret_name.as_str(), c.key.as_str())),
+            (None, None) => None,
+        }
+    }
+}
+
+impl Credentials {
+    /// The Secret's name: `name`, else its older spelling `secretName`.
+    pub fn secret(&self) -> Option<&str> {
+        self.name.as_deref().or(self.secret_name.as_deref())
+    }
+
+    /// The key of the Secret that holds Kong's environment variable `env_name`.
+    pub fn key<'a>(&'a self, env_name: &'a str) -> &'a str {
+        use crate::kong::env;
+        let k = self.keys.as_ref();
+        let mapped = match env_name {
+            env::AWS_ACCESS_KEY_ID => k.and_then(|k| k.access_key_id.as_deref()),
+            env::AWS_SECRET_ACCESS_KEY => k.and_then(|k| k.secret_access_key.as_deref()),
+            env::AWS_SESSION_TOKEN => k.and_then(|k| k.session_token.as_deref()),
+            env::GCP_SERVICE_ACCOUNT => k.and_then(|k| k.service_account.as_deref()),
+            _ => None,
+        };
+        mapped.unwrap_or(env_name)
+    }
+}
+
+/// The keys of a credentials Secret. Each defaults to the name of the Kong environment
+/// variable it feeds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialKeys {
+    /// The key holding the S3 access key id (`AWS_ACCESS_KEY_ID`). Default: `AWS_ACCESS_KEY_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub access_key_id: Option<String>,
+    /// The key holding the S3 secret access key (`AWS_SECRET_ACCESS_KEY`). Default:
+    /// `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub secret_access_key: Option<String>,
+    /// The key holding the optional S3 session token (`AWS_SESSION_TOKEN`). Default:
+    /// `AWS_SESSION_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub session_token: Option<String>,
+    /// The key holding the GCS service-account JSON (`GCP_SERVICE_ACCOUNT`). Default:
+    /// `GCP_SERVICE_ACCOUNT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub service_account: Option<String>,
+}
+
+/// A key of a Secret in the policy's namespace, as `storage.caCert` names it (older form
+/// of `caCertRef`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
@@ -237,6 +338,21 @@ pub struct SecretKeyRef {
         length(max = 253)
     )]
     pub secret_name: String,
+    /// The key inside the Secret.
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub key: String,
+}
+
+/// A key of a Secret in the policy's namespace (`corev1.SecretKeySelector`'s shape).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// The Secret's name.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
+    pub name: String,
     /// The key inside the Secret.
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
     pub key: String,
@@ -318,15 +434,19 @@ pub struct Exporter {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 32),
-        inner(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(\.[0-9]+)?$"))
+        inner(
+            regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(\.[0-9]+)?$"),
+            length(max = 64)
+        )
     )]
+    #[x_kube(validation = Rule::new("self.all(v, self.exists_one(w, w == v))").message("a version is listed twice"))]
     pub versions: Vec<String>,
 
     /// Custom plugins (beyond Kong's bundled ones) that the data planes have. The operator
     /// announces Kong's bundled plugins of each version plus these (narrowed by the pods'
     /// `KONG_PLUGINS`): the control plane withholds the configuration from a data plane that
     /// does not announce every configured plugin, and a configuration naming a plugin the
-    /// data planes lack is not exported.
+    /// data planes lack is not exported. Default: none (Kong's bundled plugins only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub plugins: Vec<PluginRef>,
@@ -334,6 +454,7 @@ pub struct Exporter {
     /// The Wasm filters the data planes have (Kong's `wasm_filters`), announced to the
     /// control plane. A control plane with `wasm = on` withholds the configuration from a
     /// data plane that lacks any filter it has installed (`filter_set_incompatible`).
+    /// Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 256),
@@ -342,7 +463,7 @@ pub struct Exporter {
     pub wasm_filters: Vec<String>,
 
     /// At most one write per version in this interval; bursts of changes are coalesced and
-    /// the newest configuration always wins. Kong's own exporter uses 60s.
+    /// the newest configuration always wins. Default `5s`; Kong's own exporter uses 60s.
     #[serde(default = "default_min_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub min_interval: Duration,
@@ -350,9 +471,11 @@ pub struct Exporter {
     /// The largest configuration (decompressed) the operator accepts from the control
     /// plane, as a Kubernetes quantity. Larger ones are refused and reported. The operator's
     /// own ceiling (`run --max-config-size`, the chart's `maxConfigSize`, default 64Mi)
-    /// applies when it is lower: a policy cannot make the operator hold more.
+    /// applies when it is lower: a policy cannot make the operator hold more. Default
+    /// `64Mi`, at most `1Gi`.
     #[serde(default = "default_max_config_size")]
     #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"))]
+    #[x_kube(validation = Rule::new("!isQuantity(self) || (quantity(self).isGreaterThan(quantity('0')) && quantity(self).compareTo(quantity('1Gi')) <= 0)").message("maxConfigSize must be a positive size of at most 1Gi (the operator's limit), such as 64Mi"))]
     pub max_config_size: String,
 
     /// `Warm` (default): every replica keeps a control-plane session open, so a new leader
@@ -363,7 +486,7 @@ pub struct Exporter {
     pub standby: Standby,
 
     /// How many previous configurations to keep per version under
-    /// `<prefix>/<version>/history/` for rollback. 0 keeps none.
+    /// `<prefix>/<version>/history/` for rollback. 0 keeps none. Default 10.
     #[serde(default = "default_history_limit")]
     #[schemars(range(min = 0, max = 1000))]
     pub history_limit: u32,
@@ -420,6 +543,7 @@ pub struct ControlPlane {
     /// the session (`BadFrame`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"))]
+    #[x_kube(validation = Rule::new("!isQuantity(self) || (quantity(self).compareTo(quantity('4Mi')) >= 0 && quantity(self).compareTo(quantity('1Gi')) <= 0)").message("maxPayload must be between 4Mi (Kong's minimum cluster_max_payload) and 1Gi"))]
     pub max_payload: Option<String>,
 }
 
@@ -446,21 +570,28 @@ pub struct PluginRef {
 /// Lease timings (client-go's defaults) and the mirror into Kong's election prefix.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.leaseDuration) > duration(self.renewDeadline)").message("leaseDuration must be greater than renewDeadline").field_path(".leaseDuration"))]
+#[x_kube(validation = Rule::new("duration(self.retryPeriod) > duration('0s')").message("retryPeriod must be greater than 0").field_path(".retryPeriod"))]
+// NB: CEL durations do not multiply; milliseconds are exact enough for 1.2 x retryPeriod.
+#[x_kube(validation = Rule::new("duration(self.renewDeadline).getMilliseconds() * 5 > duration(self.retryPeriod).getMilliseconds() * 6").message("renewDeadline must be greater than 1.2 x retryPeriod").field_path(".renewDeadline"))]
 pub struct Election {
     /// How long a Lease is valid without renewal; another replica may take over after it.
+    /// Greater than renewDeadline. Default `15s` (client-go's).
     #[serde(default = "default_lease_duration")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub lease_duration: Duration,
-    /// The leader stops exporting if it cannot renew within this time. Less than leaseDuration.
+    /// The leader stops exporting if it cannot renew within this time. Less than
+    /// leaseDuration. Default `10s` (client-go's).
     #[serde(default = "default_renew_deadline")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub renew_deadline: Duration,
-    /// How often candidates retry. renewDeadline must exceed 1.2 x retryPeriod.
+    /// How often candidates retry; greater than 0, and renewDeadline must exceed 1.2 x
+    /// retryPeriod. Default `2s` (client-go's).
     #[serde(default = "default_retry_period")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub retry_period: Duration,
     /// Register the elected exporter under `<prefix>/<version>/election/` in Kong's own
-    /// format, so native Kong 3.6+ backup nodes sharing the prefix defer to it.
+    /// format, so native Kong 3.6+ backup nodes sharing the prefix defer to it. Default true.
     #[serde(default = "default_true")]
     pub mirror_to_storage: bool,
 }
@@ -488,7 +619,12 @@ pub(crate) const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61
 fn label_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
-        "description": "A label selector (matchLabels and matchExpressions, ANDed) with Kubernetes' label syntax: keys `[prefix/]name`, values of at most 63 letters, digits, `-`, `_` and `.`.",
+        "description": "A label selector (matchLabels and matchExpressions, ANDed) with Kubernetes' label syntax: keys `[prefix/]name`, values of at most 63 letters, digits, `-`, `_` and `.`. An empty selector is refused: it would claim every pod in the namespace.",
+        "x-kubernetes-validations": [{
+            "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+            "message": "must not be empty: an empty selector would claim every pod in the namespace",
+            "reason": "FieldValueRequired"
+        }],
         "properties": {
             "matchLabels": {
                 "type": "object",
@@ -511,6 +647,10 @@ fn label_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema 
                 "items": {
                     "type": "object",
                     "required": ["key", "operator"],
+                    "x-kubernetes-validations": [{
+                        "rule": "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)",
+                        "message": "operators In and NotIn need values; Exists and DoesNotExist take none"
+                    }],
                     "properties": {
                         "key": {"type": "string", "maxLength": 317, "pattern": LABEL_KEY_PATTERN},
                         "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
@@ -563,7 +703,9 @@ pub struct FallbackConfigPolicyStatus {
     pub observed_generation: Option<i64>,
 
     /// `Ready` summarises the others: `Valid`, `StorageReachable`, `PodsInjected`,
-    /// `ControlPlaneConnected`, `Exporting`, `Leading`.
+    /// `ControlPlaneConnected`, `Exporting`, `Leading`. `Stalled` (True: an invalid spec,
+    /// nothing happens until it changes) and `Reconciling` (True: connecting or waiting for
+    /// the first export) are kstatus' conditions, for Flux and `kubectl wait`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -1,6 +1,9 @@
-//! What the CRD schema cannot express. The apiserver already enforces patterns, enums and
-//! the CEL rules on the types; [`validate`] checks the rest and returns every problem at
-//! once, each naming its field, so a person fixes the spec in one round.
+//! Every rule of a spec, once more. The apiserver already enforces patterns, enums and the
+//! CEL rules on the types (the cross-field rules included); [`validate`] checks those again
+//! for objects stored before a rule existed, plus what CEL cannot say (plugins listed twice
+//! under `-`/`_` spellings, beyond the CEL cost budget; two selectors being equal; label-key
+//! prefix lengths), and returns every problem at once, each naming its field, so a person
+//! fixes the spec in one round.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -68,16 +71,44 @@ pub fn validate(spec: &FallbackConfigPolicySpec) -> Vec<Problem> {
         );
     }
     if let (Some(r), Some(w)) = (
-        storage.read_credentials.secret_name.as_deref(),
-        storage
-            .write_credentials
-            .as_ref()
-            .and_then(|c| c.secret_name.as_deref()),
+        storage.read_credentials.secret(),
+        storage.write_credentials.as_ref().and_then(|c| c.secret()),
     ) && r == w
     {
         p.add(
             "spec.storage.readCredentials.secretName",
             format!("names the same Secret as spec.storage.writeCredentials ({r:?}): importing data planes must not hold write access; use a read-only key"),
+        );
+    }
+
+    for (field, c) in [
+        (
+            "spec.storage.readCredentials",
+            Some(&storage.read_credentials),
+        ),
+        (
+            "spec.storage.writeCredentials",
+            storage.write_credentials.as_ref(),
+        ),
+    ] {
+        let Some(c) = c else { continue };
+        if c.name.is_some() && c.secret_name.is_some() {
+            p.add(
+                format!("{field}.name"),
+                "set name or secretName (its older name), not both",
+            );
+        }
+        if c.keys.is_some() && c.secret().is_none() {
+            p.add(
+                format!("{field}.keys"),
+                "keys name the keys of a Secret: set name too",
+            );
+        }
+    }
+    if storage.ca_cert.is_some() && storage.ca_cert_ref.is_some() {
+        p.add(
+            "spec.storage.caCertRef",
+            "set caCertRef or caCert (its older form), not both",
         );
     }
 
@@ -396,6 +427,33 @@ mod tests {
         for p in &problems {
             assert!(p.to_string().starts_with(&p.field), "{p}");
         }
+    }
+
+    #[test]
+    fn credentials_take_name_or_secret_name_and_keys_only_with_a_secret() {
+        let mut v = valid();
+        v["storage"]["readCredentials"] = json!({"name": "r", "keys": {"accessKeyId": "id"}});
+        assert_eq!(validate(&spec(v.clone())), vec![]);
+        v["storage"]["readCredentials"] = json!({"name": "r", "secretName": "r2"});
+        assert_eq!(
+            fields(&validate(&spec(v.clone()))),
+            ["spec.storage.readCredentials.name"]
+        );
+        v["storage"]["readCredentials"] = json!({"ambient": true, "keys": {"accessKeyId": "id"}});
+        assert_eq!(
+            fields(&validate(&spec(v.clone()))),
+            ["spec.storage.readCredentials.keys"]
+        );
+        // `name` and `secretName` are one Secret for the read/write rule.
+        v["storage"]["readCredentials"] = json!({"name": "fallback-write"});
+        assert_eq!(
+            fields(&validate(&spec(v.clone()))),
+            ["spec.storage.readCredentials.secretName"]
+        );
+        v["storage"]["readCredentials"] = json!({"secretName": "r"});
+        v["storage"]["caCert"] = json!({"secretName": "ca", "key": "ca.crt"});
+        v["storage"]["caCertRef"] = json!({"name": "ca", "key": "ca.crt"});
+        assert_eq!(fields(&validate(&spec(v))), ["spec.storage.caCertRef"]);
     }
 
     #[test]

@@ -501,7 +501,12 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
     let gate = ctx
         .electors
         .ensure(policy, leadership::timings(policy, problems.is_empty()));
-    let export = if problems.is_empty() && policy.spec.exporter.mode == ExporterMode::Operator {
+    // NB: a suspended policy keeps its elector: the Lease holder still writes its status.
+    let suspended = policy.spec.suspend;
+    let export = if problems.is_empty()
+        && !suspended
+        && policy.spec.exporter.mode == ExporterMode::Operator
+    {
         let mut view = ExportView {
             stall_after: Duration::from(policy.spec.exporter.min_interval) + status::STALL_MARGIN,
             ..ExportView::default()
@@ -535,7 +540,7 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
     // mode: BackupPods: designate a backup pod per version and mirror its node id.
     let mut designation: Option<backup::Designation> = None;
     let mut backup_problem: Option<(String, String)> = None;
-    if problems.is_empty() && policy.spec.exporter.mode == ExporterMode::BackupPods {
+    if problems.is_empty() && !suspended && policy.spec.exporter.mode == ExporterMode::BackupPods {
         let current: std::collections::BTreeMap<String, String> = policy
             .status
             .as_ref()
@@ -662,8 +667,13 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let report = pods::report(policy, &policies, &all_pods, &secrets);
-        status::set_pods(&mut desired, &report, policy.metadata.generation, now);
-        if policy.spec.data_planes.rollout && !report.not_injected.is_empty() {
+        status::set_pods(
+            &mut desired,
+            &report,
+            policy.metadata.generation,
+            now.clone(),
+        );
+        if policy.spec.data_planes.rollout && !suspended && !report.not_injected.is_empty() {
             let webhook = if !ctx.webhook_enabled {
                 Err("this operator does not serve the webhook (run --webhook): restarted pods would not be injected".to_owned())
             } else if ctx.health.pending().contains(&crate::webhook::CERT_LOADED) {
@@ -728,6 +738,10 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             }
         }
     }
+    if suspended && problems.is_empty() {
+        status::set_suspended(&mut desired, policy.metadata.generation, now.clone());
+    }
+    status::set_progress(&mut desired, policy.metadata.generation, now);
 
     if desired != current {
         let api: Api<FallbackConfigPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -792,14 +806,12 @@ fn error_policy(policy: Arc<FallbackConfigPolicy>, error: &Error, _ctx: Arc<Cont
 pub fn references(spec: &crate::api::FallbackConfigPolicySpec, name: &str) -> bool {
     let st = &spec.storage;
     [
-        st.read_credentials.secret_name.as_deref(),
-        st.write_credentials
-            .as_ref()
-            .and_then(|c| c.secret_name.as_deref()),
+        st.read_credentials.secret(),
+        st.write_credentials.as_ref().and_then(|c| c.secret()),
     ]
     .into_iter()
     .flatten()
-    .chain(st.ca_cert.as_ref().map(|c| c.secret_name.as_str()))
+    .chain(st.ca().map(|(name, _)| name))
     .chain(
         spec.exporter
             .control_plane

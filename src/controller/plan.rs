@@ -266,28 +266,26 @@ async fn ca_bundle(
     ns: &str,
     spec: &crate::api::FallbackConfigPolicySpec,
 ) -> Result<Option<(String, String)>, SetupError> {
-    let Some(ca) = &spec.storage.ca_cert else {
+    let Some((ca_name, ca_key)) = spec.storage.ca() else {
         return Ok(None);
     };
-    let field = "spec.storage.caCert";
-    let s = secret(api, ns, &ca.secret_name, field).await?;
-    let pem = text(&s, &ca.key).ok_or_else(|| {
+    let field = if spec.storage.ca_cert_ref.is_some() {
+        "spec.storage.caCertRef"
+    } else {
+        "spec.storage.caCert"
+    };
+    let s = secret(api, ns, ca_name, field).await?;
+    let pem = text(&s, ca_key).ok_or_else(|| {
         (
             "SecretKeyMissing".to_owned(),
-            format!(
-                "Secret {ns}/{} ({field}) has no key {}",
-                ca.secret_name, ca.key
-            ),
+            format!("Secret {ns}/{ca_name} ({field}) has no key {ca_key}"),
         )
     })?;
     // NB: checked here too, so the condition names the Secret; the S3 client refuses it anyway.
     crate::storage::s3::trust_store(&pem).map_err(|e| {
         (
             "InvalidCaBundle".to_owned(),
-            format!(
-                "Secret {ns}/{} ({field}) key {}: {e}",
-                ca.secret_name, ca.key
-            ),
+            format!("Secret {ns}/{ca_name} ({field}) key {ca_key}: {e}"),
         )
     })?;
     Ok(Some((pem, s.resource_version().unwrap_or_default())))
@@ -308,7 +306,7 @@ pub async fn record_credential_secrets(
     ]
     .into_iter()
     .flatten()
-    .filter_map(|c| c.secret_name.clone())
+    .filter_map(|c| c.secret().map(str::to_owned))
     .collect::<std::collections::BTreeSet<_>>();
     for name in names {
         let keys = match secrets.get_opt(&name).await {
@@ -374,7 +372,7 @@ async fn access(
     };
     let creds = creds.ok_or_else(|| ("InvalidSpec".to_owned(), format!("{field} is required")))?;
     let mut versions_of_secrets = Vec::new();
-    let access = match (url.provider, creds.secret_name.as_deref()) {
+    let access = match (url.provider, creds.secret()) {
         (Provider::S3, name) => {
             // NB: `ambient: true` (no Secret) is the operator's own identity: the SDK's
             // default credential chain of this process (IRSA, EKS Pod Identity...).
@@ -383,9 +381,13 @@ async fn access(
                     let s = secret(&secrets, &ns, name, field).await?;
                     versions_of_secrets.push(s.resource_version().unwrap_or_default());
                     StaticCredentials {
-                        access_key_id: require(&s, &ns, env::AWS_ACCESS_KEY_ID)?,
-                        secret_access_key: require(&s, &ns, env::AWS_SECRET_ACCESS_KEY)?,
-                        session_token: text(&s, env::AWS_SESSION_TOKEN),
+                        access_key_id: require(&s, &ns, creds.key(env::AWS_ACCESS_KEY_ID))?,
+                        secret_access_key: require(
+                            &s,
+                            &ns,
+                            creds.key(env::AWS_SECRET_ACCESS_KEY),
+                        )?,
+                        session_token: text(&s, creds.key(env::AWS_SESSION_TOKEN)),
                     }
                     .into()
                 }
@@ -438,7 +440,7 @@ async fn access(
                 credentials: GcsCredentials::ServiceAccountJson(require(
                     &s,
                     &ns,
-                    env::GCP_SERVICE_ACCOUNT,
+                    creds.key(env::GCP_SERVICE_ACCOUNT),
                 )?),
                 extras: gcs_extras(spec),
             }

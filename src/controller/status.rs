@@ -215,6 +215,80 @@ pub fn set_storage(
     }
 }
 
+/// The `Ready` reason of a policy with `spec.suspend: true`.
+pub const SUSPENDED: &str = "Suspended";
+
+/// `Ready=False` with reason [`SUSPENDED`], after every other condition is set. Pure.
+pub fn set_suspended(status: &mut FallbackConfigPolicyStatus, generation: Option<i64>, now: Time) {
+    set_condition(
+        &mut status.conditions,
+        ConditionType::Ready,
+        false,
+        SUSPENDED,
+        "spec.suspend is true: the operator does not export, mirror the election, designate backup pods or restart workloads for this policy; the webhook still injects, pointing new data planes at the last configuration stored",
+        generation,
+        now,
+    );
+}
+
+/// `Ready` reasons that mean "working on it": the operator gets there by itself.
+const IN_PROGRESS: &[&str] = &["Connecting", "Waiting"];
+/// `Ready` reasons that need a person: the operator cannot get further by itself.
+const STALLED: &[&str] = &["InvalidSpec", "AmbientNotAllowed"];
+
+/// Sets kstatus' `Reconciling` and `Stalled` from `Ready`, once every other condition is
+/// set, so that Flux (`wait`, `healthChecks`), `kubectl wait` and anything built on
+/// sigs.k8s.io/cli-utils read the policy as kstatus defines: `Stalled=True` is Failed,
+/// `Reconciling=True` InProgress, `Ready=True` with both False Current (and a
+/// `status.observedGeneration` behind `metadata.generation` InProgress, whatever the
+/// conditions). Both are always written, True or False. Pure.
+pub fn set_progress(status: &mut FallbackConfigPolicyStatus, generation: Option<i64>, now: Time) {
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::Ready.as_str())
+        .map(|c| (c.status == "True", c.reason.clone(), c.message.clone()));
+    let (ready, reason, message) = ready.unwrap_or((false, "Waiting".into(), String::new()));
+    let stalled = !ready && STALLED.contains(&reason.as_str());
+    let reconciling = !ready && IN_PROGRESS.contains(&reason.as_str());
+    let (s_reason, s_message) = if stalled {
+        (reason.clone(), message.clone())
+    } else {
+        (
+            "NotStalled".to_owned(),
+            "nothing keeps the operator from making progress".to_owned(),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        ConditionType::Stalled,
+        stalled,
+        &s_reason,
+        &s_message,
+        generation,
+        now.clone(),
+    );
+    let (r_reason, r_message) = if reconciling {
+        (reason, message)
+    } else if ready {
+        ("Reconciled".to_owned(), "Ready".to_owned())
+    } else {
+        (
+            "NotReconciling".to_owned(),
+            "not working towards Ready by itself: see Ready".to_owned(),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        ConditionType::Reconciling,
+        reconciling,
+        &r_reason,
+        &r_message,
+        generation,
+        now,
+    );
+}
+
 fn downgrade_ready(
     status: &mut FallbackConfigPolicyStatus,
     reason: &str,
@@ -448,6 +522,22 @@ pub fn changes(old: &FallbackConfigPolicyStatus, new: &FallbackConfigPolicyStatu
                 note,
             });
         }
+    }
+    let suspended = |s: &FallbackConfigPolicyStatus| {
+        find(&s.conditions, ConditionType::Ready).is_some_and(|c| c.reason == SUSPENDED)
+    };
+    match (suspended(old), suspended(new)) {
+        (false, true) => out.push(Change {
+            warning: false,
+            reason: "Suspended".into(),
+            note: "spec.suspend is true: exports, the election mirror and rollouts stop; the webhook still injects".into(),
+        }),
+        (true, false) => out.push(Change {
+            warning: false,
+            reason: "Resumed".into(),
+            note: "spec.suspend is no longer true: the operator works on this policy again".into(),
+        }),
+        _ => {}
     }
     let holder = |s: &FallbackConfigPolicyStatus| s.leader.as_ref().map(|l| l.identity.clone());
     if let Some(l) = &new.leader
@@ -789,6 +879,92 @@ mod tests {
         let s = desired_status(&s, Some(2), &[], None, at(6));
         assert!(cond(&s, "Exporting").is_none() && s.exports.is_empty());
         assert_eq!(cond(&s, "Ready").unwrap().status, "True");
+    }
+
+    fn kstatus(s: &FallbackConfigPolicyStatus) -> (String, String) {
+        let st = |t: &str| cond(s, t).unwrap().status.clone();
+        (st("Stalled"), st("Reconciling"))
+    }
+
+    #[test]
+    fn an_invalid_spec_is_stalled_and_not_reconciling() {
+        let mut s = desired_status(&Default::default(), Some(1), &[problem()], None, at(5));
+        set_progress(&mut s, Some(1), at(5));
+        assert_eq!(kstatus(&s), ("True".into(), "False".into()));
+        let c = cond(&s, "Stalled").unwrap();
+        assert_eq!(c.reason, "InvalidSpec");
+        assert!(c.message.contains("spec.storage.url"), "{}", c.message);
+        assert_eq!(c.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn waiting_for_the_first_export_is_reconciling_and_not_stalled() {
+        let mut states = BTreeMap::from([exported("3.6.1.4")]);
+        states.get_mut("3.6.1.4").unwrap().last_export = None;
+        let view = ExportView {
+            states,
+            ..Default::default()
+        };
+        let mut s = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        set_progress(&mut s, Some(1), at(5));
+        assert_eq!(kstatus(&s), ("False".into(), "True".into()));
+        assert_eq!(cond(&s, "Reconciling").unwrap().reason, "Waiting");
+    }
+
+    #[test]
+    fn a_ready_policy_is_neither_stalled_nor_reconciling_and_an_error_is_neither() {
+        let view = ExportView {
+            states: [exported("3.6.1.4")].into(),
+            ..Default::default()
+        };
+        let mut s = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        set_progress(&mut s, Some(1), at(5));
+        assert_eq!(kstatus(&s), ("False".into(), "False".into()));
+        // A missing Secret: not Ready, and nothing the operator does by itself; but it is
+        // fixed by creating the Secret, which Flux may apply later: InProgress, not Failed.
+        let view = ExportView {
+            setup_error: Some(("SecretMissing".into(), "Secret kong/x not found".into())),
+            ..Default::default()
+        };
+        let mut s = desired_status(&s, Some(1), &[], Some(&view), at(6));
+        set_progress(&mut s, Some(1), at(6));
+        assert_eq!(kstatus(&s), ("False".into(), "False".into()));
+        assert_eq!(cond(&s, "Ready").unwrap().status, "False");
+    }
+
+    #[test]
+    fn a_suspended_policy_is_not_ready_and_says_so_once_with_an_event() {
+        let view = ExportView {
+            states: [exported("3.6.1.4")].into(),
+            ..Default::default()
+        };
+        let running = desired_status(&Default::default(), Some(1), &[], Some(&view), at(5));
+        let mut s = desired_status(&running, Some(2), &[], None, at(6));
+        set_suspended(&mut s, Some(2), at(6));
+        set_progress(&mut s, Some(2), at(6));
+        let c = cond(&s, "Ready").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Suspended")
+        );
+        assert!(
+            c.message.contains("the webhook still injects"),
+            "{}",
+            c.message
+        );
+        assert_eq!(kstatus(&s), ("False".into(), "False".into()));
+        let reasons: Vec<String> = changes(&running, &s)
+            .into_iter()
+            .map(|c| c.reason)
+            .collect();
+        assert!(reasons.contains(&"Suspended".to_owned()), "{reasons:?}");
+        assert!(changes(&s, &s).is_empty());
+        let resumed = desired_status(&s, Some(3), &[], Some(&view), at(7));
+        let reasons: Vec<String> = changes(&s, &resumed)
+            .into_iter()
+            .map(|c| c.reason)
+            .collect();
+        assert!(reasons.contains(&"Resumed".to_owned()), "{reasons:?}");
     }
 
     #[test]

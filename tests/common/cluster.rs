@@ -26,6 +26,17 @@ pub fn policy(name: &str, spec: serde_json::Value) -> FallbackConfigPolicy {
     .unwrap()
 }
 
+/// `exporter.plugins` naming one plugin twice (`my-auth`, `my_auth`: Kong's names are
+/// the same with `-` or `_`). The apiserver admits it (the CEL rule would exceed the cost
+/// budget at 256 plugins) and `validate()` refuses it: an invalid spec that gets stored,
+/// as one stored before a CEL rule existed would.
+pub fn plugins_listed_twice() -> serde_json::Value {
+    json!([
+        {"name": "my-auth", "version": "1.0.0"},
+        {"name": "my_auth", "version": "1.0.0"}
+    ])
+}
+
 /// The controller, as replica `identity`, watching only namespace `ns` (abort to stop it).
 pub fn run_controller(
     client: &Client,

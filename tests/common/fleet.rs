@@ -271,6 +271,26 @@ impl Fleet {
         ))
     }
 
+    /// Gives the `fallback-read` Secret read-only credentials that work on the bucket (it
+    /// holds refused ones by default), so that `StorageReachable`, and then `Ready`, can
+    /// turn True.
+    pub async fn working_read_credentials(&self) {
+        let ro = self.s3.read_only_credentials(&self.bucket).await.unwrap();
+        let data = json!({"stringData": {
+            "AWS_ACCESS_KEY_ID": ro.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": ro.secret_access_key,
+            "AWS_SESSION_TOKEN": ro.session_token
+        }});
+        Api::<Secret>::namespaced(self.client.clone(), &self.ns)
+            .patch(
+                "fallback-read",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&data),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Waits (up to `timeout`) until `config.json` holds `hash`; what it holds then.
     pub async fn wait_stored(&self, hash: &str, timeout: Duration) -> Option<(Stored, Duration)> {
         let start = Instant::now();

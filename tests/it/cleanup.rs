@@ -101,6 +101,13 @@ async fn cleanup_releases_the_policies_an_operator_left_so_their_namespace_can_g
         .create(&pp, &write)
         .await
         .unwrap();
+    // NB: the same key under a second name: one Secret for both is refused at admission.
+    let mut read = write.clone();
+    read.metadata.name = Some("fallback-read".into());
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .create(&pp, &read)
+        .await
+        .unwrap();
     // A store that accepts connections and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_endpoint = format!("http://{}", silent.local_addr().unwrap());
@@ -108,7 +115,7 @@ async fn cleanup_releases_the_policies_an_operator_left_so_their_namespace_can_g
         json!({
             "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
             "storage": {"url": format!("s3://{bucket}/kong"), "endpoint": endpoint, "region": "us-east-1",
-                        "readCredentials": {"secretName": "fallback-write"},
+                        "readCredentials": {"secretName": "fallback-read"},
                         "writeCredentials": {"secretName": "fallback-write"}},
             "exporter": {"mode": mode, "versions": ["3.6.1.4"],
                          "controlPlane": {"endpoint": "kong-cp:8005", "clusterCertSecret": "kong-cluster-cert"}}

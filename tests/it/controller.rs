@@ -37,13 +37,13 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
     let ns = env.namespace("ctrl").await.unwrap();
     let running = crate::cluster::run_controller(&client, &ns, "test-replica");
 
-    // Valid for the schema, invalid for validate(): S3 without a region, empty selector.
+    // Admitted by the apiserver, refused by validate(): a plugin listed twice.
     let policy: FallbackConfigPolicy = crate::cluster::policy(
         "prod",
         json!({
-            "dataPlanes": {"selector": {}},
-            "storage": {"url": "s3://fallback/kong", "readCredentials": {"secretName": "fallback-read"}},
-            "exporter": {"mode": "None"}
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {"url": "s3://fallback/kong", "region": "us-east-1", "readCredentials": {"secretName": "fallback-read"}},
+            "exporter": {"mode": "None", "plugins": crate::cluster::plugins_listed_twice()}
         }),
     );
     let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
@@ -57,8 +57,10 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
         (status.as_str(), reason.as_str(), generation),
         ("False", "InvalidSpec", Some(1))
     );
-    assert!(message.contains("spec.storage.region"), "{message}");
-    assert!(message.contains("spec.dataPlanes.selector"), "{message}");
+    assert!(
+        message.contains("spec.exporter.plugins[1].name"),
+        "{message}"
+    );
 
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let warning = until("an InvalidSpec event", async || {
@@ -74,7 +76,7 @@ async fn an_invalid_policy_gets_ready_false_and_an_event_and_recovers_when_fixed
     let s3 = kfo_testenv::minio().await;
     let bucket = s3.bucket("ctrl").await.unwrap();
     let fix = json!({"spec": {
-        "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+        "exporter": {"plugins": [{"name": "my-auth", "version": "1.0.0"}]},
         "storage": {"url": format!("s3://{bucket}/kong"), "region": "us-east-1", "endpoint": s3.endpoint}
     }});
     api.patch("prod", &PatchParams::default(), &Patch::Merge(&fix))
@@ -905,4 +907,82 @@ async fn pod_churn_costs_a_status_write_a_second_not_one_per_pod() {
         "{writes} status writes for {PODS} pods created over {churn:?} (at most {bound})"
     );
     running.abort();
+}
+
+/// Issue 13 point 7: `suspend: true` stops the exports (a new configuration is not
+/// written) and says so in `Ready` and an Event; `suspend: false` resumes them.
+#[tokio::test]
+async fn a_suspended_policy_stops_exporting_says_so_and_resumes() {
+    let mut fleet = crate::fleet::Fleet::new(
+        "suspend",
+        crate::fleet::Timings {
+            lease: 15,
+            renew: 10,
+            retry: 2,
+        },
+    )
+    .await;
+    fleet.working_read_credentials().await;
+    let _operator = fleet.start("kfo-0");
+    let api: Api<FallbackConfigPolicy> = Api::namespaced(fleet.client.clone(), &fleet.ns);
+    let first = fleet.push();
+    fleet
+        .wait_stored(&first, Duration::from_secs(40))
+        .await
+        .expect("the first configuration is exported");
+    until("Ready=True", async || {
+        ready(&api.get("prod").await.ok()?).filter(|r| r.0 == "True")
+    })
+    .await;
+
+    let suspend = |on: bool| json!({"spec": {"suspend": on}});
+    api.patch(
+        "prod",
+        &PatchParams::default(),
+        &Patch::Merge(&suspend(true)),
+    )
+    .await
+    .unwrap();
+    let (_, _, message, _) = until("Ready=False Suspended", async || {
+        ready(&api.get("prod").await.ok()?).filter(|r| r.1 == "Suspended")
+    })
+    .await;
+    assert!(message.contains("the webhook still injects"), "{message}");
+    until("a Suspended event", async || {
+        crate::cluster::event_reasons(&fleet.client, &fleet.ns)
+            .await
+            .contains(&"Suspended".to_owned())
+            .then_some(())
+    })
+    .await;
+    let second = fleet.push();
+    assert!(
+        fleet
+            .wait_stored(&second, Duration::from_secs(8))
+            .await
+            .is_none(),
+        "a suspended policy exported"
+    );
+    assert_eq!(fleet.stored().await.unwrap().0, first);
+
+    api.patch(
+        "prod",
+        &PatchParams::default(),
+        &Patch::Merge(&suspend(false)),
+    )
+    .await
+    .unwrap();
+    fleet
+        .wait_stored(&second, Duration::from_secs(40))
+        .await
+        .expect("the newest configuration is exported once resumed");
+    until("Ready=True again", async || {
+        ready(&api.get("prod").await.ok()?).filter(|r| r.0 == "True")
+    })
+    .await;
+    assert!(
+        crate::cluster::event_reasons(&fleet.client, &fleet.ns)
+            .await
+            .contains(&"Resumed".to_owned())
+    );
 }

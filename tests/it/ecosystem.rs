@@ -2,6 +2,8 @@
 //! and Argo CD's health check (deploy/argocd/health.lua), run in gopher-lua as Argo CD
 //! runs it, judges the statuses the operator writes: those its pure status function
 //! computes, and objects recorded from a real kube-apiserver with the controller running.
+//! So does kstatus (sigs.k8s.io/cli-utils, tools/go/kstatus), what Flux's `wait` and
+//! `healthChecks` use, on objects a real operator process wrote.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
@@ -12,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kong_fallback_operator::api::{FallbackConfigPolicyStatus, Problem};
 use kong_fallback_operator::controller::exporters::VersionState;
-use kong_fallback_operator::controller::status::{ExportView, desired_status};
+use kong_fallback_operator::controller::status::{ExportView, desired_status, set_progress};
 use serde_json::{Value, json};
 
 const HEALTH_LUA: &str = "deploy/argocd/health.lua";
@@ -172,6 +174,16 @@ fn argo_cd_sees_a_policy_that_cannot_export_as_degraded() {
     assert!(message.contains("SecretMissing"), "{message}");
 }
 
+#[test]
+fn argo_cd_sees_a_suspended_policy_as_suspended() {
+    use kong_fallback_operator::controller::status::set_suspended;
+    let mut status = operator_mode_status(true);
+    set_suspended(&mut status, Some(2), now());
+    let (health, message) = argo_health(&policy(2, &with_progress(status)));
+    assert_eq!(health, "Suspended", "{message}");
+    assert!(message.contains("spec.suspend"), "{message}");
+}
+
 /// argocd-cm.yaml carries health.lua verbatim (`make generate` writes it).
 #[test]
 fn the_argocd_cm_snippet_carries_the_health_script() {
@@ -223,13 +235,13 @@ async fn argo_cd_judges_policies_recorded_from_a_real_apiserver() {
     );
     let get = async || serde_json::to_value(raw.get("prod").await.ok()?).ok();
 
-    // Valid for the schema, refused by validate(): S3 without a region.
+    // Admitted by the apiserver, refused by validate(): a plugin listed twice.
     let policy = crate::cluster::policy(
         "prod",
         json!({
             "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
-            "storage": {"url": "s3://fallback/kong", "readCredentials": {"secretName": "fallback-read"}},
-            "exporter": {"mode": "None"}
+            "storage": {"url": "s3://fallback/kong", "region": "us-east-1", "readCredentials": {"secretName": "fallback-read"}},
+            "exporter": {"mode": "None", "plugins": crate::cluster::plugins_listed_twice()}
         }),
     );
     typed.create(&PostParams::default(), &policy).await.unwrap();
@@ -246,9 +258,10 @@ async fn argo_cd_judges_policies_recorded_from_a_real_apiserver() {
     // status of the old one.
     let s3 = kfo_testenv::minio().await;
     let bucket = s3.bucket("argo").await.unwrap();
-    let fix = json!({"spec": {"storage": {
-        "url": format!("s3://{bucket}/kong"), "region": "us-east-1", "endpoint": s3.endpoint
-    }}});
+    let fix = json!({"spec": {
+        "exporter": {"plugins": null},
+        "storage": {"url": format!("s3://{bucket}/kong"), "region": "us-east-1", "endpoint": s3.endpoint}
+    }});
     let patched = raw
         .patch("prod", &PatchParams::default(), &Patch::Merge(&fix))
         .await
@@ -296,4 +309,169 @@ async fn argo_cd_judges_policies_recorded_from_a_real_apiserver() {
     assert_eq!(health, "Healthy", "{message}\n{ready:#}");
 
     running.abort();
+}
+
+/// Runs kstatus' `Compute` (tools/go/kstatus, cli-utils as Flux links it) on `object`:
+/// (status, message).
+fn kstatus(object: &Value) -> (String, String) {
+    let checker = kfo_testenv::binary("kstatus").unwrap();
+    let mut child = Command::new(&checker)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(object.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kstatus failed on {object}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["status"].as_str().unwrap().to_owned(),
+        v["message"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// What the controller writes: [`desired_status`] and then kstatus' conditions.
+fn with_progress(mut status: FallbackConfigPolicyStatus) -> FallbackConfigPolicyStatus {
+    set_progress(&mut status, Some(2), now());
+    status
+}
+
+#[test]
+fn kstatus_reads_the_statuses_the_controller_computes() {
+    let ready = with_progress(operator_mode_status(true));
+    assert_eq!(kstatus(&policy(2, &ready)).0, "Current");
+    // The spec changed since: InProgress whatever the conditions say.
+    assert_eq!(kstatus(&policy(3, &ready)).0, "InProgress");
+    let (st, message) = kstatus(&policy(2, &with_progress(operator_mode_status(false))));
+    assert_eq!(st, "InProgress", "{message}");
+    assert!(
+        message.contains("waiting for the first configuration"),
+        "{message}"
+    );
+    let problems = [Problem {
+        field: "spec.exporter.plugins[1].name".into(),
+        message: "plugin my_auth is listed twice".into(),
+    }];
+    let invalid = with_progress(desired_status(
+        &Default::default(),
+        Some(2),
+        &problems,
+        None,
+        now(),
+    ));
+    let (st, message) = kstatus(&policy(2, &invalid));
+    assert_eq!(st, "Failed", "{message}");
+    assert!(
+        message.contains("spec.exporter.plugins[1].name"),
+        "{message}"
+    );
+}
+
+/// Issue 13 point 5, against a real apiserver and a real operator process: a policy whose
+/// operator waits for the control plane's first configuration is InProgress, then Current
+/// (and `kubectl wait --for=condition=Ready` returns), InProgress again the moment its
+/// spec changes, and Failed with an invalid spec the apiserver admits.
+#[tokio::test]
+async fn kstatus_judges_policies_a_real_operator_wrote_as_flux_would() {
+    use kong_fallback_operator::api::FallbackConfigPolicy;
+    use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+
+    let mut fleet = crate::fleet::Fleet::new(
+        "kstatus",
+        crate::fleet::Timings {
+            lease: 15,
+            renew: 10,
+            retry: 2,
+        },
+    )
+    .await;
+    // Read-only credentials that work, so that Ready depends on the export alone.
+    fleet.working_read_credentials().await;
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        fleet.client.clone(),
+        &fleet.ns,
+        &ApiResource::erase::<FallbackConfigPolicy>(&()),
+    );
+    let get = async || serde_json::to_value(raw.get("prod").await.ok()?).ok();
+    let _operator = fleet.start("kfo-0");
+
+    // Connected, no configuration yet (the CP double has none): the operator is on it.
+    let waiting = crate::wait::until("Reconciling=True", async || {
+        get()
+            .await
+            .filter(|o| condition(o, "Reconciling").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    let (st, message) = kstatus(&waiting);
+    assert_eq!(st, "InProgress", "{message}\n{waiting:#}");
+
+    fleet.push();
+    let ready = crate::wait::until("Ready=True", async || {
+        get()
+            .await
+            .filter(|o| condition(o, "Ready").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    let (st, message) = kstatus(&ready);
+    assert_eq!(st, "Current", "{message}\n{ready:#}");
+    let env = kfo_testenv::kube().await;
+    let out = env
+        .kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=30s",
+            "-n",
+            &fleet.ns,
+            "fcp/prod",
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A spec change: the object the apiserver answers is ahead of its status.
+    let change = json!({"spec": {"exporter": {"minInterval": "1s"}}});
+    let changed = raw
+        .patch("prod", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    let changed = serde_json::to_value(changed).unwrap();
+    let generation = changed["metadata"]["generation"].as_i64().unwrap();
+    assert!(
+        changed["status"]["observedGeneration"].as_i64() < Some(generation),
+        "{changed:#}"
+    );
+    let (st, message) = kstatus(&changed);
+    assert_eq!(st, "InProgress", "{message}\n{changed:#}");
+
+    // An invalid spec the apiserver admits (only validate() refuses it): Stalled, Failed.
+    let bad = json!({"spec": {"exporter": {"plugins": crate::cluster::plugins_listed_twice()}}});
+    raw.patch("prod", &PatchParams::default(), &Patch::Merge(&bad))
+        .await
+        .unwrap();
+    let stalled = crate::wait::until("Stalled=True", async || {
+        get()
+            .await
+            .filter(|o| condition(o, "Stalled").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    let (st, message) = kstatus(&stalled);
+    assert_eq!(st, "Failed", "{message}\n{stalled:#}");
+    assert!(
+        message.contains("spec.exporter.plugins[1].name"),
+        "{message}"
+    );
 }

@@ -33,4 +33,5 @@ mod install;
 mod layout;
 mod storage;
 mod testenv;
+mod upgrade;
 mod webhook;
