@@ -584,6 +584,7 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         // Followers keep their exporters warm but leave status to the leader; a change of
         // leadership triggers this again.
         debug!(policy = %name, namespace = %namespace, holder = ?claim.holder, "not leading; status left to the leader");
+        ctx.metrics.pods_not_injected(&namespace, &name, None);
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     if !ctx.pods_synced.load(std::sync::atomic::Ordering::Acquire) {
@@ -662,6 +663,8 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let report = pods::report(policy, &policies, &all_pods, &secrets);
+        ctx.metrics
+            .pods_not_injected(&namespace, &name, Some(report.not_injected.len()));
         status::set_pods(&mut desired, &report, policy.metadata.generation, now);
         if policy.spec.data_planes.rollout && !report.not_injected.is_empty() {
             let webhook = if !ctx.webhook_enabled {
@@ -727,6 +730,9 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
                 Err(e) => warn!(policy = %name, error = %e, "cannot restart a workload"),
             }
         }
+    } else {
+        // An invalid spec selects nothing it could count.
+        ctx.metrics.pods_not_injected(&namespace, &name, None);
     }
 
     if desired != current {
