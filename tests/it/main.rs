@@ -30,6 +30,7 @@ mod gcs_e2e;
 mod generated;
 mod install;
 mod layout;
+mod monitoring;
 mod storage;
 mod testenv;
 mod webhook;
