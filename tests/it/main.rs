@@ -18,6 +18,7 @@ mod stores;
 mod wait;
 
 mod api;
+mod chart;
 mod cleanup;
 mod controller;
 mod cp_client;
