@@ -460,3 +460,83 @@ async fn the_test_hooks_probe_passes_only_once_the_operator_is_ready() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Helm never upgrades `crds/`: an operator started against the CRD of an older release
+/// refuses to run, names the fields that CRD lacks and says how to upgrade it; once the CRD
+/// is upgraded it starts. A newer CRD (a downgrade) is accepted.
+#[tokio::test]
+async fn the_operator_refuses_an_older_crd_and_says_how_to_upgrade_it() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kong_fallback_operator::api::FallbackConfigPolicy;
+    use kong_fallback_operator::controller;
+    use kube::CustomResourceExt;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let env = kube().await;
+    // NB: a cluster of its own: the shared one must keep the current CRD.
+    let cluster = env.empty_cluster().await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let apply = async |crd: &Value| {
+        crds.patch(
+            FallbackConfigPolicy::crd_name(),
+            &PatchParams::apply("chart-test").force(),
+            &Patch::Apply(crd),
+        )
+        .await
+        .unwrap();
+    };
+    // An "older release": today's CRD without spec.exporter.minInterval.
+    let current = serde_json::to_value(FallbackConfigPolicy::crd()).unwrap();
+    let mut older = current.clone();
+    let exporter = &mut older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["exporter"]["properties"];
+    assert!(
+        exporter
+            .as_object_mut()
+            .unwrap()
+            .remove("minInterval")
+            .is_some(),
+        "the CRD has no spec.exporter.minInterval any more: pick another field"
+    );
+    apply(&older).await;
+
+    let e = controller::check_crd(&client).await.unwrap_err();
+    assert!(
+        matches!(&e, controller::Error::CrdOutdated { missing } if missing == &["spec.exporter.minInterval"]),
+        "{e:?}"
+    );
+    // The binary's own start says it, and exits.
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_kong-fallback-operator"))
+            .args(["run", "--http-addr=127.0.0.1:0", "--namespace=kong"])
+            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .output(),
+    )
+    .await
+    .expect("the operator kept running with an older CRD")
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for said in [
+        "older than this operator",
+        "spec.exporter.minInterval",
+        "kubectl apply --server-side",
+    ] {
+        assert!(err.contains(said), "{said:?} not in:\n{err}");
+    }
+
+    // Upgraded, the check passes (once Established); a newer CRD passes too.
+    apply(&current).await;
+    let mut newer = current.clone();
+    newer["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["futureField"] = json!({"type": "string"});
+    for crd in [&current, &newer] {
+        apply(crd).await;
+        crate::wait::until("the CRD check to pass", async || {
+            controller::check_crd(&client).await.ok()
+        })
+        .await;
+    }
+}
