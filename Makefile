@@ -12,7 +12,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Build (first run only) and cache the test environment: etcd, kube-apiserver, kubectl,
-## MinIO, fake-gcs-server, helm, toxiproxy-server, and the checkers actionlint and
+## MinIO, fake-gcs-server, helm, toxiproxy-server, and the checkers actionlint, promtool and
 ## argo-health (Argo CD's Lua VM running deploy/argocd/health.lua).
 testenv:
 	tools/ensure-bin all >/dev/null
