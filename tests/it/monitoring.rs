@@ -401,3 +401,61 @@ fn the_dashboard_queries_prometheus_through_its_datasource_variable() {
         );
     }
 }
+
+/// The controller reports `kong_fallback_pods_not_injected` from the real pod cache: a pod
+/// the policy selects that started without the injection (no webhook runs here) counts,
+/// and stops counting once it is gone.
+#[tokio::test]
+async fn the_controller_counts_pods_without_the_injection_in_the_metrics() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kong_fallback_operator::api::FallbackConfigPolicy;
+    use kong_fallback_operator::controller;
+    use kube::CustomResourceExt;
+    use kube::api::{Api, PostParams};
+    use serde_json::json;
+
+    let env = kfo_testenv::kube().await;
+    env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+    let client = env.client().await.unwrap();
+    let ns = env.namespace("pods-metric").await.unwrap();
+    let pp = PostParams::default();
+    let policy = crate::cluster::policy(
+        "prod",
+        json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {"url": "gcs://pods-metric/kong", "readCredentials": {"ambient": true}},
+            "exporter": {"mode": "None"}
+        }),
+    );
+    Api::<FallbackConfigPolicy>::namespaced(client.clone(), &ns)
+        .create(&pp, &policy)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "dp-0", "labels": {"app": "kong-dp"}},
+        "spec": {"containers": [{"name": "proxy", "image": "kong:3.9.1"}]}
+    }))
+    .unwrap();
+    pods.create(&pp, &pod).await.unwrap();
+    let settings = controller::Settings {
+        namespace: Some(ns.clone()),
+        ..controller::Settings::new("kfo-pods-metric")
+    };
+    let metrics = settings.metrics.clone();
+    let running = tokio::spawn(controller::run(client.clone(), settings));
+    let line = |n: u32| {
+        format!(r#"kong_fallback_pods_not_injected{{namespace="{ns}",policy="prod"}} {n}"#)
+    };
+    crate::wait::until("one pod reported without the injection", async || {
+        metrics.encode().contains(&line(1)).then_some(())
+    })
+    .await;
+    pods.delete("dp-0", &Default::default()).await.unwrap();
+    crate::wait::until("the count back to 0", async || {
+        metrics.encode().contains(&line(0)).then_some(())
+    })
+    .await;
+    running.abort();
+}
