@@ -459,3 +459,54 @@ async fn the_controller_counts_pods_without_the_injection_in_the_metrics() {
     .await;
     running.abort();
 }
+
+/// The webhook reports its serving certificate's expiry once it serves: the notAfter of the
+/// certificate it made (valid for an hour here), and nothing before.
+#[tokio::test]
+async fn the_webhook_reports_when_its_certificate_expires() {
+    use kong_fallback_operator::api::FallbackConfigPolicy;
+    use kong_fallback_operator::controller;
+    use kong_fallback_operator::webhook::registration;
+    use kube::CustomResourceExt;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    let env = kfo_testenv::kube().await;
+    env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+    let client = env.client().await.unwrap();
+    let ns = env.namespace("cert-metric").await.unwrap();
+    let configuration = kfo_testenv::unique_name("kfo-cert-metric");
+    let settings = controller::Settings {
+        namespace: Some(ns.clone()),
+        webhook: Some(crate::cluster::local_webhook(
+            &ns,
+            "webhook-tls",
+            &configuration,
+            registration::FailurePolicy::Ignore,
+            Duration::from_secs(1),
+        )),
+        ..controller::Settings::new("kfo-cert-metric")
+    };
+    let metrics = settings.metrics.clone();
+    let name = "kong_fallback_webhook_certificate_expiry_timestamp_seconds{} ";
+    assert!(!metrics.encode().contains(name));
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let running = tokio::spawn(controller::run(client.clone(), settings));
+    let expiry: f64 = crate::wait::until("the certificate's expiry in the metrics", async || {
+        let text = metrics.encode();
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].trim().parse().ok()
+    })
+    .await;
+    // local_webhook makes certificates valid for an hour (seconds of notAfter only).
+    assert!(
+        (expiry - (started + 3600.0)).abs() < 60.0,
+        "expiry {expiry}, started {started}"
+    );
+    running.abort();
+    let _ = kube::Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(client)
+        .delete(&configuration, &Default::default())
+        .await;
+}
