@@ -200,6 +200,7 @@ fn a_second_ensure_bin_run_builds_nothing() {
         "toxiproxy-server",
         "actionlint",
         "argo-health",
+        "promtool",
     ];
     let lines: Vec<&str> = paths.lines().collect();
     assert_eq!(lines.len(), names.len(), "{paths}");
