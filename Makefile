@@ -12,7 +12,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Build (first run only) and cache the test environment: etcd, kube-apiserver, kubectl,
-## MinIO, fake-gcs-server, helm, toxiproxy-server, and the checkers actionlint,
+## MinIO, fake-gcs-server, helm, toxiproxy-server, and the checkers actionlint, promtool,
 ## argo-health (Argo CD's Lua VM running deploy/argocd/health.lua) and kstatus
 ## (sigs.k8s.io/cli-utils' status rules, as Flux applies them).
 testenv:

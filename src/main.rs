@@ -86,6 +86,17 @@ enum Command {
         #[arg(long, default_value = "1Gi", value_parser = parse_size)]
         max_size: usize,
     },
+    /// Ask an HTTP endpoint (the operator's /readyz) until it answers 2xx, for up to
+    /// `--timeout` seconds; exit 1 if it never does. The chart's `helm test` pod runs it
+    /// (the image has no shell or HTTP client of its own).
+    Probe {
+        /// e.g. http://kong-fallback-operator-metrics.kong-fallback-operator.svc:8080/readyz
+        #[arg(long)]
+        url: String,
+        /// Seconds to keep asking.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Before uninstalling: for every policy, remove the operator's registrations from the
     /// store, delete its Lease and remove its finalizer, so that policies and their
     /// namespaces can be deleted without the operator. Exits non-zero only if an apiserver
@@ -292,6 +303,31 @@ async fn main() -> anyhow::Result<()> {
                 store_timeout: std::time::Duration::from_secs(store_timeout),
             };
             cleanup::run(&client, &options, |line| println!("{line}")).await?;
+        }
+        Command::Probe { url, timeout } => {
+            let http = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .build()?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                let answer = match http.get(&url).send().await {
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        (status.is_success(), format!("{status} {}", body.trim()))
+                    }
+                    Err(e) => (false, format!("no answer: {e}")),
+                };
+                if answer.0 {
+                    println!("{url}: {}", answer.1);
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    eprintln!("{url}: {} (after {timeout} s)", answer.1);
+                    std::process::exit(1);
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
         }
         Command::Doctor {
             version,

@@ -25,6 +25,8 @@
 //! | `kong_fallback_fencing_rejections_total` | counter | writes refused because a newer leader had written |
 //! | `kong_fallback_leader{namespace,policy}` | gauge | 1 while this replica leads the policy (controller-runtime's `leader_election_master_status`) |
 //! | `kong_fallback_leader_transitions_total{namespace,policy}` | counter | this replica gained or lost the lead |
+//! | `kong_fallback_pods_not_injected{namespace,policy}` | gauge | pods the policy selects that lack its current injection (`status.pods.notInjected`); reported by the policy's leader only |
+//! | `kong_fallback_webhook_certificate_expiry_timestamp_seconds` | gauge | Unix time when the webhook's serving certificate expires (its notAfter), set on every load and rotation |
 //! | `kong_fallback_webhook_requests_total{result}` | counter | admission reviews answered: `injected`, `unchanged`, `skipped`, `malformed`, `error` |
 //! | `kong_fallback_webhook_latency_seconds` | histogram | time to answer a review: from its headers read to the answer encoded (reading the body included; TLS and HTTP framing not) |
 //! | `kong_fallback_reconcile_total{controller,result}` | counter | reconciles, `result` = `success` or `error` |
@@ -142,6 +144,10 @@ pub struct Metrics {
     fenced: Family<ExportLabels, Counter>,
     leader: Family<PolicyLabels, Gauge>,
     leader_transitions: Family<PolicyLabels, Counter>,
+    pods_not_injected: Family<PolicyLabels, Gauge>,
+    // NB: a family without labels, so that the series is absent (not 0, which would read
+    // as "expired in 1970") until a certificate is loaded.
+    webhook_cert_expiry: Family<Vec<(String, String)>, FloatGauge>,
     webhook_requests: Family<WebhookLabels, Counter>,
     webhook_latency: Histogram,
     reconciles: Family<ResultLabels, Counter>,
@@ -186,6 +192,8 @@ impl Metrics {
             fenced: Family::default(),
             leader: Family::default(),
             leader_transitions: Family::default(),
+            pods_not_injected: Family::default(),
+            webhook_cert_expiry: Family::default(),
             webhook_requests: Family::default(),
             // NB: fine where the target is (2 ms): a quantile read from these buckets is
             // off by at most a quarter of a millisecond below 2 ms.
@@ -260,6 +268,17 @@ impl Metrics {
             "leader_transitions",
             "Changes of this replica's leadership of the policy (gained or lost)",
             m.leader_transitions.clone(),
+        );
+        r.register(
+            "pods_not_injected",
+            "Pods the policy selects that lack its current injection (reported by the policy's leader)",
+            m.pods_not_injected.clone(),
+        );
+        r.register_with_unit(
+            "webhook_certificate_expiry_timestamp",
+            "Unix time when the webhook's serving certificate expires",
+            Unit::Seconds,
+            m.webhook_cert_expiry.clone(),
         );
         r.register(
             "webhook_requests",
@@ -388,6 +407,7 @@ impl Metrics {
     }
 
     /// Records whether this replica leads `policy` now; a change counts as a transition.
+    /// A replica that does not lead drops its pod count of the policy: the leader reports it.
     pub fn leading(&self, namespace: &str, policy: &str, leading: bool) {
         let l = PolicyLabels {
             namespace: namespace.to_owned(),
@@ -397,6 +417,43 @@ impl Metrics {
         let now = i64::from(leading);
         if gauge.set(now) != now {
             self.leader_transitions.get_or_create(&l).inc();
+        }
+        if !leading {
+            self.pods_not_injected.remove(&l);
+        }
+    }
+
+    /// Records how many pods `policy` selects that lack its current injection, or (`None`)
+    /// that this replica no longer knows (it stopped leading, the spec is invalid).
+    pub fn pods_not_injected(&self, namespace: &str, policy: &str, count: Option<usize>) {
+        let l = PolicyLabels {
+            namespace: namespace.to_owned(),
+            policy: policy.to_owned(),
+        };
+        match count {
+            Some(n) => {
+                self.pods_not_injected
+                    .get_or_create(&l)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.pods_not_injected.remove(&l);
+            }
+        }
+    }
+
+    /// Records when the webhook's serving certificate expires (its notAfter), or (`None`)
+    /// that it serves none, or one whose expiry cannot be read.
+    pub fn webhook_certificate(&self, not_after: Option<SystemTime>) {
+        match not_after {
+            Some(t) => {
+                self.webhook_cert_expiry
+                    .get_or_create(&Vec::new())
+                    .set(unix_seconds(t));
+            }
+            None => {
+                self.webhook_cert_expiry.remove(&Vec::new());
+            }
         }
     }
 
@@ -408,6 +465,7 @@ impl Metrics {
         };
         self.leader.remove(&l);
         self.leader_transitions.remove(&l);
+        self.pods_not_injected.remove(&l);
     }
 
     /// Records one admission review answered with `result` in `took`.
@@ -619,6 +677,54 @@ mod tests {
         }
         m.forget_policy("kong", "prod");
         assert!(!m.encode().contains(&format!("kong_fallback_leader{{{p}}}")));
+    }
+
+    #[test]
+    fn pods_not_injected_are_counted_by_the_leader_only() {
+        let m = Metrics::new();
+        let p = r#"namespace="kong",policy="prod""#;
+        m.leading("kong", "prod", true);
+        m.pods_not_injected("kong", "prod", Some(3));
+        assert!(
+            m.encode()
+                .contains(&format!("kong_fallback_pods_not_injected{{{p}}} 3")),
+            "{}",
+            m.encode()
+        );
+        // A replica that loses the lead leaves the count to the new leader.
+        m.leading("kong", "prod", false);
+        assert!(
+            !m.encode()
+                .contains(&format!("kong_fallback_pods_not_injected{{{p}}}"))
+        );
+        m.pods_not_injected("kong", "prod", Some(0));
+        m.pods_not_injected("kong", "prod", None);
+        assert!(
+            !m.encode()
+                .contains(&format!("kong_fallback_pods_not_injected{{{p}}}"))
+        );
+        m.pods_not_injected("kong", "prod", Some(1));
+        m.forget_policy("kong", "prod");
+        assert!(
+            !m.encode()
+                .contains(&format!("kong_fallback_pods_not_injected{{{p}}}"))
+        );
+    }
+
+    #[test]
+    fn the_webhook_certificate_expiry_is_absent_until_a_certificate_is_loaded() {
+        let m = Metrics::new();
+        let name = "kong_fallback_webhook_certificate_expiry_timestamp_seconds";
+        // NB: an empty label set encodes as `{}`, which OpenMetrics allows.
+        assert!(!m.encode().contains(&format!("{name}{{")), "{}", m.encode());
+        m.webhook_certificate(Some(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
+        assert!(
+            m.encode().contains(&format!("{name}{{}} 1800000000.0")),
+            "{}",
+            m.encode()
+        );
+        m.webhook_certificate(None);
+        assert!(!m.encode().contains(&format!("{name}{{")), "{}", m.encode());
     }
 
     #[test]

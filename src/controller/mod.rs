@@ -18,6 +18,7 @@
 //! BackupPods mode (a designated pod that stops being Ready).
 
 pub mod backup;
+pub mod crd;
 pub mod exporters;
 pub mod leadership;
 pub mod plan;
@@ -60,6 +61,14 @@ pub enum Error {
     CrdMissing,
     #[error("the FallbackConfigPolicy CRD is installed but not Established yet")]
     CrdNotEstablished,
+    /// Helm never upgrades `crds/`: an older CRD would make the apiserver drop these fields
+    /// silently from every policy and status.
+    #[error(
+        "the installed FallbackConfigPolicy CRD is older than this operator: it lacks {}{}, which the apiserver would silently drop. Upgrade the CRD first: `kong-fallback-operator crd | kubectl apply --server-side -f -` (or `kubectl apply --server-side -f crds/` from this release), then restart the operator",
+        missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+        if missing.len() > 5 { format!(" and {} more", missing.len() - 5) } else { String::new() }
+    )]
+    CrdOutdated { missing: Vec<String> },
     #[error("failed to write the status of {policy}: {source}")]
     Status {
         policy: String,
@@ -78,6 +87,7 @@ impl Error {
         match self {
             Error::CrdMissing => "crd_missing",
             Error::CrdNotEstablished => "crd_not_established",
+            Error::CrdOutdated { .. } => "crd_outdated",
             Error::Status { .. } => "status_write",
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
@@ -158,12 +168,17 @@ struct Context {
     metrics: Arc<Metrics>,
 }
 
-/// Checks that the CRD is installed and Established, so a missing CRD is one clear error
-/// instead of a watch failing in a loop.
+/// Checks that the CRD is installed, Established and not older than this operator's (see
+/// [`crd::missing_fields`]), so a missing or outdated CRD is one clear error instead of a
+/// watch failing in a loop or fields silently dropped.
 pub async fn check_crd(client: &Client) -> Result<(), Error> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let name = FallbackConfigPolicy::crd_name();
     let crd = crds.get_opt(name).await?.ok_or(Error::CrdMissing)?;
+    let missing = crd::missing_fields(&FallbackConfigPolicy::crd(), &crd, crate::api::VERSION);
+    if !missing.is_empty() {
+        return Err(Error::CrdOutdated { missing });
+    }
     let established = crd
         .status
         .and_then(|s| s.conditions)
@@ -589,6 +604,7 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         // Followers keep their exporters warm but leave status to the leader; a change of
         // leadership triggers this again.
         debug!(policy = %name, namespace = %namespace, holder = ?claim.holder, "not leading; status left to the leader");
+        ctx.metrics.pods_not_injected(&namespace, &name, None);
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     if !ctx.pods_synced.load(std::sync::atomic::Ordering::Acquire) {
@@ -667,6 +683,8 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let report = pods::report(policy, &policies, &all_pods, &secrets);
+        ctx.metrics
+            .pods_not_injected(&namespace, &name, Some(report.not_injected.len()));
         status::set_pods(
             &mut desired,
             &report,
@@ -737,6 +755,9 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
                 Err(e) => warn!(policy = %name, error = %e, "cannot restart a workload"),
             }
         }
+    } else {
+        // An invalid spec selects nothing it could count.
+        ctx.metrics.pods_not_injected(&namespace, &name, None);
     }
     if suspended && problems.is_empty() {
         status::set_suspended(&mut desired, policy.metadata.generation, now.clone());

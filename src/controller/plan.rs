@@ -382,11 +382,7 @@ async fn access(
                     versions_of_secrets.push(s.resource_version().unwrap_or_default());
                     StaticCredentials {
                         access_key_id: require(&s, &ns, creds.key(env::AWS_ACCESS_KEY_ID))?,
-                        secret_access_key: require(
-                            &s,
-                            &ns,
-                            creds.key(env::AWS_SECRET_ACCESS_KEY),
-                        )?,
+                        secret_access_key: require(&s, &ns, creds.key(env::AWS_SECRET_ACCESS_KEY))?,
                         session_token: text(&s, creds.key(env::AWS_SESSION_TOKEN)),
                     }
                     .into()

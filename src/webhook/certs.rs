@@ -194,6 +194,15 @@ pub async fn ensure_secret(
     Err(format!("Secret {name} kept changing under us"))
 }
 
+/// When the first certificate of `cert_pem` (the serving certificate) expires: read from
+/// the certificate itself, so it holds for mounted files as well as the managed Secret.
+pub fn not_after_of(cert_pem: &str) -> Option<SystemTime> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
 /// The material in a cert-manager style directory.
 pub fn read_files(dir: &std::path::Path) -> Result<Material, String> {
     let read = |f: &str| {
@@ -231,6 +240,15 @@ mod tests {
             "expired"
         );
         assert!(renew_due(None, v, now), "unknown expiry");
+    }
+
+    #[test]
+    fn the_expiry_is_read_from_the_serving_certificate() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let validity = Duration::from_secs(90 * 86_400);
+        let (_, cert, _) = generate(&["svc.ns.svc".to_owned()], validity, now).unwrap();
+        assert_eq!(not_after_of(&cert), Some(now + validity));
+        assert_eq!(not_after_of("not a certificate"), None);
     }
 
     #[test]

@@ -271,6 +271,7 @@ pub async fn run(
     };
     tracing::info!(addr = %bound, "serving the admission webhook");
     health.set(CERT_LOADED, true);
+    metrics.webhook_certificate(certs::not_after_of(&material.cert_pem));
 
     // The live registration's resourceVersion, watched so that a rewrite by another field
     // manager (helm upgrade, Argo CD, Flux) is undone within a second, not at the next
@@ -321,6 +322,7 @@ pub async fn run(
                     {
                         Ok(()) => {
                             tracing::info!("reloaded the webhook certificate");
+                            metrics.webhook_certificate(certs::not_after_of(&m.cert_pem));
                             material = m;
                         }
                         Err(e) => {
@@ -368,6 +370,7 @@ pub async fn run(
     }
     watch_registration.abort();
     health.set(CERT_LOADED, false);
+    metrics.webhook_certificate(None);
     handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     let _ = server.await;
     Ok(())

@@ -70,6 +70,11 @@ impl EmptyCluster {
         client_from(&self.kubeconfig).await
     }
 
+    /// Its admin kubeconfig file, for `kubectl` or the operator binary.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
     /// Fails with the apiserver's log tail if it has exited.
     pub fn check_alive(&self) -> Result<()> {
         self.apiserver.check_alive()

@@ -18,6 +18,7 @@ mod stores;
 mod wait;
 
 mod api;
+mod chart;
 mod cleanup;
 mod controller;
 mod cp_client;
@@ -31,6 +32,7 @@ mod generated;
 mod identity;
 mod install;
 mod layout;
+mod monitoring;
 mod storage;
 mod testenv;
 mod upgrade;

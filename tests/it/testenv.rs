@@ -201,6 +201,7 @@ fn a_second_ensure_bin_run_builds_nothing() {
         "actionlint",
         "argo-health",
         "kstatus",
+        "promtool",
     ];
     let lines: Vec<&str> = paths.lines().collect();
     assert_eq!(lines.len(), names.len(), "{paths}");
