@@ -607,7 +607,18 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         ctx.metrics.pods_not_injected(&namespace, &name, None);
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
-    if !ctx.pods_synced.load(std::sync::atomic::Ordering::Acquire) {
+    // NB: wait here for the pod listing (bounded) instead of requeueing at once: a listing
+    // ends within a second or two, and a requeue's delay held every policy's first status
+    // back by seconds (bench P4); the trigger sent when the listing ends races with these.
+    let listed = async {
+        while !ctx.pods_synced.load(std::sync::atomic::Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), listed)
+        .await
+        .is_err()
+    {
         debug!(policy = %name, namespace = %namespace, "pod cache still listing; status waits for it");
         return Ok(Action::requeue(Duration::from_secs(5)));
     }

@@ -540,3 +540,83 @@ async fn the_operator_refuses_an_older_crd_and_says_how_to_upgrade_it() {
         .await;
     }
 }
+
+/// The README's Helm command, run for real against the test apiserver: `helm install`
+/// (with `--create-namespace`) then `helm upgrade` of the same release. No kubelet runs the
+/// pods here; what helm creates is checked from the apiserver.
+#[tokio::test]
+async fn the_readmes_helm_install_and_an_upgrade_work_against_the_apiserver() {
+    let env = kube().await;
+    let ns = kfo_testenv::unique_name("helm-readme");
+    let release = kfo_testenv::unique_name("kfo");
+    let kubeconfig = env.kubeconfig_path().display().to_string();
+    let run = |verb: &str, extra: &[&str]| {
+        let mut a: Vec<String> = [
+            verb,
+            &release,
+            CHART,
+            "-n",
+            &ns,
+            "--kubeconfig",
+            &kubeconfig,
+            "--set",
+            "image.repository=registry.invalid/kong-fallback-operator",
+            "--set",
+            "image.tag=0.1.0",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        let out = helm(&a);
+        assert!(
+            out.status.success(),
+            "helm {verb}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run("install", &["--create-namespace"]);
+    let deployment = async |field: &str| {
+        let out = env
+            .kubectl(&[
+                "get",
+                "deployment",
+                "-n",
+                &ns,
+                "-l",
+                "app.kubernetes.io/name=kong-fallback-operator",
+                "-o",
+                &format!("jsonpath={field}"),
+            ])
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        deployment("{.items[0].spec.template.spec.containers[0].image}").await,
+        "registry.invalid/kong-fallback-operator:0.1.0"
+    );
+    run("upgrade", &["--set", "replicaCount=3"]);
+    assert_eq!(deployment("{.items[0].spec.replicas}").await, "3");
+    // NB: without its pre-delete hook: the cleanup Job needs a kubelet to run (tested in
+    // cleanup.rs by running its command); helm would wait for it to its timeout.
+    let out = helm(&[
+        "uninstall".into(),
+        "--no-hooks".into(),
+        release.clone(),
+        "-n".into(),
+        ns.clone(),
+        "--kubeconfig".into(),
+        kubeconfig.clone(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
