@@ -49,11 +49,12 @@ fn the_workflows_pass_actionlint() {
     );
 }
 
-/// Runs health.lua in gopher-lua (tools/go/argo-health) on `object`: (status, message).
-fn argo_health(object: &Value) -> (String, String) {
-    let checker = kfo_testenv::binary("argo-health").unwrap();
+/// Runs a checker (`bin args...`) with `object` as JSON on stdin: the `status` and
+/// `message` of the JSON it prints.
+fn check_with(bin: &str, args: &[&std::ffi::OsStr], object: &Value) -> (String, String) {
+    let checker = kfo_testenv::binary(bin).unwrap();
     let mut child = Command::new(&checker)
-        .arg(root().join(HEALTH_LUA))
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -68,7 +69,7 @@ fn argo_health(object: &Value) -> (String, String) {
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "health.lua failed on {object}:\n{}",
+        "{bin} failed on {object}:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -76,6 +77,12 @@ fn argo_health(object: &Value) -> (String, String) {
         v["status"].as_str().unwrap().to_owned(),
         v["message"].as_str().unwrap().to_owned(),
     )
+}
+
+/// Runs health.lua in gopher-lua (tools/go/argo-health) on `object`: (status, message).
+fn argo_health(object: &Value) -> (String, String) {
+    let script = root().join(HEALTH_LUA);
+    check_with("argo-health", &[script.as_os_str()], object)
 }
 
 fn now() -> Time {
@@ -312,32 +319,9 @@ async fn argo_cd_judges_policies_recorded_from_a_real_apiserver() {
 }
 
 /// Runs kstatus' `Compute` (tools/go/kstatus, cli-utils as Flux links it) on `object`:
-/// (status, message).
+/// cli-utils' kstatus (tools/go/kstatus) on `object`: (status, message).
 fn kstatus(object: &Value) -> (String, String) {
-    let checker = kfo_testenv::binary("kstatus").unwrap();
-    let mut child = Command::new(&checker)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(object.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kstatus failed on {object}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (
-        v["status"].as_str().unwrap().to_owned(),
-        v["message"].as_str().unwrap().to_owned(),
-    )
+    check_with("kstatus", &[], object)
 }
 
 /// What the controller writes: [`desired_status`] and then kstatus' conditions.
