@@ -271,6 +271,18 @@ pub fn validate_config_text(json: &str) -> Result<ConfigSummary, ConfigError> {
     summary
 }
 
+/// [`validate_config_text`] as a value inside a larger document: deserializing one runs the
+/// same checks on the configuration wherever it sits (the control plane's envelope), in the
+/// same single pass as the document around it. A configuration that is valid JSON but the
+/// wrong shape fails to deserialize; [`validate_config_text`] on its text then says why.
+pub struct CheckedConfig(pub Result<ConfigSummary, ConfigError>);
+
+impl<'de> serde::Deserialize<'de> for CheckedConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TableVisitor).map(CheckedConfig)
+    }
+}
+
 fn parse_error(e: &serde_json::Error) -> ConfigError {
     // NB: our visitors report shape errors as custom messages; keep their variant.
     let msg = e.to_string();
