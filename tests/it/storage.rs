@@ -554,3 +554,96 @@ async fn without_the_private_ca_a_store_behind_it_fails_on_the_certificate_witho
     );
     assert_eq!(env.read(&bucket, &key).await.unwrap(), None);
 }
+
+/// A TCP relay to `upstream` that rewrites `from` to `to` (same length) in what the client
+/// sends: a body damaged on the way. A proper prefix of `from` at the end of a read is held
+/// back until the next one, so a split occurrence is rewritten too.
+async fn tampering_relay(upstream: String, from: &'static [u8], to: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    assert_eq!(from.len(), to.len());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut client_rx, mut client_tx) = client.into_split();
+            let (mut server_rx, mut server_tx) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+            });
+            tokio::spawn(async move {
+                let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 64 * 1024]);
+                loop {
+                    let n = match client_rx.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(i) = buf.windows(from.len()).position(|w| w == from) {
+                        buf[i..i + from.len()].copy_from_slice(to);
+                    }
+                    let keep = (1..from.len())
+                        .rev()
+                        .find(|k| buf.len() >= *k && buf.ends_with(&from[..*k]))
+                        .unwrap_or(0);
+                    let send = buf.len() - keep;
+                    if server_tx.write_all(&buf[..send]).await.is_err() {
+                        break;
+                    }
+                    buf.drain(..send);
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// The store puts `config.json` without signing its payload (SigV4 hashing of large
+/// bodies cost P1 and P5 time), so the body's CRC32 is what guards it: a body changed on
+/// the way must be refused and the stored configuration left as it was.
+#[tokio::test]
+async fn a_body_damaged_on_the_way_is_refused_and_the_stored_configuration_stays() {
+    use kong_fallback_operator::storage::{Precondition, PutObject};
+    let env = minio().await;
+    let bucket = env.bucket("s3-tamper").await.unwrap();
+    let key = "kong/3.6.1.4/config.json";
+    let direct = S3Store::new(
+        &stores::minio_settings(env, &env.root_password),
+        &bucket,
+        PutExtras::default(),
+    )
+    .unwrap();
+    let relay = tampering_relay(
+        env.endpoint.trim_start_matches("http://").to_owned(),
+        b"\"routes\":[{\"id\":\"r1\"",
+        b"\"routes\":[{\"id\":\"r2\"",
+    )
+    .await;
+    let mut settings = stores::minio_settings(env, &env.root_password);
+    settings.endpoint = Some(relay);
+    let relayed = S3Store::new(&settings, &bucket, PutExtras::default()).unwrap();
+    let put = |body: &'static str| PutObject {
+        key: key.into(),
+        body: bytes::Bytes::from_static(body.as_bytes()),
+        content_type: "application/json".into(),
+        metadata: Default::default(),
+        precondition: Precondition::None,
+    };
+    let good = r#"{"_format_version":"3.0","services":[{"id":"s"}],"routes":[{"id":"r0"}]}"#;
+    direct.put(put(good)).await.unwrap();
+    // The relay passes what it does not rewrite: a put through it lands.
+    let passed = r#"{"_format_version":"3.0","services":[{"id":"s"}],"routes":[{"id":"r9"}]}"#;
+    relayed.put(put(passed)).await.unwrap();
+    assert_eq!(
+        &direct.get(key).await.unwrap().unwrap().body[..],
+        passed.as_bytes()
+    );
+    // A body the relay damages is refused, and the stored one stays.
+    let damaged = r#"{"_format_version":"3.0","services":[{"id":"s"}],"routes":[{"id":"r1"}]}"#;
+    let err = relayed.put(put(damaged)).await.unwrap_err();
+    assert_eq!(
+        &direct.get(key).await.unwrap().unwrap().body[..],
+        passed.as_bytes(),
+        "a damaged body was stored ({err})"
+    );
+}
