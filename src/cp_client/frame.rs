@@ -234,7 +234,16 @@ fn inflate(frame: &[u8], max: usize) -> Result<Vec<u8>, FrameError> {
         }
         _ => return Err(FrameError::Compression("unknown header".into())),
     };
-    let mut out = Vec::with_capacity(frame.len().saturating_mul(4).min(max));
+    // NB: a gzip member ends with its inflated size (mod 2^32, RFC 1952 ISIZE): room for
+    // exactly that spares read_to_end's doubling and copying of a 20 MB buffer. It is only
+    // a hint (the frame is not trusted): the read below is bounded by `max` whatever it says.
+    let hint = match frame {
+        [0x1f, 0x8b, .., a, b, c, d] if frame.len() >= 18 => {
+            u32::from_le_bytes([*a, *b, *c, *d]) as usize
+        }
+        _ => frame.len().saturating_mul(4),
+    };
+    let mut out = Vec::with_capacity(hint.min(max).saturating_add(1));
     reader
         .take(max as u64 + 1)
         .read_to_end(&mut out)
@@ -337,6 +346,24 @@ mod tests {
             decode(&frame, 50_000),
             Err(FrameError::TooLarge { max: 50_000 })
         );
+    }
+
+    #[test]
+    fn a_gzip_size_trailer_that_lies_is_refused_and_only_bounds_the_buffer() {
+        let good = gzip(&reconfigure(
+            TABLE,
+            Some("374d97a6cdede7dbe918d7e72c29e6c8"),
+        ));
+        for size in [0u32, 7, u32::MAX] {
+            let mut frame = good.clone();
+            let n = frame.len();
+            frame[n - 4..].copy_from_slice(&size.to_le_bytes());
+            assert!(
+                matches!(decode(&frame, 1 << 20), Err(FrameError::Compression(_))),
+                "{size}"
+            );
+        }
+        assert!(decode(&good, 1 << 20).unwrap().is_some());
     }
 
     #[test]
