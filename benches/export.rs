@@ -157,6 +157,10 @@ async fn p1() {
                     .key("bare/config.json")
                     .content_type("application/json")
                     .body(ByteStream::from(body))
+                    // NB: the same request as the exporter's (payload unsigned, CRC32),
+                    // so the ratio is what the operator adds, not a saving of its own.
+                    .customize()
+                    .disable_payload_signing()
                     .send()
                     .await
                     .unwrap();
