@@ -373,21 +373,26 @@ pub fn vault_settings(container: &Container) -> Vec<String> {
 
 /// The policy that claims `pod` among `policies` (any namespace; only the pod's counts),
 /// with its role, and remarks about conflicts.
-pub fn claim<'a>(
+pub fn claim<'a, P: std::borrow::Borrow<FallbackConfigPolicy>>(
     pod: &Pod,
-    policies: &'a [FallbackConfigPolicy],
+    policies: &'a [P],
 ) -> (Option<(&'a FallbackConfigPolicy, Role)>, Vec<Remark>) {
     let ns = pod.namespace().unwrap_or_default();
     let labels = pod.labels();
     let mut remarks = Vec::new();
     let mut claims: Vec<(&FallbackConfigPolicy, Role)> = Vec::new();
-    for p in policies.iter().filter(|p| {
-        p.namespace().unwrap_or_default() == ns
-                && p.metadata.deletion_timestamp.is_none()
-                // NB: an invalid policy injects nothing: its status says why.
-                && crate::api::validate(&p.spec).is_empty()
+    for p in policies.iter().map(|p| p.borrow()).filter(|p| {
+        p.metadata.namespace.as_deref().unwrap_or_default() == ns
+            && p.metadata.deletion_timestamp.is_none()
     }) {
-        match role(p, labels) {
+        let selected = role(p, labels);
+        // NB: an invalid policy injects nothing: its status says why. Validated only when
+        // it selects the pod: the controller's pod report calls this for each of a
+        // policy's pods, and validating every policy each time made that pods x policies.
+        if matches!(selected, Ok(None)) || !crate::api::validate(&p.spec).is_empty() {
+            continue;
+        }
+        match selected {
             Ok(Some(r)) => claims.push((p, r)),
             Ok(None) => {}
             Err(remark) => remarks.push(remark),

@@ -686,8 +686,9 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             now.clone(),
         );
         let all_pods = ctx.pods.state();
-        let policies: Vec<FallbackConfigPolicy> =
-            ctx.policies.state().iter().map(|p| (**p).clone()).collect();
+        // NB: shared, not cloned: a reconcile per policy, each copying every policy, was
+        // policies x policies deep copies during a catch-up (bench P4).
+        let policies = ctx.policies.state();
         let secrets = ctx
             .secrets
             .read()
@@ -722,6 +723,8 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
                         format!("version {version}: {why}")
                     })
             });
+            let policies: Vec<FallbackConfigPolicy> =
+                policies.iter().map(|p| (**p).clone()).collect();
             let conditions = rollout::Conditions {
                 webhook,
                 control_plane,

@@ -31,9 +31,9 @@ pub struct PodReport {
 
 /// The report of `policy` over the pods of the cluster (others' namespaces are skipped);
 /// `policies` are all the policies, to tell which pods an older one claims.
-pub fn report(
+pub fn report<P: std::borrow::Borrow<FallbackConfigPolicy>>(
     policy: &FallbackConfigPolicy,
-    policies: &[FallbackConfigPolicy],
+    policies: &[P],
     pods: &[Arc<PartialObjectMeta<Pod>>],
     secrets: &inject::SecretFacts,
 ) -> PodReport {

@@ -184,6 +184,26 @@ impl Candidate {
         self.renewed_ms = None;
     }
 
+    /// Whether the holder's renewal is due at `now_ms`: a retryPeriod after its last one (or
+    /// it has none). NB: the Lease watch also wakes the holder on its own writes; renewing on
+    /// each of those wakes would write the Lease in a loop.
+    pub fn renewal_due(&self, now_ms: u64, t: &Timings) -> bool {
+        self.renewed_ms
+            .is_none_or(|r| now_ms >= r.saturating_add(t.retry_period.as_millis() as u64))
+    }
+
+    /// How long to wait before looking again at `now_ms`: until the holder's next renewal
+    /// is due, else a retryPeriod.
+    pub fn next_look(&self, now_ms: u64, t: &Timings) -> Duration {
+        match self.renewed_ms {
+            Some(r) if self.holds() => {
+                let due = r.saturating_add(t.retry_period.as_millis() as u64);
+                Duration::from_millis(due.saturating_sub(now_ms)).min(t.retry_period)
+            }
+            _ => t.retry_period,
+        }
+    }
+
     /// Until when (ms) we may act as leader: our last renewal plus the renew deadline.
     pub fn leading_until(&self, t: &Timings) -> Option<u64> {
         if !self.holds() {
@@ -240,7 +260,10 @@ pub async fn run(
                 let resource_version = lease.as_ref().and_then(|l| l.resource_version());
                 lease_uid = lease.as_ref().and_then(|l| l.uid());
                 let step = c.decide(read);
-                if step != Step::Wait {
+                // NB: a wake (another's change, or our own write coming back) reads the
+                // Lease; the holder renews only when due.
+                let due = step != Step::Renew || c.renewal_due(read, &e.timings);
+                if step != Step::Wait && due {
                     let desired = c.desired(&step, &e.timings, Timestamp::now());
                     match write(&e, &step, &desired, resource_version.clone()).await {
                         Ok(()) => {
@@ -268,7 +291,7 @@ pub async fn run(
 
         // The holder renews every retryPeriod; a follower looks again as often (a watch
         // event wakes it earlier, so a release is taken over at once).
-        let wait = e.timings.retry_period;
+        let wait = c.next_look(ms(Instant::now()), &e.timings);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             Some(()) = wake.recv() => {}
@@ -521,6 +544,25 @@ mod tests {
         // Renewals fail from here on (API down): the deadline stays where it was.
         c.observe(c.record().cloned(), 12_000);
         assert_eq!(c.leading_until(&t()), Some(11_000));
+    }
+
+    #[test]
+    fn the_holder_renews_once_per_retry_period_however_often_it_is_woken() {
+        let mut c = Candidate::new("a");
+        c.observe(Some(held_by("a", 2)), 0);
+        assert!(c.renewal_due(0, &t()), "never renewed by this process");
+        c.wrote(c.desired(&Step::Renew, &t(), Timestamp::now()), 1_000);
+        // Our own write comes back through the watch at once: read, not renewed.
+        c.observe(c.record().cloned(), 1_050);
+        assert_eq!(c.decide(1_050), Step::Renew);
+        assert!(!c.renewal_due(1_050, &t()));
+        assert_eq!(c.next_look(1_050, &t()), Duration::from_millis(1_950));
+        assert!(c.renewal_due(3_000, &t()));
+        assert_eq!(c.next_look(3_500, &t()), Duration::ZERO);
+        // A follower looks every retryPeriod.
+        let mut f = Candidate::new("b");
+        f.observe(Some(held_by("a", 2)), 0);
+        assert_eq!(f.next_look(0, &t()), t().retry_period);
     }
 
     #[test]

@@ -295,6 +295,58 @@ async fn a_fenced_leader_releases_its_lease_and_the_next_lead_has_a_higher_epoch
     assert_eq!(after.lease_uid, leading.lease_uid, "the same Lease object");
 }
 
+/// The holder's own renewal comes back through its Lease watch; that wake must not renew
+/// again at once (a loop of writes per policy, which loaded the apiserver of bench P4).
+#[tokio::test]
+async fn a_leader_renews_once_per_retry_period_not_on_each_of_its_own_writes() {
+    use futures::StreamExt;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kong_fallback_operator::election::lease::{self, Elector};
+    use kube::runtime::watcher;
+    let env = kfo_testenv::kube().await;
+    let client = env.client().await.unwrap();
+    let ns = env.namespace("renewals").await.unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &ns);
+    let retry = Duration::from_secs(1);
+    let elector = Elector {
+        api: api.clone(),
+        name: "prod".into(),
+        identity: "kfo-a_123456".into(),
+        timings: lease::Timings {
+            lease_duration: Duration::from_secs(4),
+            renew_deadline: Duration::from_secs(3),
+            retry_period: retry,
+        },
+        owner: None,
+    };
+    let (gate, control) = Gate::new();
+    let (_stop, stop_rx) = watch::channel(false);
+    let running = tokio::spawn(lease::run(elector, control, || {}, stop_rx));
+    crate::wait::until("leading", async || {
+        gate.claim().leading(Instant::now()).then_some(())
+    })
+    .await;
+    let writes = {
+        let cfg = watcher::Config::default().fields("metadata.name=prod");
+        let mut events = std::pin::pin!(watcher::watcher(api.clone(), cfg));
+        let mut seen = std::collections::BTreeSet::new();
+        let window = Duration::from_secs(5);
+        let start = Instant::now();
+        while let Ok(Some(event)) =
+            tokio::time::timeout(window.saturating_sub(start.elapsed()), events.next()).await
+        {
+            if let Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) = event {
+                seen.insert(l.metadata.resource_version.unwrap_or_default());
+            }
+        }
+        seen.len()
+    };
+    running.abort();
+    // 5 s at one renewal a second: about 5 writes (and the version first listed).
+    assert!(writes <= 8, "{writes} Lease versions in 5 s");
+    assert!(gate.claim().leading(Instant::now()), "still leading");
+}
+
 /// `exporter.standby: Cold`: only the leader holds a control-plane session; after the
 /// leader is killed the new one connects and exports.
 #[tokio::test]
