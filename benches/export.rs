@@ -2,15 +2,17 @@
 //!
 //! - P1: Kong CP double push -> object written to MinIO (the export runner's report after
 //!   a successful PUT; the object is then readable), for 10 KB, 1 MB and 20 MB configs,
-//!   interleaved in one window with a bare aws-sdk-s3 PUT of the same bytes (ABAB): an
+//!   interleaved in one window with a bare aws-sdk-s3 PUT of the same bytes (ABCABC): an
 //!   export round, with its history copy waited for (`with_history_p99_ms`), then a bare
-//!   PUT. 3 repetitions of 100-200 rounds; each figure is the median of the repetitions'
+//!   PUT, then the bare PUT again made conditional on the stored object's ETag as the
+//!   export's fenced write is (`bare_if_match_*`: what fencing alone costs). 3 repetitions of 100-200 rounds; each figure is the median of the repetitions'
 //!   figures, with its spread. The clock starts when the CP double has compressed the
 //!   frame and handed it to its sessions, so the CP's own gzip time is not counted. The
 //!   split of one export (`receive`, `decode`, `queue`, `put`, `report`: medians) comes
 //!   from the runner's own report of when each step ended.
 //! - P5: peak RSS and throughput of decode -> validate -> write for a 50 MB config, in a
-//!   child process so the benchmark's own buffers do not count. `case=worst` is the most
+//!   child process so the benchmark's own buffers do not count; 3 children, each figure
+//!   their median with its spread, and the split (`decode_ms`, `put_ms`). `case=worst` is the most
 //!   one exported version can hold: configurations of nearly `maxConfigSize` (64 MiB) pushed
 //!   while the previous one is still being written (its PUT slowed to 10 MiB/s by
 //!   Toxiproxy), so one is written, one waits and one is inflated at once; printed as the
@@ -67,8 +69,13 @@ struct P1Rep {
     history_p99: f64,
     bare_p50: f64,
     bare_p99: f64,
+    /// The bare PUT made conditional (`If-Match`), as the export's write is.
+    if_match_p50: f64,
+    if_match_p99: f64,
     /// Medians of receive, decode, queue, put, report (ms).
     stages: [f64; 5],
+    /// Their p99s, to tell which step a slow export was slow in.
+    stages_p99: [f64; 5],
 }
 
 async fn p1() {
@@ -106,7 +113,8 @@ async fn p1() {
         let mut reps = Vec::with_capacity(REPS);
         let mut n = 1u64;
         for _ in 0..REPS {
-            let (mut export, mut history, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut export, mut history, mut bare, mut if_match) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut stages: [Vec<f64>; 5] = Default::default();
             for _ in 0..rounds {
                 n += 1;
@@ -151,20 +159,38 @@ async fn p1() {
                 // B: a bare PUT of the same bytes, over one key as the export writes one.
                 let body = bytes::Bytes::copy_from_slice(table.as_bytes());
                 let t = Instant::now();
-                client
+                let etag = client
                     .put_object()
                     .bucket(&bucket)
                     .key("bare/config.json")
                     .content_type("application/json")
-                    .body(ByteStream::from(body))
+                    .body(ByteStream::from(body.clone()))
                     // NB: the same request as the exporter's (payload unsigned, CRC32),
                     // so the ratio is what the operator adds, not a saving of its own.
                     .customize()
                     .disable_payload_signing()
                     .send()
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .e_tag()
+                    .unwrap()
+                    .to_owned();
                 bare.push(ms(t.elapsed()));
+                // C: the same PUT, conditional on the stored ETag as the fenced write is.
+                let t = Instant::now();
+                client
+                    .put_object()
+                    .bucket(&bucket)
+                    .key("bare/config.json")
+                    .content_type("application/json")
+                    .if_match(etag)
+                    .body(ByteStream::from(body))
+                    .customize()
+                    .disable_payload_signing()
+                    .send()
+                    .await
+                    .unwrap();
+                if_match.push(ms(t.elapsed()));
             }
             reps.push(P1Rep {
                 p50: percentile(&mut export, 0.5),
@@ -172,6 +198,9 @@ async fn p1() {
                 history_p99: percentile(&mut history, 0.99),
                 bare_p50: percentile(&mut bare, 0.5),
                 bare_p99: percentile(&mut bare, 0.99),
+                if_match_p50: percentile(&mut if_match, 0.5),
+                if_match_p99: percentile(&mut if_match, 0.99),
+                stages_p99: stages.clone().map(|mut v| percentile(&mut v, 0.99)),
                 stages: stages.map(|mut v| percentile(&mut v, 0.5)),
             });
         }
@@ -181,16 +210,24 @@ async fn p1() {
         let (history_p99, _) = figure(&|r| r.history_p99);
         let (bare_p50, _) = figure(&|r| r.bare_p50);
         let (bare_p99, bare_spread) = figure(&|r| r.bare_p99);
+        let (if_match_p50, _) = figure(&|r| r.if_match_p50);
+        let (if_match_p99, _) = figure(&|r| r.if_match_p99);
         let (ratio, ratio_spread) = figure(&|r| r.p99 / r.bare_p99);
         let (extra, _) = figure(&|r| (r.p50 - r.bare_p50) / r.bare_p50);
         let stage = |i: usize| figure(&|r| r.stages[i]).0;
+        let stage_p99 = |i: usize| figure(&|r| r.stages_p99[i]).0;
         println!(
-            "bench: P1 size={label} rounds={rounds} reps={REPS} p50_ms={p50:.1} p99_ms={p99:.1} p99_spread_ms={p99_spread:.1} with_history_p99_ms={history_p99:.1} bare_put_p50_ms={bare_p50:.1} bare_put_p99_ms={bare_p99:.1} bare_put_p99_spread_ms={bare_spread:.1} ratio={ratio:.2} ratio_spread={ratio_spread:.2} extra_round_trips_p50={extra:.2} receive_ms={:.2} decode_ms={:.2} queue_ms={:.2} put_ms={:.2} report_ms={:.2} target_ratio=1.2 target_extra_round_trips_10KB=1",
+            "bench: P1 size={label} rounds={rounds} reps={REPS} p50_ms={p50:.1} p99_ms={p99:.1} p99_spread_ms={p99_spread:.1} with_history_p99_ms={history_p99:.1} bare_put_p50_ms={bare_p50:.1} bare_put_p99_ms={bare_p99:.1} bare_put_p99_spread_ms={bare_spread:.1} bare_if_match_p50_ms={if_match_p50:.1} bare_if_match_p99_ms={if_match_p99:.1} ratio={ratio:.2} ratio_spread={ratio_spread:.2} extra_round_trips_p50={extra:.2} receive_ms={:.2} decode_ms={:.2} queue_ms={:.2} put_ms={:.2} report_ms={:.2} receive_p99_ms={:.2} decode_p99_ms={:.2} queue_p99_ms={:.2} put_p99_ms={:.2} report_p99_ms={:.2} target_ratio=1.2 target_extra_round_trips_10KB=1",
             stage(0),
             stage(1),
             stage(2),
             stage(3),
             stage(4),
+            stage_p99(0),
+            stage_p99(1),
+            stage_p99(2),
+            stage_p99(3),
+            stage_p99(4),
         );
     }
 }
@@ -239,22 +276,34 @@ async fn p5() {
     let size_mib = table.len() as f64 / f64::from(1 << 20);
     let size_mb = table.len() as f64 / 1e6;
     drop((table, json, frame));
-    // NB: the child starts its own MinIO client against the same server via the env.
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("KFO_P5_CHILD", &path)
-        .env("KFO_P5_BUCKET", &bucket)
-        .env("KFO_P5_MINIO", &env.endpoint)
-        .env("KFO_P5_USER", &env.root_user)
-        .env("KFO_P5_PASSWORD", &env.root_password)
-        .output()
-        .unwrap();
+    // NB: each child starts its own MinIO client against the same server via the env.
+    let mut children = Vec::with_capacity(REPS);
+    for _ in 0..REPS {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("KFO_P5_CHILD", &path)
+            .env("KFO_P5_BUCKET", &bucket)
+            .env("KFO_P5_MINIO", &env.endpoint)
+            .env("KFO_P5_USER", &env.root_user)
+            .env("KFO_P5_PASSWORD", &env.root_password)
+            .output()
+            .unwrap();
+        let field = child_fields(&out, "P5");
+        children.push([
+            field("hwm_kb") / 1024.0,
+            size_mb / field("secs"),
+            field("decode_secs") * 1000.0,
+            field("put_secs") * 1000.0,
+        ]);
+    }
     let _ = std::fs::remove_file(&path);
-    let field = child_fields(&out, "P5");
-    let peak_mib = field("hwm_kb") / 1024.0;
+    let figure = |i: usize| median_spread(children.iter().map(|c| c[i]).collect());
+    let (peak_mib, peak_spread) = figure(0);
+    let (mb_per_s, mb_per_s_spread) = figure(1);
     println!(
-        "bench: P5 size_mib={size_mib:.1} peak_rss_mib={peak_mib:.0} rss_ratio={:.2} mb_per_s={:.1} target_rss_ratio=1.5 target_mb_per_s=150",
+        "bench: P5 size_mib={size_mib:.1} reps={REPS} peak_rss_mib={peak_mib:.0} peak_rss_spread_mib={peak_spread:.0} rss_ratio={:.2} mb_per_s={mb_per_s:.1} mb_per_s_spread={mb_per_s_spread:.1} decode_ms={:.0} put_ms={:.0} target_rss_ratio=1.5 target_mb_per_s=150",
         peak_mib / size_mib,
-        size_mb / field("secs")
+        figure(2).0,
+        figure(3).0,
     );
 }
 
@@ -304,6 +353,7 @@ async fn p5_child_with_env(frame_path: &str, bucket: &str) {
     let start = Instant::now();
     let snapshot = decode(&frame, 1 << 30).unwrap().unwrap();
     drop(frame);
+    let decoded = start.elapsed();
     let bytes = snapshot.config.len();
     store
         .put(PutObject {
@@ -315,9 +365,12 @@ async fn p5_child_with_env(frame_path: &str, bucket: &str) {
         })
         .await
         .unwrap();
+    let total = start.elapsed();
     println!(
-        "P5-CHILD bytes={bytes} secs={} hwm_kb={}",
-        start.elapsed().as_secs_f64(),
+        "P5-CHILD bytes={bytes} secs={} decode_secs={} put_secs={} hwm_kb={}",
+        total.as_secs_f64(),
+        decoded.as_secs_f64(),
+        (total - decoded).as_secs_f64(),
         vm_kb("VmHWM:")
     );
 }
