@@ -159,37 +159,11 @@ async fn p1() {
                 // B: a bare PUT of the same bytes, over one key as the export writes one.
                 let body = bytes::Bytes::copy_from_slice(table.as_bytes());
                 let t = Instant::now();
-                let etag = client
-                    .put_object()
-                    .bucket(&bucket)
-                    .key("bare/config.json")
-                    .content_type("application/json")
-                    .body(ByteStream::from(body.clone()))
-                    // NB: the same request as the exporter's (payload unsigned, CRC32),
-                    // so the ratio is what the operator adds, not a saving of its own.
-                    .customize()
-                    .disable_payload_signing()
-                    .send()
-                    .await
-                    .unwrap()
-                    .e_tag()
-                    .unwrap()
-                    .to_owned();
+                let etag = bare_put(&client, &bucket, body.clone(), None).await;
                 bare.push(ms(t.elapsed()));
                 // C: the same PUT, conditional on the stored ETag as the fenced write is.
                 let t = Instant::now();
-                client
-                    .put_object()
-                    .bucket(&bucket)
-                    .key("bare/config.json")
-                    .content_type("application/json")
-                    .if_match(etag)
-                    .body(ByteStream::from(body))
-                    .customize()
-                    .disable_payload_signing()
-                    .send()
-                    .await
-                    .unwrap();
+                bare_put(&client, &bucket, body, Some(etag)).await;
                 if_match.push(ms(t.elapsed()));
             }
             reps.push(P1Rep {
@@ -230,6 +204,33 @@ async fn p1() {
             stage_p99(4),
         );
     }
+}
+
+/// P1's bare PUT of `body` to one key, as the export writes one; `If-Match` when given.
+/// Returns the stored ETag.
+async fn bare_put(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    body: bytes::Bytes,
+    if_match: Option<String>,
+) -> String {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key("bare/config.json")
+        .content_type("application/json")
+        .set_if_match(if_match)
+        .body(ByteStream::from(body))
+        // NB: the same request as the exporter's (payload unsigned, CRC32), so the ratio
+        // is what the operator adds, not a saving of its own.
+        .customize()
+        .disable_payload_signing()
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_owned()
 }
 
 /// The `key=value` figures of a P5 child's `P5-CHILD` line, by key (0 when absent).
