@@ -87,7 +87,19 @@ struct Envelope {
 /// Decodes one binary frame. `Ok(None)` for a well-formed message that is not a
 /// `reconfigure` (Kong's DP ignores those too).
 pub fn decode(frame: &[u8], max_config: usize) -> Result<Option<ConfigSnapshot>, FrameError> {
-    let json = inflate(frame, max_config)?;
+    decode_announcing(frame, max_config, |_| {})
+}
+
+/// [`decode`], handing the inflated JSON envelope to `announce` before it is read and
+/// checked: the exporter may start writing a large configuration while the checks run
+/// (see [`peek_envelope`]). The snapshot's configuration is a slice of that same buffer.
+pub fn decode_announcing(
+    frame: &[u8],
+    max_config: usize,
+    announce: impl FnOnce(&Bytes),
+) -> Result<Option<ConfigSnapshot>, FrameError> {
+    let json = Bytes::from(inflate(frame, max_config)?);
+    announce(&json);
     let envelope = read_envelope(&json).map_err(|e| FrameError::Json(e.to_string()))?;
     if envelope.kind.as_deref() != Some("reconfigure") {
         return Ok(None);
@@ -109,11 +121,77 @@ pub fn decode(frame: &[u8], max_config: usize) -> Result<Option<ConfigSnapshot>,
     // NB: no copy: the configuration is a slice of the inflated buffer.
     Ok(Some(ConfigSnapshot {
         hash,
-        config: Bytes::from(json).slice(range),
+        config: json.slice(range),
         summary,
         timestamp: envelope.timestamp,
         arrival: None,
     }))
+}
+
+/// What an envelope appears to hold, read without checking it: where `config_table`
+/// starts, and the `config_hash` and `timestamp` it appears to carry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvelopePeek {
+    /// The offset of `config_table`'s first byte in the envelope.
+    pub config_start: usize,
+    pub hash: Option<String>,
+    pub timestamp: Option<f64>,
+}
+
+/// How far [`peek_envelope`] reads from either end of an envelope.
+const PEEK_SPAN: usize = 64 << 10;
+
+/// A guess at an inflated envelope's fields, in microseconds and without the checks: the
+/// fields before `config_table` are read in order, those after it are looked for in the
+/// envelope's last [`PEEK_SPAN`] bytes. A guess only: whatever uses it must confirm it
+/// against the decoded snapshot ([`decode_announcing`]) before anything takes effect.
+/// `None` when `config_table` does not start within [`PEEK_SPAN`].
+pub fn peek_envelope(json: &[u8]) -> Option<EnvelopePeek> {
+    use serde::de::IgnoredAny;
+    let mut pos = 0;
+    let (mut hash, mut timestamp) = (None, None);
+    expect(json, &mut pos, b'{').ok()?;
+    let config_start = loop {
+        let key: std::borrow::Cow<'_, str> = value(json, &mut pos).ok()?;
+        expect(json, &mut pos, b':').ok()?;
+        match &*key {
+            "config_table" => {
+                peek(json, &mut pos)?;
+                break pos;
+            }
+            "config_hash" => hash = value(json, &mut pos).ok()?,
+            "timestamp" => timestamp = value(json, &mut pos).ok()?,
+            _ => {
+                value::<IgnoredAny>(json, &mut pos).ok()?;
+            }
+        }
+        expect(json, &mut pos, b',').ok()?;
+        if pos > PEEK_SPAN {
+            return None;
+        }
+    };
+    let tail_start = json.len().saturating_sub(PEEK_SPAN).max(config_start);
+    let tail = &json[tail_start..];
+    let after = |name: &str| {
+        let pattern = format!("\"{name}\"");
+        let at = tail
+            .windows(pattern.len())
+            .rposition(|w| w == pattern.as_bytes())?;
+        let mut pos = tail_start + at + pattern.len();
+        expect(json, &mut pos, b':').ok()?;
+        Some(pos)
+    };
+    if hash.is_none() {
+        hash = after("config_hash").and_then(|mut pos| value(json, &mut pos).ok());
+    }
+    if timestamp.is_none() {
+        timestamp = after("timestamp").and_then(|mut pos| value(json, &mut pos).ok());
+    }
+    Some(EnvelopePeek {
+        config_start,
+        hash,
+        timestamp,
+    })
 }
 
 /// Reads the envelope in one pass: `config_table` is checked where it lies, not found by
@@ -262,6 +340,63 @@ mod tests {
     use std::io::Write;
 
     const TABLE: &str = r#"{"_format_version":"3.0","_transform":false,"services":[{"id":"s","path":"\/x"}],"routes":[{"id":"r","service":"s"}]}"#;
+
+    #[test]
+    fn an_envelope_peek_finds_the_configuration_and_the_fields_on_either_side() {
+        let hash = "a".repeat(32);
+        for envelope in [
+            format!(
+                r#"{{"type":"reconfigure","timestamp":1.5,"config_table":{TABLE},"config_hash":"{hash}"}}"#
+            ),
+            format!(
+                r#"{{ "config_hash" : "{hash}", "config_table" : {TABLE} , "timestamp":1.5 }}"#
+            ),
+            format!(
+                r#"{{"config_table":{TABLE},"hashes":{{"routes":"{hash}"}},"timestamp":1.5,"config_hash":"{hash}"}}"#
+            ),
+        ] {
+            let peek = peek_envelope(envelope.as_bytes()).expect(&envelope);
+            assert!(
+                envelope[peek.config_start..].starts_with(TABLE),
+                "{envelope}"
+            );
+            assert_eq!(peek.hash.as_deref(), Some(hash.as_str()), "{envelope}");
+            assert_eq!(peek.timestamp, Some(1.5), "{envelope}");
+        }
+        // Only a guess: what it finds in the tail is whatever comes last there.
+        let odd = format!(r#"{{"config_table":{TABLE},"x":"\"config_hash\":\"b\""}}"#);
+        assert!(peek_envelope(odd.as_bytes()).is_some());
+        // Nothing when config_table does not start near the beginning, or is absent.
+        let far = format!(
+            r#"{{"x":"{}","config_table":{TABLE}}}"#,
+            "y".repeat(PEEK_SPAN)
+        );
+        assert_eq!(peek_envelope(far.as_bytes()), None);
+        assert_eq!(peek_envelope(br#"{"type":"ping"}"#), None);
+        assert_eq!(peek_envelope(b"not json"), None);
+    }
+
+    #[test]
+    fn the_announced_envelope_holds_the_snapshots_configuration() {
+        let envelope = format!(
+            r#"{{"type":"reconfigure","config_table":{TABLE},"config_hash":"{}"}}"#,
+            "c".repeat(32)
+        );
+        let mut announced = None;
+        let snapshot = decode_announcing(&gzip(envelope.as_bytes()), 1 << 20, |json| {
+            announced = Some(json.clone());
+        })
+        .unwrap()
+        .unwrap();
+        let json = announced.unwrap();
+        assert_eq!(&json[..], envelope.as_bytes());
+        // NB: a slice of the announced buffer, not a copy: the exporter relies on it.
+        let offset = snapshot.config.as_ptr() as usize - json.as_ptr() as usize;
+        assert_eq!(
+            &json[offset..offset + snapshot.config.len()],
+            TABLE.as_bytes()
+        );
+    }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut e = GzEncoder::new(Vec::new(), Compression::default());

@@ -27,7 +27,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-pub use frame::{Arrival, ConfigSnapshot, FrameError, decode};
+pub use frame::{
+    Arrival, ConfigSnapshot, EnvelopePeek, FrameError, decode, decode_announcing, peek_envelope,
+};
+
+/// The smallest inflated frame announced as [`Event::Inflated`]: below two S3 parts, a
+/// staged write cannot start before the checks end.
+pub const ANNOUNCE_INFLATED_FROM: usize = 10 << 20;
 
 use crate::api::MtlsMode;
 use crate::kong::KongVersion;
@@ -109,6 +115,11 @@ impl std::fmt::Debug for ClientSettings {
 pub enum Event {
     /// The websocket is up and `basic_info` was sent.
     Connected,
+    /// A large frame inflated, before its checks (from [`ANNOUNCE_INFLATED_FROM`] bytes):
+    /// the JSON envelope, so the exporter may start writing its configuration while the
+    /// checks run. The frame's [`Event::Snapshot`] (a slice of the same buffer) or
+    /// [`Event::Rejected`] follows.
+    Inflated(bytes::Bytes),
     /// A new configuration.
     Snapshot(ConfigSnapshot),
     /// Connected for [`NO_CONFIG_AFTER`] without receiving a configuration.
@@ -526,7 +537,16 @@ pub async fn session(
                     Some(Ok(Message::Binary(data))) => {
                         let max = s.max_config;
                         let read = std::time::Instant::now();
-                        let decoded = tokio::task::spawn_blocking(move || decode(&data, max)).await;
+                        // NB: a hint: dropped when the exporter is behind (the channel full).
+                        let early = events.clone();
+                        let decoded = tokio::task::spawn_blocking(move || {
+                            decode_announcing(&data, max, |json| {
+                                if json.len() >= ANNOUNCE_INFLATED_FROM {
+                                    let _ = early.try_send(Event::Inflated(json.clone()));
+                                }
+                            })
+                        })
+                        .await;
                         match decoded {
                             Ok(Ok(Some(mut snapshot))) => {
                                 snapshot.arrival = Some(Arrival { read, decoded: std::time::Instant::now() });

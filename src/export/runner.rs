@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::decision::{Exporter, Next, Snapshot};
+use super::early::{Early, Outcome, Stager};
 use super::history::{history_key, to_prune};
 use crate::cp_client::{ConfigSnapshot, Event};
 use crate::election::Gate;
@@ -68,6 +69,9 @@ pub struct Stages {
     pub put: Duration,
     /// When the PUT returned.
     pub written: Option<Instant>,
+    /// Whether the write was staged while the frame was checked (see [`super::early`]):
+    /// `put` is then the wait for the staged parts, the last part and the commit.
+    pub staged: bool,
 }
 
 /// A snapshot the exporter holds, and when it arrived (for [`Stages`]).
@@ -188,6 +192,15 @@ pub async fn run(
     // not held up by it. At most one copy is written at a time and none waits (an export
     // that finds the history busy gets no entry): it never holds more than one body.
     let history = History::start(&target, &store, &reports);
+    let mut stager = Stager::new(
+        store.clone(),
+        format!(
+            "{}/.kong-fallback-operator/staging-probe-{}",
+            target.url.prefix, target.version
+        ),
+    );
+    // NB: at most one staged write, for the newest large frame: a newer one aborts it.
+    let mut early: Option<Early> = None;
     loop {
         let wait = match exporter.next(now_ms()) {
             Next::Write(snapshot) => {
@@ -254,8 +267,9 @@ pub async fn run(
                 // NB: a write may not outlive the lead it was granted under: abandoned at
                 // the renew deadline, it ends leaseDuration - renewDeadline before another
                 // replica can take over (the store's own bound catches the rest).
+                let staged = early.take();
                 let result = tokio::select! {
-                    r = write(&target, store.as_ref(), &key, &snapshot, (permit.epoch, permit.lease_uid.as_deref()), precondition) => r,
+                    r = write(&target, store.as_ref(), &key, &snapshot, (permit.epoch, permit.lease_uid.as_deref()), precondition, (staged, &mut stager)) => r,
                     _ = gate.lapsed() => Err(StoreError {
                         kind: ErrorKind::Network,
                         op: "put",
@@ -263,6 +277,10 @@ pub async fn run(
                         key: key.clone(),
                         detail: "abandoned: the write did not finish within this replica's lead (renewDeadline)".into(),
                     }),
+                };
+                let (result, staged) = match result {
+                    Ok((version, staged)) => (Ok(version), staged),
+                    Err(e) => (Err(e), false),
                 };
                 drop(permit);
                 let written = Instant::now();
@@ -272,9 +290,12 @@ pub async fn run(
                         conflicts = 0;
                         exporter.written(&snapshot.hash, snapshot.timestamp, now_ms());
                         let latency = written - started;
-                        let stages = stages(arrived, put_start, written);
+                        let stages = Stages {
+                            staged,
+                            ..stages(arrived, put_start, written)
+                        };
                         info!(key = %key, hash = %snapshot.hash, bytes = snapshot.body.len(), ?latency,
-                            decode = ?stages.decode, queue = ?stages.queue, put = ?stages.put, "exported");
+                            decode = ?stages.decode, queue = ?stages.queue, put = ?stages.put, staged, "exported");
                         let _ = reports
                             .send(Report::Exported {
                                 key: key.clone(),
@@ -340,6 +361,25 @@ pub async fn run(
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { return };
+                match &ev {
+                    Event::Inflated(envelope) => {
+                        early = None;
+                        // NB: only under a lead whose stored version was read (as a write).
+                        let permit = gate
+                            .permit()
+                            .filter(|p| fenced.is_none_or(|f| p.epoch > f))
+                            .filter(|p| seen_epoch == Some(p.epoch) && seen.is_some());
+                        if let Some(permit) = permit {
+                            let (epoch, lease) = (permit.epoch, permit.lease_uid.clone());
+                            early = stager.begin(envelope.clone(), permit, &key, |hash, timestamp| {
+                                fenced_metadata(&target, hash, timestamp, (epoch, lease.as_deref()))
+                            });
+                        }
+                    }
+                    // NB: the frame staged (if any) will not be written: abort at once.
+                    Event::Rejected(_) | Event::Disconnected { .. } => early = None,
+                    _ => {}
+                }
                 if let Some(report) = handle(&target, &mut exporter, &mut received, ev) {
                     let _ = reports.send(report).await;
                 }
@@ -467,6 +507,7 @@ fn handle(
     ev: Event,
 ) -> Option<Report> {
     match ev {
+        Event::Inflated(_) => None,
         Event::Connected => Some(Report::Connected),
         Event::NoConfig => Some(Report::NoConfig),
         Event::Disconnected { error, .. } => Some(Report::Disconnected {
@@ -539,31 +580,60 @@ fn to_snapshot(s: ConfigSnapshot) -> Snapshot {
     }
 }
 
-fn metadata(target: &ExportTarget, s: &Snapshot) -> BTreeMap<String, String> {
+fn metadata(target: &ExportTarget, hash: &str, timestamp: Option<f64>) -> BTreeMap<String, String> {
     let mut m = BTreeMap::from([
         (META_UPLOADER.to_owned(), target.uploader.clone()),
         (META_WRITER.to_owned(), target.writer.clone()),
-        (META_CONFIG_HASH.to_owned(), s.hash.clone()),
+        (META_CONFIG_HASH.to_owned(), hash.to_owned()),
     ]);
-    if let Some(t) = s.timestamp {
+    if let Some(t) = timestamp {
         m.insert(META_CONFIG_TIMESTAMP.to_owned(), t.to_string());
     }
     m
 }
 
+/// The metadata of a fenced write of `config.json`: [`metadata`] with the epoch, the Lease
+/// and the owner.
+fn fenced_metadata(
+    target: &ExportTarget,
+    hash: &str,
+    timestamp: Option<f64>,
+    (epoch, lease): (i32, Option<&str>),
+) -> BTreeMap<String, String> {
+    let mut metadata = metadata(target, hash, timestamp);
+    metadata.insert(META_EPOCH.to_owned(), epoch.to_string());
+    metadata.insert(META_OWNER.to_owned(), target.owner.clone());
+    if let Some(lease) = lease {
+        metadata.insert(META_LEASE.to_owned(), lease.to_owned());
+    }
+    metadata
+}
+
+/// Writes `s` to `key`: by committing `staged` when it holds this very write, else with a
+/// PUT. The new version, and whether it was the staged write's.
 async fn write(
     target: &ExportTarget,
     store: &dyn ObjectStore,
     key: &str,
     s: &Snapshot,
-    (epoch, lease): (i32, Option<&str>),
+    fence: (i32, Option<&str>),
     precondition: Precondition,
-) -> Result<String, StoreError> {
-    let mut metadata = metadata(target, s);
-    metadata.insert(META_EPOCH.to_owned(), epoch.to_string());
-    metadata.insert(META_OWNER.to_owned(), target.owner.clone());
-    if let Some(lease) = lease {
-        metadata.insert(META_LEASE.to_owned(), lease.to_owned());
+    (staged, stager): (Option<Early>, &mut Stager),
+) -> Result<(String, bool), StoreError> {
+    let metadata = fenced_metadata(target, &s.hash, s.timestamp, fence);
+    if let Some(staged) = staged {
+        match staged
+            .commit(&s.body, &s.hash, &metadata, precondition.clone())
+            .await
+        {
+            Outcome::Committed(result) => return result.map(|v| (v, true)),
+            Outcome::NotUsed(why, error) => {
+                debug!(key = %key, hash = %s.hash, why, error = ?error.as_ref().map(ToString::to_string), "staged write not used: writing with one PUT");
+                if let Some(e) = &error {
+                    stager.failed(e);
+                }
+            }
+        }
     }
     store
         .put(PutObject {
@@ -574,6 +644,7 @@ async fn write(
             precondition,
         })
         .await
+        .map(|v| (v, false))
 }
 
 /// The split of one export, from when its snapshot arrived to when its PUT returned.
@@ -587,6 +658,7 @@ fn stages(arrived: Arrived, put_start: Instant, written: Instant) -> Stages {
         queue: put_start.saturating_duration_since(decoded),
         put: written.saturating_duration_since(put_start),
         written: Some(written),
+        staged: false,
     }
 }
 
@@ -646,7 +718,7 @@ async fn write_history(target: &ExportTarget, store: &dyn ObjectStore, s: &Snaps
         key: history.clone(),
         body: s.body.clone(),
         content_type: "application/json".to_owned(),
-        metadata: metadata(target, s),
+        metadata: metadata(target, &s.hash, s.timestamp),
         precondition: Precondition::None,
     };
     let written = match store.put(put).await {
@@ -1304,5 +1376,221 @@ mod tests {
                 .key
                 .ends_with(&format!("{}.json", "d".repeat(32)))
         );
+    }
+
+    /// A `reconfigure` frame of about 200 KiB, as the client hands it over: the envelope it
+    /// announces once inflated, then its snapshot (a slice of the same buffer) or, when a
+    /// row near its end is not an object, its rejection.
+    fn large_frame(hash: char, seed: usize, good: bool) -> (Event, Event) {
+        use std::io::Write;
+        let rows: Vec<String> = (0..2000)
+            .map(|i| format!(r#"{{"id":"s{seed}-{i}","name":"service-{i}","host":"upstream-{i}.example.com"}}"#))
+            .collect();
+        let last = if good { r#"{"id":"last"}"# } else { "7" };
+        let table = format!(
+            r#"{{"_format_version":"3.0","services":[{},{last}]}}"#,
+            rows.join(",")
+        );
+        let envelope = format!(
+            r#"{{"type":"reconfigure","timestamp":1700000000.5,"config_table":{table},"config_hash":"{}"}}"#,
+            hash.to_string().repeat(32)
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(envelope.as_bytes()).unwrap();
+        let frame = gz.finish().unwrap();
+        let mut announced = None;
+        let decoded = crate::cp_client::decode_announcing(&frame, 1 << 30, |json| {
+            announced = Some(json.clone());
+        });
+        let then = match decoded {
+            Ok(Some(s)) => Event::Snapshot(s),
+            Ok(None) => panic!("not a reconfigure"),
+            Err(e) => Event::Rejected(e),
+        };
+        (Event::Inflated(announced.unwrap()), then)
+    }
+
+    /// A runner over a store that stages writes in 16 KiB parts, after a first export (so
+    /// the stored version is known) and after large frames until one was staged: staging
+    /// starts only once the store was checked to fence commits.
+    async fn staging_harness() -> Harness {
+        let store = Arc::new(MemoryStore::new("bkt"));
+        store.stage_writes(16 << 10);
+        let (events, rx) = mpsc::channel(16);
+        let (tx, reports) = mpsc::channel(64);
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(run(
+            target(0),
+            store.clone(),
+            rx,
+            tx,
+            Gate::always(),
+            stop_rx,
+        ));
+        let mut h = Harness {
+            store,
+            events,
+            reports,
+            _stop: stop,
+        };
+        h.events.send(snapshot('a', GOOD)).await.unwrap();
+        assert!(matches!(h.report().await, Report::Exported { .. }));
+        for (i, c) in ['b', 'c', 'd', 'e', 'f'].into_iter().enumerate() {
+            let (inflated, snapshot) = large_frame(c, i, true);
+            h.events.send(inflated).await.unwrap();
+            h.events.send(snapshot).await.unwrap();
+            let Report::Exported { stages, .. } = h.report().await else {
+                panic!("not exported")
+            };
+            if stages.staged {
+                return h;
+            }
+            // NB: the first large frame starts the store's check; give it a moment.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no large frame was staged")
+    }
+
+    async fn no_staged_write_left(store: &MemoryStore) {
+        for _ in 0..100 {
+            if store.open_stages() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} staged writes left open", store.open_stages());
+    }
+
+    #[tokio::test]
+    async fn a_large_configuration_is_staged_while_checked_and_committed_as_the_checked_snapshot() {
+        let mut h = staging_harness().await;
+        let commits = h.store.staged_commits();
+        let (inflated, snapshot) = large_frame('9', 9, true);
+        let Event::Snapshot(s) = &snapshot else {
+            panic!()
+        };
+        let config = s.config.clone();
+        h.events.send(inflated).await.unwrap();
+        h.events.send(snapshot).await.unwrap();
+        let Report::Exported { stages, hash, .. } = h.report().await else {
+            panic!("not exported")
+        };
+        assert!(stages.staged, "the large frame was not staged");
+        assert_eq!(hash, "9".repeat(32));
+        assert_eq!(h.store.staged_commits(), commits + 1);
+        let o = h
+            .store
+            .get("kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            o.body == config,
+            "the stored object is not the configuration"
+        );
+        assert_eq!(o.metadata[META_CONFIG_HASH], "9".repeat(32));
+        assert_eq!(o.metadata[META_CONFIG_TIMESTAMP], "1700000000.5");
+        assert_eq!(o.metadata[META_EPOCH], "0");
+        assert_eq!(o.metadata[META_OWNER], "kong/prod");
+        assert_eq!(o.content_type.as_deref(), Some("application/json"));
+        no_staged_write_left(&h.store).await;
+    }
+
+    /// The do-no-harm case of staging: a frame that fails its checks after its upload
+    /// started is never committed, and the stored configuration stays.
+    #[tokio::test]
+    async fn a_frame_failing_its_checks_after_its_upload_started_leaves_the_stored_configuration() {
+        let mut h = staging_harness().await;
+        let before = h
+            .store
+            .get("kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap();
+        let commits = h.store.staged_commits();
+        let (inflated, rejected) = large_frame('7', 7, false);
+        assert!(matches!(rejected, Event::Rejected(_)), "{rejected:?}");
+        h.events.send(inflated).await.unwrap();
+        // NB: the upload is under way before the verdict arrives.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        h.events.send(rejected).await.unwrap();
+        assert!(matches!(h.report().await, Report::Rejected { .. }));
+        no_staged_write_left(&h.store).await;
+        let after = h
+            .store
+            .get("kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.info.version, before.info.version);
+        assert_eq!(h.store.staged_commits(), commits);
+    }
+
+    /// A staged write is only ever the write of the snapshot it was staged for: another
+    /// configuration written next goes with a PUT, and the staged one is aborted.
+    #[tokio::test]
+    async fn a_staged_write_for_another_configuration_is_aborted_and_the_put_used() {
+        let mut h = staging_harness().await;
+        let commits = h.store.staged_commits();
+        let (inflated, _) = large_frame('5', 5, true);
+        h.events.send(inflated).await.unwrap();
+        h.events.send(snapshot('6', GOOD)).await.unwrap();
+        let Report::Exported { stages, hash, .. } = h.report().await else {
+            panic!("not exported")
+        };
+        assert_eq!(hash, "6".repeat(32));
+        assert!(!stages.staged);
+        let o = h
+            .store
+            .get("kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&o.body[..], GOOD.as_bytes());
+        assert_eq!(h.store.staged_commits(), commits);
+        no_staged_write_left(&h.store).await;
+    }
+
+    /// A store that takes a stale multipart commit would break fencing: nothing is staged
+    /// on it, and large configurations still go with a PUT.
+    #[tokio::test]
+    async fn nothing_is_staged_on_a_store_that_does_not_fence_commits() {
+        let store = Arc::new(MemoryStore::new("bkt"));
+        store.stage_writes(16 << 10);
+        store.ignore_preconditions(true);
+        let (events, rx) = mpsc::channel(16);
+        let (tx, reports) = mpsc::channel(64);
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(run(
+            target(0),
+            store.clone(),
+            rx,
+            tx,
+            Gate::always(),
+            stop_rx,
+        ));
+        let mut h = Harness {
+            store,
+            events,
+            reports,
+            _stop: stop,
+        };
+        h.events.send(snapshot('a', GOOD)).await.unwrap();
+        assert!(matches!(h.report().await, Report::Exported { .. }));
+        for (i, c) in ['b', 'c', 'd', 'e'].into_iter().enumerate() {
+            let (inflated, snapshot) = large_frame(c, i, true);
+            h.events.send(inflated).await.unwrap();
+            h.events.send(snapshot).await.unwrap();
+            let Report::Exported { stages, .. } = h.report().await else {
+                panic!("not exported")
+            };
+            assert!(
+                !stages.staged,
+                "staged on a store that does not fence commits"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // NB: the store's check committed its own probe writes; config.json never.
+        no_staged_write_left(&h.store).await;
     }
 }

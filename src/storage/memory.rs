@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::{
-    BoundedBody, ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, StoreError,
+    BoundedBody, ErrorKind, Object, ObjectInfo, ObjectStore, Precondition, PutObject, Staged,
+    StagedPart, StoreError,
 };
 
 #[derive(Default)]
@@ -20,6 +21,20 @@ struct State {
     /// Behave like a store that ignores conditional writes.
     ignore_preconditions: bool,
     puts: u64,
+    /// The part size of staged writes; `None`: the store does not stage them.
+    part_size: Option<usize>,
+    /// Staged writes in progress, by id: key, content type, metadata, parts by number.
+    staged: BTreeMap<String, StagedWrite>,
+    next_stage: u64,
+    /// Staged writes committed so far.
+    commits: u64,
+}
+
+struct StagedWrite {
+    key: String,
+    content_type: String,
+    metadata: BTreeMap<String, String>,
+    parts: BTreeMap<i32, bytes::Bytes>,
 }
 
 pub struct MemoryStore {
@@ -50,9 +65,24 @@ impl MemoryStore {
         self.lock().ignore_preconditions = ignore;
     }
 
-    /// How many writes succeeded so far.
+    /// How many writes succeeded so far (committed staged writes included).
     pub fn put_count(&self) -> u64 {
         self.lock().puts
+    }
+
+    /// Makes the store stage writes in parts of `part_size` (as S3 multipart uploads).
+    pub fn stage_writes(&self, part_size: usize) {
+        self.lock().part_size = Some(part_size);
+    }
+
+    /// How many staged writes were committed so far.
+    pub fn staged_commits(&self) -> u64 {
+        self.lock().commits
+    }
+
+    /// How many staged writes are neither committed nor aborted.
+    pub fn open_stages(&self) -> usize {
+        self.lock().staged.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -169,6 +199,98 @@ impl ObjectStore for MemoryStore {
         self.check(&state, "delete", key)?;
         state.objects.remove(key);
         Ok(())
+    }
+
+    fn staged_part_size(&self) -> Option<usize> {
+        self.lock().part_size
+    }
+
+    async fn stage(
+        &self,
+        key: &str,
+        content_type: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Staged, StoreError> {
+        let mut state = self.lock();
+        self.check(&state, "stage", key)?;
+        state.next_stage += 1;
+        let id = state.next_stage.to_string();
+        state.staged.insert(
+            id.clone(),
+            StagedWrite {
+                key: key.to_owned(),
+                content_type: content_type.to_owned(),
+                metadata,
+                parts: BTreeMap::new(),
+            },
+        );
+        Ok(Staged {
+            key: key.to_owned(),
+            id,
+        })
+    }
+
+    async fn stage_part(
+        &self,
+        staged: &Staged,
+        number: i32,
+        body: bytes::Bytes,
+    ) -> Result<StagedPart, StoreError> {
+        let mut state = self.lock();
+        self.check(&state, "stage", &staged.key)?;
+        let missing = self.no_such_upload(&staged.key);
+        let upload = state.staged.get_mut(&staged.id).ok_or(missing)?;
+        upload.parts.insert(number, body);
+        Ok(StagedPart {
+            number,
+            etag: format!("part-{number}"),
+            crc32: None,
+        })
+    }
+
+    async fn commit_staged(
+        &self,
+        staged: &Staged,
+        parts: Vec<StagedPart>,
+        precondition: Precondition,
+    ) -> Result<String, StoreError> {
+        let object = {
+            let state = self.lock();
+            self.check(&state, "put", &staged.key)?;
+            let missing = self.no_such_upload(&staged.key);
+            let upload = state.staged.get(&staged.id).ok_or(missing)?;
+            let mut body = Vec::new();
+            for p in &parts {
+                let missing = self.no_such_upload(&staged.key);
+                body.extend_from_slice(upload.parts.get(&p.number).ok_or(missing)?);
+            }
+            PutObject {
+                key: upload.key.clone(),
+                body: body.into(),
+                content_type: upload.content_type.clone(),
+                metadata: upload.metadata.clone(),
+                precondition,
+            }
+        };
+        // NB: as S3, a refused commit leaves the staged write to be aborted.
+        let version = self.put(object).await?;
+        let mut state = self.lock();
+        state.staged.remove(&staged.id);
+        state.commits += 1;
+        Ok(version)
+    }
+
+    async fn abort_staged(&self, staged: &Staged) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        self.check(&state, "stage", &staged.key)?;
+        state.staged.remove(&staged.id);
+        Ok(())
+    }
+}
+
+impl MemoryStore {
+    fn no_such_upload(&self, key: &str) -> StoreError {
+        StoreError::new(ErrorKind::Other, "stage", &self.bucket, key, "NoSuchUpload")
     }
 }
 

@@ -39,6 +39,26 @@ pub struct PutObject {
     pub precondition: Precondition,
 }
 
+/// A write staged in parts (an S3 multipart upload): none of it is visible until
+/// [`ObjectStore::commit_staged`], which is conditional as a PUT is, and
+/// [`ObjectStore::abort_staged`] discards it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Staged {
+    pub key: String,
+    /// The store's id of the upload.
+    pub id: String,
+}
+
+/// One part of a staged write, as the store acknowledged it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedPart {
+    /// From 1, in the object's order.
+    pub number: i32,
+    pub etag: String,
+    /// The part's CRC32 as the store computed it, when it did (S3 wants it back on commit).
+    pub crc32: Option<String>,
+}
+
 /// What a listing or a read reports about an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -162,6 +182,54 @@ pub trait ObjectStore: Send + Sync {
     async fn touch(&self, key: &str) -> Result<bool, StoreError>;
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// The size of every part of a staged write but the last (the last may be smaller);
+    /// `None`: the store does not stage writes, and the methods below fail.
+    fn staged_part_size(&self) -> Option<usize> {
+        None
+    }
+    /// Starts a staged write of `key` with its content type and metadata.
+    async fn stage(
+        &self,
+        key: &str,
+        _content_type: &str,
+        _metadata: BTreeMap<String, String>,
+    ) -> Result<Staged, StoreError> {
+        Err(unstaged(self.bucket(), key))
+    }
+    /// Uploads part `number` of a staged write.
+    async fn stage_part(
+        &self,
+        staged: &Staged,
+        _number: i32,
+        _body: Bytes,
+    ) -> Result<StagedPart, StoreError> {
+        Err(unstaged(self.bucket(), &staged.key))
+    }
+    /// Makes the parts, in order, the object, if `precondition` holds (as [`Self::put`]);
+    /// returns the new version. A refused commit leaves the object as it was, and the
+    /// staged write to [`Self::abort_staged`].
+    async fn commit_staged(
+        &self,
+        staged: &Staged,
+        _parts: Vec<StagedPart>,
+        _precondition: Precondition,
+    ) -> Result<String, StoreError> {
+        Err(unstaged(self.bucket(), &staged.key))
+    }
+    /// Discards a staged write and its parts.
+    async fn abort_staged(&self, staged: &Staged) -> Result<(), StoreError> {
+        Err(unstaged(self.bucket(), &staged.key))
+    }
+}
+
+fn unstaged(bucket: &str, key: &str) -> StoreError {
+    StoreError::new(
+        ErrorKind::Other,
+        "stage",
+        bucket,
+        key,
+        "this store does not stage writes",
+    )
 }
 
 impl StoreError {
@@ -333,6 +401,61 @@ pub async fn enforces_preconditions(
         }
     }
     store.delete(probe_key).await?;
+    Ok(enforced)
+}
+
+/// Whether the store fences staged writes too (S3 `If-Match` / `If-None-Match` on
+/// `CompleteMultipartUpload`, which fencing then rests on): as
+/// [`enforces_preconditions`], with each refused write staged in one part and committed.
+/// `Ok(false)`: a commit that should have been refused was taken. Each staged write is
+/// aborted; the probe object is deleted.
+pub async fn enforces_staged_preconditions(
+    store: &dyn ObjectStore,
+    probe_key: &str,
+) -> Result<bool, StoreError> {
+    let body = Bytes::from_static(b"fencing probe of kong-fallback-operator; safe to delete\n");
+    let version = store
+        .put(PutObject {
+            key: probe_key.to_owned(),
+            body: body.clone(),
+            content_type: "text/plain".to_owned(),
+            metadata: BTreeMap::new(),
+            precondition: Precondition::None,
+        })
+        .await?;
+    let stale = if version.starts_with('"') {
+        "\"00000000000000000000000000000000\"".to_owned()
+    } else {
+        format!("{version}0")
+    };
+    let mut outcome = Ok(true);
+    for precondition in [Precondition::IfVersion(stale), Precondition::IfAbsent] {
+        let staged = match store.stage(probe_key, "text/plain", BTreeMap::new()).await {
+            Ok(staged) => staged,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        let committed = match store.stage_part(&staged, 1, body.clone()).await {
+            Ok(part) => store.commit_staged(&staged, vec![part], precondition).await,
+            Err(e) => Err(e),
+        };
+        match committed {
+            Ok(_) => outcome = Ok(false),
+            Err(e) if e.kind == ErrorKind::PreconditionFailed => {
+                let _ = store.abort_staged(&staged).await;
+            }
+            Err(e) => {
+                let _ = store.abort_staged(&staged).await;
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    let deleted = store.delete(probe_key).await;
+    let enforced = outcome?;
+    deleted?;
     Ok(enforced)
 }
 
@@ -541,6 +664,43 @@ impl ObjectStore for Bounded {
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.bound("delete", key, self.timeouts.call, self.inner.delete(key))
+            .await
+    }
+    fn staged_part_size(&self) -> Option<usize> {
+        self.inner.staged_part_size()
+    }
+    async fn stage(
+        &self,
+        key: &str,
+        content_type: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Staged, StoreError> {
+        let call = self.inner.stage(key, content_type, metadata);
+        self.bound("stage", key, self.timeouts.call, call).await
+    }
+    async fn stage_part(
+        &self,
+        staged: &Staged,
+        number: i32,
+        body: Bytes,
+    ) -> Result<StagedPart, StoreError> {
+        let limit = self.timeouts.put(body.len());
+        let call = self.inner.stage_part(staged, number, body);
+        self.bound("stage", &staged.key, limit, call).await
+    }
+    async fn commit_staged(
+        &self,
+        staged: &Staged,
+        parts: Vec<StagedPart>,
+        precondition: Precondition,
+    ) -> Result<String, StoreError> {
+        let call = self.inner.commit_staged(staged, parts, precondition);
+        self.bound("put", &staged.key, self.timeouts.call, call)
+            .await
+    }
+    async fn abort_staged(&self, staged: &Staged) -> Result<(), StoreError> {
+        let call = self.inner.abort_staged(staged);
+        self.bound("stage", &staged.key, self.timeouts.call, call)
             .await
     }
 }

@@ -647,3 +647,117 @@ async fn a_body_damaged_on_the_way_is_refused_and_the_stored_configuration_stays
         "a damaged body was stored ({err})"
     );
 }
+
+/// Staged writes (S3 multipart uploads: the exporter stages a large configuration while
+/// its checks run): nothing is visible before the commit, the commit is fenced as a PUT
+/// is (a stale version, or "only if absent" over an object, is refused and the object
+/// stays), a committed write carries its metadata, and an aborted one leaves no upload.
+#[tokio::test]
+async fn a_staged_write_is_invisible_until_committed_and_fenced_at_the_commit() {
+    use kong_fallback_operator::storage::{
+        ErrorKind, Precondition, PutObject, enforces_staged_preconditions,
+    };
+    let env = minio().await;
+    let bucket = env.bucket("s3-staged").await.unwrap();
+    let store = minio_store(env, &bucket, &env.root_password);
+    let key = "kong/3.6.1.4/config.json";
+    let old = store
+        .put(PutObject {
+            key: key.into(),
+            body: bytes::Bytes::from_static(CONFIG.as_bytes()),
+            content_type: "application/json".into(),
+            metadata: Default::default(),
+            precondition: Precondition::None,
+        })
+        .await
+        .unwrap();
+    let part = store.staged_part_size().expect("S3 stages writes");
+    let body = bytes::Bytes::from(
+        (0..2 * part + 1000)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let meta = std::collections::BTreeMap::from([("config-hash".to_owned(), "c0ffee".to_owned())]);
+    let stored = async || store.get(key).await.unwrap().unwrap();
+    let stage_all = async |before: &[u8]| {
+        let staged = store
+            .stage(key, "application/json", meta.clone())
+            .await
+            .unwrap();
+        let mut parts = Vec::new();
+        for (n, range) in [(1, 0..part), (2, part..2 * part)] {
+            parts.push(
+                store
+                    .stage_part(&staged, n, body.slice(range))
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Two parts are in the store, and the object is still the one before.
+        assert!(
+            stored().await.body == before,
+            "a staged part became visible"
+        );
+        parts.push(
+            store
+                .stage_part(&staged, 3, body.slice(2 * part..))
+                .await
+                .unwrap(),
+        );
+        (staged, parts)
+    };
+
+    for refused in [
+        Precondition::IfVersion("\"00000000000000000000000000000000\"".into()),
+        Precondition::IfAbsent,
+    ] {
+        let (staged, parts) = stage_all(CONFIG.as_bytes()).await;
+        let err = store
+            .commit_staged(&staged, parts, refused.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind,
+            ErrorKind::PreconditionFailed,
+            "{refused:?}: {err}"
+        );
+        assert!(
+            stored().await.body == CONFIG.as_bytes(),
+            "a refused commit ({refused:?}) changed the object"
+        );
+        store.abort_staged(&staged).await.unwrap();
+    }
+
+    let (staged, parts) = stage_all(CONFIG.as_bytes()).await;
+    let version = store
+        .commit_staged(&staged, parts, Precondition::IfVersion(old.clone()))
+        .await
+        .unwrap();
+    let now = stored().await;
+    assert!(
+        now.body == body,
+        "the committed object is not the parts in order"
+    );
+    assert_eq!(now.info.version, version);
+    assert_eq!(
+        now.metadata.get("config-hash").map(String::as_str),
+        Some("c0ffee")
+    );
+    assert_eq!(now.content_type.as_deref(), Some("application/json"));
+
+    let (staged, _) = stage_all(&body).await;
+    store.abort_staged(&staged).await.unwrap();
+    let uploads = env
+        .root_client()
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+    assert!(now.body == store.get(key).await.unwrap().unwrap().body);
+    assert_eq!(
+        enforces_staged_preconditions(&store, "kong/.kong-fallback-operator/staging-probe").await,
+        Ok(true)
+    );
+}
