@@ -10,7 +10,7 @@
 //!    at once (5 MiB parts, 8 MiB parts, four parts), interleaved, each conditional on the
 //!    stored ETag as the export's write is.
 //!
-//! Nothing here is used by the operator yet: it is the evidence for the next step.
+//! The exporter now stages large configurations this way (`src/export/early.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Instant;

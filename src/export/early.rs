@@ -28,8 +28,9 @@ use crate::election::Permit;
 use crate::storage::{self, ErrorKind, ObjectStore, Precondition, Staged, StagedPart, StoreError};
 
 /// Room left after the parts sent early, for the envelope's fields that follow
-/// `config_table` (Kong's are under 1 KiB): the last part is sent once the checks end.
-const TAIL_ROOM: usize = 64 << 10;
+/// `config_table` (Kong's, `config_hash`, `hashes` and `timestamp`, take under 1 KiB):
+/// the last part, sent once the checks end, is about this small.
+const TAIL_ROOM: usize = 4 << 10;
 /// Parts sent at once.
 const PARTS_AT_ONCE: usize = 4;
 
@@ -115,15 +116,19 @@ impl Stager {
         key: &str,
         metadata: impl FnOnce(&str, Option<f64>) -> BTreeMap<String, String>,
     ) -> Option<Early> {
-        let part = self.store.staged_part_size()?;
+        let smallest = self.store.staged_part_size()?;
         // NB: cheap checks first: the probe starts only for an envelope worth staging.
         let peek = peek_envelope(&envelope)?;
         let room = envelope.len().checked_sub(peek.config_start + TAIL_ROOM)?;
-        let covered = room / part * part;
+        // NB: as few parts as fill the room, all but the last (sent after the checks) at
+        // least the store's smallest: what is left for after the checks is tiny.
+        let count = room / smallest;
         let hash = peek.hash?;
-        if covered == 0 || !self.ready(permit) {
+        if count == 0 || !self.ready(permit) {
             return None;
         }
+        let part = room / count;
+        let covered = part * count;
         let metadata = metadata(&hash, peek.timestamp.filter(|t| t.is_finite()));
         let (tx, parts) = oneshot::channel();
         let (store, key) = (self.store.clone(), key.to_owned());
@@ -133,7 +138,7 @@ impl Stager {
             let upload = async {
                 let staged = store.stage(&key, "application/json", meta).await?;
                 let guard = Abort::new(store.clone(), staged.clone());
-                let parts = futures::stream::iter((0..covered / part).map(|i| {
+                let parts = futures::stream::iter((0..count).map(|i| {
                     let chunk = body.slice(start + i * part..start + (i + 1) * part);
                     store.stage_part(&staged, i as i32 + 1, chunk)
                 }))

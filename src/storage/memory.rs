@@ -70,7 +70,8 @@ impl MemoryStore {
         self.lock().puts
     }
 
-    /// Makes the store stage writes in parts of `part_size` (as S3 multipart uploads).
+    /// Makes the store stage writes in parts of at least `part_size` (as S3 multipart
+    /// uploads).
     pub fn stage_writes(&self, part_size: usize) {
         self.lock().part_size = Some(part_size);
     }

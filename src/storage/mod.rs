@@ -182,8 +182,8 @@ pub trait ObjectStore: Send + Sync {
     async fn touch(&self, key: &str) -> Result<bool, StoreError>;
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
-    /// The size of every part of a staged write but the last (the last may be smaller);
-    /// `None`: the store does not stage writes, and the methods below fail.
+    /// The smallest size of every part of a staged write but the last (the last may be
+    /// smaller); `None`: the store does not stage writes, and the methods below fail.
     fn staged_part_size(&self) -> Option<usize> {
         None
     }

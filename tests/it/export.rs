@@ -438,3 +438,99 @@ async fn gcs_object(endpoint: &str, bucket: &str, key: &str) -> serde_json::Valu
     .await
     .unwrap()
 }
+
+/// A large configuration's write is staged (an S3 multipart upload) while its frame is
+/// checked and committed as the export; a large frame that fails its checks after its
+/// upload started is never stored, and no upload is left behind (the real client, CP
+/// double and MinIO).
+#[tokio::test]
+async fn a_large_configuration_is_staged_and_a_failing_one_leaves_the_stored_one() {
+    use kfo_testenv::configs::config_table;
+    let env = minio().await;
+    let bucket = env.bucket("export-staged").await.unwrap();
+    let cp = KongCp::start(Mtls::Shared, "3.6.1.4").await.unwrap();
+    cp.set_push_debounce(Duration::ZERO);
+    let key = "kong/3.6.1.4/config.json";
+    let first = config_table(12_000_000, 1);
+    cp.push(&first, &format!("{:032x}", 1));
+    let mut p = Pipeline::start(
+        &cp,
+        "3.6.1.4",
+        minio_store(env, &bucket),
+        &format!("s3://{bucket}/kong"),
+        Duration::ZERO,
+    );
+    p.exported().await;
+    let store = minio_store(env, &bucket);
+    // NB: staging starts once the store was checked to fence multipart commits.
+    let mut good = None;
+    for seed in 2..8u64 {
+        let table = config_table(12_000_000, seed);
+        let hash = format!("{seed:032x}");
+        cp.push(&table, &hash);
+        let stages = p
+            .until(120, |r| match r {
+                Report::Exported {
+                    hash: ref h,
+                    stages,
+                    ..
+                } if *h == hash => Some(stages),
+                _ => None,
+            })
+            .await;
+        let stored = store.get(key).await.unwrap().unwrap();
+        assert!(
+            stored.body == table.as_bytes(),
+            "round {seed}: not the pushed bytes"
+        );
+        assert_eq!(stored.metadata[META_CONFIG_HASH], hash);
+        if stages.staged {
+            // NB: a multipart object's ETag counts its parts.
+            assert!(stored.info.version.contains('-'), "{}", stored.info.version);
+            good = Some((table, stored.info.version));
+            break;
+        }
+    }
+    let (good, version) = good.expect("no large configuration was staged");
+
+    // A row near the end that is not an object: refused once the checks reach it.
+    let mut bad = config_table(12_000_000, 20);
+    assert!(bad.ends_with("}]}"), "{}", &bad[bad.len() - 20..]);
+    bad.truncate(bad.len() - 2);
+    bad.push_str(",7]}");
+    cp.push(&bad, &format!("{:032x}", 20));
+    p.until(120, |r| matches!(r, Report::Rejected { .. }).then_some(()))
+        .await;
+    let stored = store.get(key).await.unwrap().unwrap();
+    assert_eq!(
+        stored.info.version, version,
+        "a refused frame changed config.json"
+    );
+    assert!(stored.body == good.as_bytes());
+
+    // The next good configuration lands, and no staged upload is left.
+    let last = config_table(12_000_000, 21);
+    cp.push(&last, &format!("{:032x}", 21));
+    let want = format!("{:032x}", 21);
+    p.until(120, |r| {
+        matches!(r, Report::Exported { hash: ref h, .. } if *h == want).then_some(())
+    })
+    .await;
+    assert!(store.get(key).await.unwrap().unwrap().body == last.as_bytes());
+    let client = env.root_client();
+    let mut open = Vec::new();
+    for _ in 0..50 {
+        let uploads = client
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        open = uploads.uploads().to_vec();
+        if open.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(open.is_empty(), "staged uploads left: {open:?}");
+}
