@@ -65,6 +65,12 @@ impl Stager {
         }
     }
 
+    /// Starts the check of the store's multipart commits, if not done yet: on taking the
+    /// lead of a policy whose configuration is large, so its next one can be staged.
+    pub fn prepare(&mut self, permit: Permit) {
+        self.ready(permit);
+    }
+
     /// Whether staging is on (the store was checked to fence commits).
     fn ready(&mut self, permit: Permit) -> bool {
         loop {
@@ -129,6 +135,7 @@ impl Stager {
         }
         let part = room / count;
         let covered = part * count;
+        info!(key = %key, hash = %hash, parts = count + 1, "staging a large configuration while its frame is checked");
         let metadata = metadata(&hash, peek.timestamp.filter(|t| t.is_finite()));
         let (tx, parts) = oneshot::channel();
         let (store, key) = (self.store.clone(), key.to_owned());

@@ -241,6 +241,14 @@ pub async fn run(
                                     .await;
                                 continue;
                             }
+                            // NB: a policy with large configurations: check the store's
+                            // multipart commits now, so the next one can be staged.
+                            let large = o.as_ref().is_some_and(|o| {
+                                o.info.size >= crate::cp_client::ANNOUNCE_INFLATED_FROM as u64
+                            });
+                            if large && let Some(p) = gate.permit() {
+                                stager.prepare(p);
+                            }
                             adopt(&key, o.as_ref(), &mut exporter, &reports).await;
                             seen = Some(o.map(|o| o.info.version));
                             seen_epoch = Some(permit.epoch);
@@ -1548,6 +1556,57 @@ mod tests {
             .unwrap();
         assert_eq!(&o.body[..], GOOD.as_bytes());
         assert_eq!(h.store.staged_commits(), commits);
+        no_staged_write_left(&h.store).await;
+    }
+
+    /// A replica taking the lead of a policy whose stored configuration is large checks
+    /// the store's multipart commits at once: the first large frame it writes after its
+    /// first write is staged (the check does not wait for a large frame to start).
+    #[tokio::test]
+    async fn taking_the_lead_over_a_large_configuration_readies_staging_for_the_next_frame() {
+        let store = Arc::new(MemoryStore::new("bkt"));
+        store.stage_writes(16 << 10);
+        let large = crate::cp_client::ANNOUNCE_INFLATED_FROM + 1;
+        store
+            .put(PutObject {
+                key: "kong/3.6.1.4/config.json".into(),
+                body: bytes::Bytes::from(vec![b' '; large]),
+                content_type: "application/json".into(),
+                metadata: BTreeMap::new(),
+                precondition: Precondition::None,
+            })
+            .await
+            .unwrap();
+        let (events, rx) = mpsc::channel(16);
+        let (tx, reports) = mpsc::channel(64);
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(run(
+            target(0),
+            store.clone(),
+            rx,
+            tx,
+            Gate::always(),
+            stop_rx,
+        ));
+        let mut h = Harness {
+            store,
+            events,
+            reports,
+            _stop: stop,
+        };
+        h.events.send(snapshot('a', GOOD)).await.unwrap();
+        assert!(matches!(h.report().await, Report::Exported { .. }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (inflated, snapshot) = large_frame('b', 1, true);
+        h.events.send(inflated).await.unwrap();
+        h.events.send(snapshot).await.unwrap();
+        let Report::Exported { stages, .. } = h.report().await else {
+            panic!("not exported")
+        };
+        assert!(
+            stages.staged,
+            "the first large frame after the lead was not staged"
+        );
         no_staged_write_left(&h.store).await;
     }
 

@@ -45,6 +45,8 @@ pub struct StoredVersion {
     pub modified: (i64, u32),
     pub body: Vec<u8>,
     pub metadata: std::collections::HashMap<String, String>,
+    /// The store's ETag (a multipart upload's ends in `-<parts>`).
+    pub etag: String,
 }
 
 /// Temporary credentials limited to reading one bucket (STS AssumeRole with a session
@@ -253,6 +255,7 @@ impl MinioEnv {
                     modified,
                     body,
                     metadata,
+                    etag: v.e_tag().unwrap_or_default().to_owned(),
                 });
             }
             if page.is_truncated() == Some(true) {

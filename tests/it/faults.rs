@@ -554,6 +554,7 @@ fn the_history_checker_counts_what_it_claims() {
             (META_EPOCH.to_owned(), epoch.to_owned()),
         ]
         .into(),
+        etag: String::new(),
     };
     let clean = [version(0, "1"), version(1, "1"), version(2, "2")];
     assert_eq!(check_history(&clean, &pushed).older_over_newer, 0);
@@ -586,7 +587,7 @@ enum Death {
 
 /// R1: the leader dies (or freezes) in the middle of a PUT, round after round, with three
 /// replicas; a versioned bucket keeps every write for the checker.
-async fn r1(death: Death) {
+async fn r1(death: Death, bytes: usize) {
     use crate::fleet::{Fleet, Options, Timings};
     let rounds = if full() { 50 } else { 3 };
     let m: &'static MinioEnv = Box::leak(Box::new(MinioEnv::private("r1-minio").await.unwrap()));
@@ -621,22 +622,31 @@ async fn r1(death: Death) {
     let mut gone = Vec::new();
     let mut pushed: Vec<(String, String)> = Vec::new();
     let mut takeovers = Vec::new();
+    // NB: rounds whose leader was staging the write when it died (large configurations).
+    let mut staged_at_death = 0;
     for round in 0..rounds {
         let leader = fleet
             .wait_leader(Duration::from_secs(30))
             .await
             .expect("a leader");
-        let (table, hash) = config_sized(1_000_000, round as u64);
+        let (table, hash) = config_sized(bytes, round as u64);
         fleet.cp.push(&table, &hash);
         pushed.push((hash.clone(), table));
-        // Inside the PUT: after the decode, before the half second of upload ends.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Inside the write: after the decode, before the upload ends (1 MB: half a
+        // second; 12 MB: staged while checked, about six seconds).
+        let into = if bytes > 1_000_000 { 1500 } else { 300 };
+        tokio::time::sleep(Duration::from_millis(into)).await;
         let i = ops.iter().position(|o| o.name == leader).unwrap();
         let dead = Instant::now();
         match death {
             Death::Kill => ops[i].proc.signal("KILL").unwrap(),
             Death::Pause => ops[i].proc.signal("STOP").unwrap(),
         }
+        let log = std::fs::read_to_string(ops[i].proc.log_path()).unwrap_or_default();
+        staged_at_death += usize::from(
+            log.lines()
+                .any(|l| l.contains("staging a large configuration") && l.contains(&hash)),
+        );
         let stored = fleet.wait_stored(&hash, Duration::from_secs(60)).await;
         takeovers.push(dead.elapsed());
         assert!(
@@ -664,8 +674,10 @@ async fn r1(death: Death) {
         Death::Kill => "sigkill",
         Death::Pause => "sigstop",
     };
+    let staged = versions.iter().filter(|v| v.etag.contains('-')).count();
     println!(
-        "fault: R1 case={label} rounds={rounds} versions={} corrupt={} older_over_newer={} dual_writer_windows={} takeover_max_s={:.2} takeover_p99_s={:.2}",
+        "fault: R1 case={label} size_mb={} rounds={rounds} staged_at_death={staged_at_death} staged_versions={staged} versions={} corrupt={} older_over_newer={} dual_writer_windows={} takeover_max_s={:.2} takeover_p99_s={:.2}",
+        bytes / 1_000_000,
         h.versions,
         h.corrupt,
         h.older_over_newer,
@@ -722,6 +734,11 @@ async fn r1(death: Death) {
     );
     assert!(h.versions >= rounds, "{h:?}");
     assert!(leaks.is_empty(), "a secret value in {leaks:?}");
+    if bytes > 1_000_000 {
+        // NB: from the third round on, the leader took over a large stored configuration
+        // and had its store checked: it dies inside a staged write.
+        assert!(staged_at_death >= 1, "no leader died while staging a write");
+    }
 }
 
 /// A configuration of about `bytes` bytes and Kong's hash of it.
@@ -733,12 +750,24 @@ fn config_sized(bytes: usize, seed: u64) -> (String, String) {
 
 #[tokio::test]
 async fn r1_a_leader_killed_mid_put_loses_nothing_and_never_goes_back() {
-    r1(Death::Kill).await;
+    r1(Death::Kill, 1_000_000).await;
 }
 
 #[tokio::test]
 async fn r1_a_leader_paused_mid_put_is_fenced_when_it_wakes() {
-    r1(Death::Pause).await;
+    r1(Death::Pause, 1_000_000).await;
+}
+
+/// R1 with configurations large enough to be staged (a multipart upload committed only
+/// after the checks): the leader dies inside the staged write.
+#[tokio::test]
+async fn r1_a_leader_killed_mid_staged_write_loses_nothing_and_never_goes_back() {
+    r1(Death::Kill, 12_000_000).await;
+}
+
+#[tokio::test]
+async fn r1_a_leader_paused_mid_staged_write_is_fenced_when_it_wakes() {
+    r1(Death::Pause, 12_000_000).await;
 }
 
 /// R7's ways for the operator to be absent or wrong while Kong pods are created.
