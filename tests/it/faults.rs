@@ -589,7 +589,12 @@ enum Death {
 /// replicas; a versioned bucket keeps every write for the checker.
 async fn r1(death: Death, bytes: usize) {
     use crate::fleet::{Fleet, Options, Timings};
-    let rounds = if full() { 50 } else { 3 };
+    // NB: a 12 MB round takes six seconds of upload and a takeover: fewer of them.
+    let rounds = match (full(), bytes > 1_000_000) {
+        (true, false) => 50,
+        (true, true) => 10,
+        (false, _) => 3,
+    };
     let m: &'static MinioEnv = Box::leak(Box::new(MinioEnv::private("r1-minio").await.unwrap()));
     let px = toxiproxy()
         .await
