@@ -845,7 +845,11 @@ mod tests {
     }
 
     fn harness(history_limit: usize) -> Harness {
-        let store = Arc::new(MemoryStore::new("bkt"));
+        harness_over(Arc::new(MemoryStore::new("bkt")), history_limit)
+    }
+
+    /// A runner over `store`, leading always.
+    fn harness_over(store: Arc<MemoryStore>, history_limit: usize) -> Harness {
         let (events, rx) = mpsc::channel(16);
         let (tx, reports) = mpsc::channel(64);
         let (stop, stop_rx) = watch::channel(false);
@@ -1424,23 +1428,7 @@ mod tests {
     async fn staging_harness() -> Harness {
         let store = Arc::new(MemoryStore::new("bkt"));
         store.stage_writes(16 << 10);
-        let (events, rx) = mpsc::channel(16);
-        let (tx, reports) = mpsc::channel(64);
-        let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(run(
-            target(0),
-            store.clone(),
-            rx,
-            tx,
-            Gate::always(),
-            stop_rx,
-        ));
-        let mut h = Harness {
-            store,
-            events,
-            reports,
-            _stop: stop,
-        };
+        let mut h = harness_over(store, 0);
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         assert!(matches!(h.report().await, Report::Exported { .. }));
         for (i, c) in ['b', 'c', 'd', 'e', 'f'].into_iter().enumerate() {
@@ -1577,23 +1565,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let (events, rx) = mpsc::channel(16);
-        let (tx, reports) = mpsc::channel(64);
-        let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(run(
-            target(0),
-            store.clone(),
-            rx,
-            tx,
-            Gate::always(),
-            stop_rx,
-        ));
-        let mut h = Harness {
-            store,
-            events,
-            reports,
-            _stop: stop,
-        };
+        let mut h = harness_over(store, 0);
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         assert!(matches!(h.report().await, Report::Exported { .. }));
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1617,23 +1589,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new("bkt"));
         store.stage_writes(16 << 10);
         store.ignore_preconditions(true);
-        let (events, rx) = mpsc::channel(16);
-        let (tx, reports) = mpsc::channel(64);
-        let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(run(
-            target(0),
-            store.clone(),
-            rx,
-            tx,
-            Gate::always(),
-            stop_rx,
-        ));
-        let mut h = Harness {
-            store,
-            events,
-            reports,
-            _stop: stop,
-        };
+        let mut h = harness_over(store, 0);
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         assert!(matches!(h.report().await, Report::Exported { .. }));
         for (i, c) in ['b', 'c', 'd', 'e'].into_iter().enumerate() {
