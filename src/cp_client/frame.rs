@@ -31,11 +31,14 @@ pub struct ConfigSnapshot {
     pub arrival: Option<Arrival>,
 }
 
-/// When a snapshot's frame came off the socket and when it had been decoded and
-/// validated: the first two steps of an export's latency split.
+/// When a snapshot's frame came off the socket, was inflated, was checked (on the
+/// blocking thread that decodes it), and was back with the client: the first steps of an
+/// export's latency split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Arrival {
     pub read: std::time::Instant,
+    pub inflated: std::time::Instant,
+    pub checked: std::time::Instant,
     pub decoded: std::time::Instant,
 }
 

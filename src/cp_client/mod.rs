@@ -540,16 +540,24 @@ pub async fn session(
                         // NB: a hint: dropped when the exporter is behind (the channel full).
                         let early = events.clone();
                         let decoded = tokio::task::spawn_blocking(move || {
-                            decode_announcing(&data, max, |json| {
+                            let mut inflated = read;
+                            let decoded = decode_announcing(&data, max, |json| {
+                                inflated = std::time::Instant::now();
                                 if json.len() >= ANNOUNCE_INFLATED_FROM {
                                     let _ = early.try_send(Event::Inflated(json.clone()));
                                 }
-                            })
+                            });
+                            (decoded, inflated, std::time::Instant::now())
                         })
-                        .await;
+                        .await
+                        .map(|(decoded, inflated, checked)| {
+                            decoded.map(|s| s.map(|mut s| {
+                                s.arrival = Some(Arrival { read, inflated, checked, decoded: std::time::Instant::now() });
+                                s
+                            }))
+                        });
                         match decoded {
-                            Ok(Ok(Some(mut snapshot))) => {
-                                snapshot.arrival = Some(Arrival { read, decoded: std::time::Instant::now() });
+                            Ok(Ok(Some(snapshot))) => {
                                 got_config = true;
                                 hash.clone_from(&snapshot.hash);
                                 if let Err(e) = ws.send(Message::Ping(hash.clone().into_bytes().into())).await {

@@ -63,6 +63,10 @@ pub struct Stages {
     pub read: Option<Instant>,
     /// Read → decoded: inflate, JSON and the configuration's validation.
     pub decode: Duration,
+    /// The parts of `decode` that were inflating, and reading and checking the JSON (the
+    /// rest is the hop to the decoding thread and back).
+    pub inflate: Duration,
+    pub checks: Duration,
     /// Decoded → the PUT started: the plugin check, coalescing, waiting for the lead.
     pub queue: Duration,
     /// The PUT of `config.json`.
@@ -662,6 +666,12 @@ fn stages(arrived: Arrived, put_start: Instant, written: Instant) -> Stages {
         read: arrived.arrival.map(|a| a.read),
         decode: arrived.arrival.map_or(Duration::ZERO, |a| {
             a.decoded.saturating_duration_since(a.read)
+        }),
+        inflate: arrived.arrival.map_or(Duration::ZERO, |a| {
+            a.inflated.saturating_duration_since(a.read)
+        }),
+        checks: arrived.arrival.map_or(Duration::ZERO, |a| {
+            a.checked.saturating_duration_since(a.inflated)
         }),
         queue: put_start.saturating_duration_since(decoded),
         put: written.saturating_duration_since(put_start),

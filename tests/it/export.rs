@@ -484,6 +484,13 @@ async fn a_large_configuration_is_staged_and_a_failing_one_leaves_the_stored_one
             "round {seed}: not the pushed bytes"
         );
         assert_eq!(stored.metadata[META_CONFIG_HASH], hash);
+        // NB: the split P1 prints: inflating and the checks, within the decode.
+        assert!(
+            stages.inflate > Duration::ZERO
+                && stages.checks > Duration::ZERO
+                && stages.inflate + stages.checks <= stages.decode,
+            "round {seed}: {stages:?}"
+        );
         if stages.staged {
             // NB: a multipart object's ETag counts its parts.
             assert!(stored.info.version.contains('-'), "{}", stored.info.version);
