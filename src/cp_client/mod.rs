@@ -549,15 +549,10 @@ pub async fn session(
                             });
                             (decoded, inflated, std::time::Instant::now())
                         })
-                        .await
-                        .map(|(decoded, inflated, checked)| {
-                            decoded.map(|s| s.map(|mut s| {
-                                s.arrival = Some(Arrival { read, inflated, checked, decoded: std::time::Instant::now() });
-                                s
-                            }))
-                        });
+                        .await;
                         match decoded {
-                            Ok(Ok(Some(snapshot))) => {
+                            Ok((Ok(Some(mut snapshot)), inflated, checked)) => {
+                                snapshot.arrival = Some(Arrival { read, inflated, checked, decoded: std::time::Instant::now() });
                                 got_config = true;
                                 hash.clone_from(&snapshot.hash);
                                 if let Err(e) = ws.send(Message::Ping(hash.clone().into_bytes().into())).await {
@@ -565,8 +560,8 @@ pub async fn session(
                                 }
                                 let _ = events.send(Event::Snapshot(snapshot)).await;
                             }
-                            Ok(Ok(None)) => {}
-                            Ok(Err(e)) => {
+                            Ok((Ok(None), ..)) => {}
+                            Ok((Err(e), ..)) => {
                                 let _ = events.send(Event::Rejected(e.clone())).await;
                                 let _ = ws.close(None).await;
                                 return ClientError::BadFrame(e);

@@ -662,17 +662,18 @@ async fn write(
 /// The split of one export, from when its snapshot arrived to when its PUT returned.
 fn stages(arrived: Arrived, put_start: Instant, written: Instant) -> Stages {
     let decoded = arrived.arrival.map_or(arrived.at, |a| a.decoded);
+    let (decode, inflate, checks) = arrived.arrival.map_or(Default::default(), |a| {
+        (
+            a.decoded.saturating_duration_since(a.read),
+            a.inflated.saturating_duration_since(a.read),
+            a.checked.saturating_duration_since(a.inflated),
+        )
+    });
     Stages {
         read: arrived.arrival.map(|a| a.read),
-        decode: arrived.arrival.map_or(Duration::ZERO, |a| {
-            a.decoded.saturating_duration_since(a.read)
-        }),
-        inflate: arrived.arrival.map_or(Duration::ZERO, |a| {
-            a.inflated.saturating_duration_since(a.read)
-        }),
-        checks: arrived.arrival.map_or(Duration::ZERO, |a| {
-            a.checked.saturating_duration_since(a.inflated)
-        }),
+        decode,
+        inflate,
+        checks,
         queue: put_start.saturating_duration_since(decoded),
         put: written.saturating_duration_since(put_start),
         written: Some(written),
