@@ -638,20 +638,31 @@ async fn r1(death: Death, bytes: usize) {
         fleet.cp.push(&table, &hash);
         pushed.push((hash.clone(), table));
         // Inside the write: after the decode, before the upload ends (1 MB: half a
-        // second; 12 MB: staged while checked, about six seconds).
-        let into = if bytes > 1_000_000 { 1500 } else { 300 };
-        tokio::time::sleep(Duration::from_millis(into)).await;
+        // second; 12 MB: about six seconds). NB: a large configuration dies as soon as its
+        // leader says it is staging it (a fixed 1.5 s missed that on a slow machine), or at
+        // 3 s if it never does (no staging yet: a plain PUT, still under way).
         let i = ops.iter().position(|o| o.name == leader).unwrap();
+        let staging = || {
+            std::fs::read_to_string(ops[i].proc.log_path())
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("staging a large configuration") && l.contains(&hash))
+        };
+        if bytes > 1_000_000 {
+            let until = Instant::now() + Duration::from_secs(3);
+            while !staging() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let dead = Instant::now();
         match death {
             Death::Kill => ops[i].proc.signal("KILL").unwrap(),
             Death::Pause => ops[i].proc.signal("STOP").unwrap(),
         }
-        let log = std::fs::read_to_string(ops[i].proc.log_path()).unwrap_or_default();
-        staged_at_death += usize::from(
-            log.lines()
-                .any(|l| l.contains("staging a large configuration") && l.contains(&hash)),
-        );
+        staged_at_death += usize::from(staging());
         let stored = fleet.wait_stored(&hash, Duration::from_secs(60)).await;
         takeovers.push(dead.elapsed());
         assert!(
