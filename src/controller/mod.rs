@@ -382,6 +382,43 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
 /// The finalizer that lets the operator remove what it created for a policy.
 pub const FINALIZER: &str = "fallback.kong-dp.io/cleanup";
 
+/// The field manager that owns [`FINALIZER`] (and nothing else) on the policy object.
+const FINALIZER_MANAGER: &str = "kong-fallback-operator-finalizer";
+
+/// `policy` as the apiserver has it once it carries [`FINALIZER`]: added by a server-side
+/// apply of that one list entry when the cached object lacks it, else `policy` itself.
+///
+/// NB: idempotent, where kube-runtime's `finalizer` helper adds with a JSON patch that
+/// first tests the cached finalizers. A trigger that came before the watch delivered our
+/// own add (the pod listing's end, a Lease change: hundreds at once when an operator
+/// starts on existing policies) failed that test with 422 and held the policy's first
+/// status back by the error requeue (bench P4). `metadata.finalizers` is a set for
+/// server-side apply, so another owner's entries are kept. A policy being deleted is left
+/// as it is (the apiserver refuses new finalizers then).
+pub async fn with_finalizer(
+    api: &Api<FallbackConfigPolicy>,
+    policy: Arc<FallbackConfigPolicy>,
+) -> Result<Arc<FallbackConfigPolicy>, kube::Error> {
+    if policy.metadata.deletion_timestamp.is_some()
+        || policy.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        return Ok(policy);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": FallbackConfigPolicy::api_version(&()),
+        "kind": FallbackConfigPolicy::kind(&()),
+        "metadata": {"name": policy.name_any(), "finalizers": [FINALIZER]},
+    });
+    let applied = api
+        .patch(
+            &policy.name_any(),
+            &PatchParams::apply(FINALIZER_MANAGER),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(Arc::new(applied))
+}
+
 /// Whether `store` has its first listing; false if its writer is gone.
 async fn store_ready<K>(store: &kube::runtime::reflector::Store<K>) -> bool
 where
@@ -467,6 +504,15 @@ async fn reconcile(policy: Arc<FallbackConfigPolicy>, ctx: Arc<Context>) -> Resu
     let started = Instant::now();
     let api: Api<FallbackConfigPolicy> =
         Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    let policy = match with_finalizer(&api, policy).await {
+        Ok(p) => p,
+        Err(e) => {
+            let error = Error::Finalizer(format!("failed to add finalizer: {e}"));
+            ctx.metrics
+                .reconciled(CONTROLLER, started.elapsed(), Some(error.label()));
+            return Err(error);
+        }
+    };
     let result = finalizer(&api, FINALIZER, policy, |event| async {
         match event {
             Finalizer::Apply(p) => reconcile_policy(&p, &ctx).await,

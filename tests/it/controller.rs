@@ -986,3 +986,79 @@ async fn a_suspended_policy_stops_exporting_says_so_and_resumes() {
             .contains(&"Resumed".to_owned())
     );
 }
+
+/// The finalizer is added by server-side apply of its one entry, so a reconcile that runs
+/// on a cached object from before our own add (hundreds did when an operator started on
+/// existing policies: bench P4) finds it there instead of failing. kube-runtime's
+/// `finalizer` helper, which the controller used before, tests the cached list in a JSON
+/// patch: the same stale object made it fail with 422 and requeue the policy for 10 s.
+#[tokio::test]
+async fn the_finalizer_is_added_once_from_a_stale_object_and_keeps_another_owners() {
+    let env = kube().await;
+    env.install_crd(&FallbackConfigPolicy::crd()).await.unwrap();
+    let client = env.client().await.unwrap();
+    let ns = env.namespace("ctrl-fin").await.unwrap();
+    let api: Api<FallbackConfigPolicy> = Api::namespaced(client.clone(), &ns);
+    let policy = crate::cluster::policy(
+        "prod",
+        json!({
+            "dataPlanes": {"selector": {"matchLabels": {"app": "kong-dp"}}},
+            "storage": {"url": "s3://fallback/kong", "region": "us-east-1", "readCredentials": {"secretName": "fallback-read"}},
+            "exporter": {"mode": "None"}
+        }),
+    );
+    let stale = std::sync::Arc::new(api.create(&PostParams::default(), &policy).await.unwrap());
+    let first = controller::with_finalizer(&api, stale.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        first.metadata.finalizers,
+        Some(vec![controller::FINALIZER.to_owned()])
+    );
+
+    // Another controller's finalizer, then ours again from the object cached before both.
+    api.patch(
+        "prod",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "add", "path": "/metadata/finalizers/-", "value": "example.com/other"}
+            ]))
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let again = controller::with_finalizer(&api, stale).await;
+    let again = again.expect("a stale object must not make adding the finalizer fail");
+    let mut finalizers = again.metadata.finalizers.clone().unwrap_or_default();
+    finalizers.sort();
+    assert_eq!(
+        finalizers,
+        vec![
+            "example.com/other".to_owned(),
+            controller::FINALIZER.to_owned()
+        ],
+        "ours once, the other kept"
+    );
+    assert_eq!(
+        api.get("prod").await.unwrap().metadata.finalizers,
+        again.metadata.finalizers
+    );
+
+    // An object that already carries it is passed through without a request.
+    let current = std::sync::Arc::new(api.get("prod").await.unwrap());
+    let through = controller::with_finalizer(&api, current.clone())
+        .await
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&current, &through));
+
+    // Cleanup: without an operator running, remove both so the namespace can go.
+    api.patch(
+        "prod",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+}
