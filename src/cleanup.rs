@@ -30,6 +30,7 @@ use crate::api::{ExporterMode, FallbackConfigPolicy};
 use crate::controller::FINALIZER;
 use crate::controller::exporters::node_id;
 use crate::controller::plan::{selector_string, write_access};
+use crate::controller::secrets::SecretReader;
 use crate::election::mirror::{self, Flavor};
 use crate::kong::StorageUrl;
 use crate::storage::{self, Timeouts};
@@ -341,9 +342,14 @@ async fn remove_registrations(
     };
     let flavor = Flavor::of(&url);
     let work = async {
-        let (access, _) = write_access(client, &ns, &policy.spec, &url)
-            .await
-            .map_err(|(_, message)| message)?;
+        let (access, _) = write_access(
+            &SecretReader::direct(client.clone()),
+            &ns,
+            &policy.spec,
+            &url,
+        )
+        .await
+        .map_err(|(_, message)| message)?;
         // NB: not `call: limit`: with both bounds equal, a late runtime finds both due and
         // the inner one (polled first) won, so the report depended on the machine's load.
         // The whole is bounded by `limit` below; a call alone by the usual bound.

@@ -24,6 +24,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use super::plan::{SetupError, fingerprint, pod_version, selector_string, write_access};
+use super::secrets::SecretReader;
 use crate::api::{BackupDesignation, FallbackConfigPolicy};
 use crate::inject::{self, Role, SecretFacts};
 use crate::kong::{KongVersion, StorageUrl, env};
@@ -223,6 +224,7 @@ pub struct BackupPlan {
 /// Designates the backup pods of `policy` (keeping `current` choices that are still usable).
 pub async fn build(
     client: &Client,
+    reader: &SecretReader,
     policy: &FallbackConfigPolicy,
     secrets: &SecretFacts,
     current: &BTreeMap<String, String>,
@@ -266,7 +268,7 @@ pub async fn build(
     let notes = pre_election_note(&versions, pods.iter().filter(|p| ready(p)).count())
         .into_iter()
         .collect();
-    let (access, secret_versions) = write_access(client, &ns, spec, &url).await?;
+    let (access, secret_versions) = write_access(reader, &ns, spec, &url).await?;
     let inputs =
         serde_json::to_string(&(&spec.storage, &designation.designated)).unwrap_or_default();
     Ok(BackupPlan {

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod pods;
 pub mod probe;
 pub mod rollout;
+pub mod secrets;
 pub mod status;
 pub mod throttle;
 
@@ -157,6 +158,8 @@ struct Context {
     /// What the Secrets policies name hold, as last read; the webhook leaves out
     /// references to Secrets or keys known to be missing.
     secrets: crate::webhook::SharedSecretFacts,
+    /// Reads the Secrets policies name, cached against the Secret metadata watch.
+    reader: secrets::SecretReader,
     /// Whether this replica serves the webhook, and its readiness (for rollouts).
     webhook_enabled: bool,
     /// The operator-wide ceiling of a configuration held in memory.
@@ -257,6 +260,15 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         Default::default(),
     );
     let controller = Controller::for_stream(policy_events, store.clone());
+    // A Secret a policy references re-triggers it, so a fixed Secret clears the error at
+    // once; the metadata it lists also keeps the Secret reader's cache honest.
+    let (secret_metas, secret_writer) = kube::runtime::reflector::store();
+    let secret_events = kube::runtime::reflector(
+        secret_writer,
+        watcher::watcher(secrets, watcher::Config::default().any_semantic())
+            .backoff(crate::watch::backoff()),
+    )
+    .touched_objects();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -274,6 +286,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         probes: probe::Probes::default(),
         rollouts: rollout::Rollouts::default(),
         secrets: Arc::default(),
+        reader: secrets::SecretReader::cached(client.clone(), secret_metas),
         webhook_enabled: webhook.is_some(),
         max_config_bytes,
         ambient_write_namespaces,
@@ -332,10 +345,6 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
             }
         })
     };
-    // A Secret a policy references re-triggers it, so a fixed Secret clears the error at once.
-    let secret_events = watcher::watcher(secrets, watcher::Config::default().any_semantic())
-        .backoff(crate::watch::backoff())
-        .touched_objects();
     controller
         .watches_stream(
             secret_events,
@@ -558,7 +567,7 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
     let namespace = policy.namespace().unwrap_or_default();
     let key = (namespace.clone(), name.clone());
     let problems = validate(&policy.spec);
-    plan::record_credential_secrets(&ctx.client, &namespace, &policy.spec, &ctx.secrets).await;
+    plan::record_credential_secrets(&ctx.reader, &namespace, &policy.spec, &ctx.secrets).await;
     let gate = ctx
         .electors
         .ensure(policy, leadership::timings(policy, problems.is_empty()));
@@ -577,7 +586,16 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             &namespace,
             &ctx.ambient_write_namespaces,
         ) {
-            Ok(()) => plan::build(&ctx.client, policy, &ctx.identity, ctx.max_config_bytes).await,
+            Ok(()) => {
+                plan::build(
+                    &ctx.client,
+                    &ctx.reader,
+                    policy,
+                    &ctx.identity,
+                    ctx.max_config_bytes,
+                )
+                .await
+            }
             Err(e) => Err(e),
         };
         match built {
@@ -623,7 +641,7 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             &namespace,
             &ctx.ambient_write_namespaces,
         ) {
-            Ok(()) => backup::build(&ctx.client, policy, &secrets, &current).await,
+            Ok(()) => backup::build(&ctx.client, &ctx.reader, policy, &secrets, &current).await,
             Err(e) => Err(e),
         };
         match built {
@@ -724,7 +742,7 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
         }
     }
     if problems.is_empty() {
-        let storage = ctx.probes.check(&ctx.client, policy).await;
+        let storage = ctx.probes.check(&ctx.reader, policy).await;
         status::set_storage(
             &mut desired,
             &storage,

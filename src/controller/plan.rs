@@ -23,6 +23,8 @@ use crate::storage::Access;
 use crate::storage::gcs::GcsCredentials;
 use crate::storage::s3::{PutExtras, S3Credentials, S3Settings, StaticCredentials};
 
+use super::secrets::SecretReader;
+
 /// `(namespace, name)` of a policy.
 pub type PolicyKey = (String, String);
 
@@ -232,12 +234,12 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 }
 
 async fn secret(
-    api: &Api<Secret>,
+    reader: &SecretReader,
     ns: &str,
     name: &str,
     field: &str,
 ) -> Result<Secret, SetupError> {
-    match api.get_opt(name).await {
+    match reader.get(ns, name).await {
         Ok(Some(s)) => Ok(s),
         Ok(None) => Err((
             "SecretMissing".into(),
@@ -262,7 +264,7 @@ fn require(secret: &Secret, ns: &str, key: &str) -> Result<String, SetupError> {
 /// The CA bundle `spec.storage.caCert` names and the resource version of its Secret;
 /// `None` when the policy names none. A bundle that is not PEM certificates is an error.
 async fn ca_bundle(
-    api: &Api<Secret>,
+    reader: &SecretReader,
     ns: &str,
     spec: &crate::api::FallbackConfigPolicySpec,
 ) -> Result<Option<(String, String)>, SetupError> {
@@ -274,7 +276,7 @@ async fn ca_bundle(
     } else {
         "spec.storage.caCert"
     };
-    let s = secret(api, ns, ca_name, field).await?;
+    let s = secret(reader, ns, ca_name, field).await?;
     let pem = text(&s, ca_key).ok_or_else(|| {
         (
             "SecretKeyMissing".to_owned(),
@@ -294,12 +296,11 @@ async fn ca_bundle(
 /// Reads the Secrets `spec.storage` names for credentials and records in `facts` which keys
 /// each holds, or that it is missing. A Secret that cannot be read is left as it was known.
 pub async fn record_credential_secrets(
-    client: &Client,
+    reader: &SecretReader,
     ns: &str,
     spec: &crate::api::FallbackConfigPolicySpec,
     facts: &crate::webhook::SharedSecretFacts,
 ) {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let names = [
         Some(&spec.storage.read_credentials),
         spec.storage.write_credentials.as_ref(),
@@ -309,7 +310,7 @@ pub async fn record_credential_secrets(
     .filter_map(|c| c.secret().map(str::to_owned))
     .collect::<std::collections::BTreeSet<_>>();
     for name in names {
-        let keys = match secrets.get_opt(&name).await {
+        let keys = match reader.get(ns, &name).await {
             Ok(Some(s)) => Some(
                 s.data
                     .unwrap_or_default()
@@ -333,33 +334,32 @@ pub async fn record_credential_secrets(
 
 /// The write access of `spec.storage` and the resource versions of the Secrets it read.
 pub async fn write_access(
-    client: &Client,
+    reader: &SecretReader,
     ns: &str,
     spec: &crate::api::FallbackConfigPolicySpec,
     url: &StorageUrl,
 ) -> Result<(Access, Vec<String>), SetupError> {
-    access(client, ns, spec, url, true).await
+    access(reader, ns, spec, url, true).await
 }
 
 /// The read access of `spec.storage` (what importers get), as [`write_access`].
 pub async fn read_access(
-    client: &Client,
+    reader: &SecretReader,
     ns: &str,
     spec: &crate::api::FallbackConfigPolicySpec,
     url: &StorageUrl,
 ) -> Result<(Access, Vec<String>), SetupError> {
-    access(client, ns, spec, url, false).await
+    access(reader, ns, spec, url, false).await
 }
 
 async fn access(
-    client: &Client,
+    reader: &SecretReader,
     ns: &str,
     spec: &crate::api::FallbackConfigPolicySpec,
     url: &StorageUrl,
     write: bool,
 ) -> Result<(Access, Vec<String>), SetupError> {
     let ns = ns.to_owned();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let field = if write {
         "spec.storage.writeCredentials"
     } else {
@@ -378,7 +378,7 @@ async fn access(
             // default credential chain of this process (IRSA, EKS Pod Identity...).
             let credentials: S3Credentials = match name {
                 Some(name) => {
-                    let s = secret(&secrets, &ns, name, field).await?;
+                    let s = secret(reader, &ns, name, field).await?;
                     versions_of_secrets.push(s.resource_version().unwrap_or_default());
                     StaticCredentials {
                         access_key_id: require(&s, &ns, creds.key(env::AWS_ACCESS_KEY_ID))?,
@@ -390,7 +390,7 @@ async fn access(
                 None => S3Credentials::Ambient,
             };
             // NB: its version joins the others, so a changed CA restarts the exporters.
-            let ca_pem = match ca_bundle(&secrets, &ns, spec).await? {
+            let ca_pem = match ca_bundle(reader, &ns, spec).await? {
                 Some((pem, version)) => {
                     versions_of_secrets.push(version);
                     Some(pem)
@@ -427,7 +427,7 @@ async fn access(
         // NB: spec.storage.caCert is not read for GCS: the google-cloud-storage client
         // builds its own HTTP client and takes no trust roots (see `storage::gcs`).
         (Provider::Gcs, Some(name)) => {
-            let s = secret(&secrets, &ns, name, field).await?;
+            let s = secret(reader, &ns, name, field).await?;
             versions_of_secrets.push(s.resource_version().unwrap_or_default());
             Access::Gcs {
                 // NB: never spec.storage.endpoint (S3 only, like Kong's setting): an
@@ -463,6 +463,7 @@ fn gcs_extras(spec: &crate::api::FallbackConfigPolicySpec) -> crate::storage::gc
 /// Reads everything the exporters of `policy` need. `Err` names what is missing.
 pub async fn build(
     client: &Client,
+    reader: &SecretReader,
     policy: &FallbackConfigPolicy,
     identity: &str,
     ceiling: usize,
@@ -507,9 +508,8 @@ pub async fn build(
         return Err(("NoVersions".into(), msg));
     }
 
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cert = secret(
-        &secrets,
+        reader,
         &ns,
         &cp.cluster_cert_secret,
         "spec.exporter.controlPlane.clusterCertSecret",
@@ -521,7 +521,7 @@ pub async fn build(
         MtlsMode::Pki => Some(require(&cert, &ns, "ca.crt")?),
         MtlsMode::Shared => None,
     };
-    let (access, secret_versions) = write_access(client, &ns, spec, &url).await?;
+    let (access, secret_versions) = write_access(reader, &ns, spec, &url).await?;
     let mut versions_of_secrets = vec![cert.resource_version().unwrap_or_default()];
     versions_of_secrets.extend(secret_versions);
     let custom_plugins: Vec<(String, String)> = spec

@@ -14,9 +14,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 
 use super::plan::{PolicyKey, fingerprint, read_access};
+use super::secrets::SecretReader;
 use crate::api::FallbackConfigPolicy;
 use crate::kong::{Provider, StorageUrl};
 use crate::storage;
@@ -40,7 +41,7 @@ pub struct Probes {
 
 impl Probes {
     /// The policy's storage check, probing the store only when due.
-    pub async fn check(&self, client: &Client, policy: &FallbackConfigPolicy) -> Outcome {
+    pub async fn check(&self, reader: &SecretReader, policy: &FallbackConfigPolicy) -> Outcome {
         let key: PolicyKey = (policy.namespace().unwrap_or_default(), policy.name_any());
         let spec = &policy.spec;
         let url = match StorageUrl::parse(&spec.storage.url) {
@@ -53,7 +54,7 @@ impl Probes {
         if let Some(outcome) = not_verifiable(policy) {
             return outcome;
         }
-        let (access, secret_versions) = match read_access(client, &key.0, spec, &url).await {
+        let (access, secret_versions) = match read_access(reader, &key.0, spec, &url).await {
             Ok(a) => a,
             Err((reason, message)) => return (Some(false), reason, message),
         };

@@ -378,6 +378,12 @@ impl KubeEnv {
     // NB: a token is told apart from others of the same ServiceAccount by its JWT id, which
     // the apiserver records as the credential id of each request.
     pub fn audited_calls(&self, token: &str) -> Result<BTreeSet<(String, String, String)>> {
+        Ok(self.audited_requests(token)?.into_iter().collect())
+    }
+
+    /// Every API call made with `token`, in order, as [`KubeEnv::audited_calls`] reads them:
+    /// for counting requests.
+    pub fn audited_requests(&self, token: &str) -> Result<Vec<(String, String, String)>> {
         use base64::Engine;
         let claims = token.split('.').nth(1).context("a JWT")?;
         let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -387,7 +393,7 @@ impl KubeEnv {
         let jti = claims["jti"].as_str().context("a JWT id in the token")?;
         let credential = serde_json::json!([format!("JTI={jti}")]);
         let log = std::fs::read_to_string(&self.audit_log)?;
-        let mut calls = BTreeSet::new();
+        let mut calls = Vec::new();
         for line in log.lines() {
             let e: serde_json::Value = serde_json::from_str(line)?;
             if e["user"]["extra"]["authentication.kubernetes.io/credential-id"] != credential {
@@ -401,7 +407,7 @@ impl KubeEnv {
                 Some(sub) => format!("{resource}/{sub}"),
                 None => resource.to_owned(),
             };
-            calls.insert((
+            calls.push((
                 o["apiGroup"].as_str().unwrap_or_default().to_owned(),
                 resource,
                 e["verb"].as_str().unwrap_or_default().to_owned(),

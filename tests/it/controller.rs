@@ -1062,3 +1062,171 @@ async fn the_finalizer_is_added_once_from_a_stale_object_and_keeps_another_owner
     .await
     .unwrap();
 }
+
+/// The Secret reader serves a value from memory only while the metadata watch reports the
+/// version it read, so a policy's reconciles (and 200 policies naming one Secret) cost one
+/// GET per change of the Secret, not one per read; an update or a deletion is read anew.
+/// Counted in the apiserver's audit log of a ServiceAccount's requests. The uncached reader
+/// (what every read was before) is one GET per read.
+#[tokio::test]
+async fn secrets_are_read_once_per_change_of_their_version() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kong_fallback_operator::controller::secrets::SecretReader;
+    let env = kube().await;
+    let admin = env.client().await.unwrap();
+    let ns = env.namespace("secret-reads").await.unwrap();
+    let mut token = String::new();
+    for args in [
+        vec!["create", "serviceaccount", "reader", "-n", &ns],
+        vec!["create", "token", "reader", "-n", &ns, "--duration=1h"],
+    ] {
+        let out = env.kubectl(&args).await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    }
+    let out = env
+        .kubectl(&[
+            "create",
+            "rolebinding",
+            "reader",
+            "--clusterrole=view",
+            "--serviceaccount",
+            &format!("{ns}:reader"),
+            "-n",
+            &ns,
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // NB: `view` reads no Secrets: grant get on them alone.
+    let out = env
+        .kubectl(&[
+            "create",
+            "role",
+            "secret-get",
+            "--verb=get",
+            "--resource=secrets",
+            "-n",
+            &ns,
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env
+        .kubectl(&[
+            "create",
+            "rolebinding",
+            "secret-get",
+            "--role=secret-get",
+            "--serviceaccount",
+            &format!("{ns}:reader"),
+            "-n",
+            &ns,
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let as_sa = env.client_with_token(&token).await.unwrap();
+
+    // The controller's metadata watch of Secrets, as `controller::run` keeps it.
+    let metas: Api<kube::core::PartialObjectMeta<Secret>> = Api::namespaced(admin.clone(), &ns);
+    let (store, writer) = kube::runtime::reflector::store();
+    let watch = tokio::spawn({
+        use futures::StreamExt;
+        kube::runtime::reflector(writer, kube::runtime::watcher(metas, Default::default()))
+            .for_each(|_| async {})
+    });
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let secret = |value: &str| -> Secret {
+        serde_json::from_value(
+            json!({"metadata": {"name": "creds"}, "stringData": {"AWS_ACCESS_KEY_ID": value}}),
+        )
+        .unwrap()
+    };
+    let value = |s: &Secret| {
+        String::from_utf8(s.data.as_ref().unwrap()["AWS_ACCESS_KEY_ID"].0.clone()).unwrap()
+    };
+    let created = secrets
+        .create(&PostParams::default(), &secret("one"))
+        .await
+        .unwrap();
+    watched(&store, &ns, created.metadata.resource_version.clone()).await;
+    let gets = || {
+        env.audited_requests(&token)
+            .unwrap()
+            .into_iter()
+            .filter(|(g, r, v)| g.is_empty() && r == "secrets" && v == "get")
+            .count()
+    };
+
+    let reader = SecretReader::cached(as_sa.clone(), store.clone());
+    for _ in 0..5 {
+        let s = reader.get(&ns, "creds").await.unwrap().unwrap();
+        assert_eq!(value(&s), "one");
+    }
+    assert_eq!(gets(), 1, "five reads of one version: one GET");
+
+    let updated = secrets
+        .replace("creds", &PostParams::default(), &secret("two"))
+        .await
+        .unwrap();
+    watched(&store, &ns, updated.metadata.resource_version.clone()).await;
+    for _ in 0..3 {
+        let s = reader.get(&ns, "creds").await.unwrap().unwrap();
+        assert_eq!(value(&s), "two", "an updated Secret is read anew");
+    }
+    assert_eq!(gets(), 2, "one more GET for the new version");
+
+    secrets.delete("creds", &Default::default()).await.unwrap();
+    watched(&store, &ns, None).await;
+    assert!(reader.get(&ns, "creds").await.unwrap().is_none());
+    assert_eq!(
+        reader.cached_values(),
+        0,
+        "a deleted Secret's value is dropped"
+    );
+    assert_eq!(gets(), 3);
+
+    // Before: every read a GET.
+    secrets
+        .create(&PostParams::default(), &secret("three"))
+        .await
+        .unwrap();
+    let direct = SecretReader::direct(as_sa);
+    for _ in 0..3 {
+        direct.get(&ns, "creds").await.unwrap().unwrap();
+    }
+    assert_eq!(gets(), 6, "the uncached reader: a GET per read");
+    watch.abort();
+}
+
+/// Until the Secret metadata in `store` is at `rv` (`None`: gone).
+async fn watched(
+    store: &kube::runtime::reflector::Store<
+        kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>,
+    >,
+    ns: &str,
+    rv: Option<String>,
+) {
+    until("the watch at the Secret's version", async || {
+        let m = store.get(&kube::runtime::reflector::ObjectRef::new("creds").within(ns));
+        (m.and_then(|m| m.metadata.resource_version.clone()) == rv).then_some(())
+    })
+    .await
+}
