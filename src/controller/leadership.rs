@@ -39,16 +39,25 @@ pub struct Electors {
     trigger: mpsc::UnboundedSender<ObjectRef<FallbackConfigPolicy>>,
     metrics: Arc<Metrics>,
     running: Mutex<HashMap<PolicyKey, Running>>,
+    /// The one watch of the Leases, waking their electors.
+    watch: lease::LeaseWatch,
 }
 
 impl Electors {
+    /// Electors for the policies of `namespace` (`None`: all namespaces).
     pub fn new(
         client: Client,
+        namespace: Option<&str>,
         identity: &str,
         trigger: mpsc::UnboundedSender<ObjectRef<FallbackConfigPolicy>>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let leases: Api<Lease> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
         Electors {
+            watch: lease::LeaseWatch::start(leases),
             client,
             holder: format!("{identity}_{}", process_suffix()),
             trigger,
@@ -96,7 +105,8 @@ impl Electors {
                 let _ = trigger.send(ObjectRef::new(&key.1).within(&key.0));
             }
         };
-        let task = tokio::spawn(lease::run(elector, control, changed, stop_rx));
+        let wakes = self.watch.register(&key.0, &key.1);
+        let task = tokio::spawn(lease::run(elector, control, changed, wakes, stop_rx));
         self.lock().insert(
             key,
             Running {
@@ -117,6 +127,7 @@ impl Electors {
 
     /// Stops `key`'s elector; it releases the Lease if it holds it.
     pub fn stop(&self, key: &PolicyKey) {
+        self.watch.forget(&key.0, &key.1);
         if let Some(r) = self.lock().remove(key) {
             let _ = r.stop.send(true);
             self.metrics.forget_policy(&key.0, &key.1);
@@ -125,6 +136,7 @@ impl Electors {
 
     /// Stops `key`'s elector and waits (up to `limit`) for its release.
     pub async fn stop_and_wait(&self, key: &PolicyKey, limit: Duration) {
+        self.watch.forget(&key.0, &key.1);
         let running = self.lock().remove(key);
         if let Some(r) = running {
             let _ = r.stop.send(true);

@@ -10,6 +10,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kube::runtime::WatchStreamExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -226,12 +230,91 @@ pub struct Elector {
     pub owner: Option<OwnerReference>,
 }
 
+/// The label on every Lease the operator writes: what [`LeaseWatch`] selects.
+pub const LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "kong-fallback-operator");
+
+/// A Lease's change as the watch saw it: its resourceVersion (`None`: it was deleted).
+pub type Wake = Option<String>;
+
+/// Per Lease (namespace, name), where its elector takes wakes.
+type Wakers = HashMap<(String, String), mpsc::Sender<Wake>>;
+
+/// One watch of every Lease the operator writes (by [`LABEL`]), waking the elector of each
+/// changed Lease, so a waiting candidate takes a released Lease at once.
+///
+/// NB: one watch for all policies, not one per Lease: an operator with 200 policies held 200
+/// watch connections open to the apiserver and listed 200 times when it started (bench P4),
+/// and those watches had no backoff: with the apiserver gone each retried at once, and one
+/// policy's kept the operator above a CPU core for the outage (fault R4). A Lease written
+/// before the label existed wakes nobody until its holder renews it (with the label); until
+/// then its followers look every retryPeriod, as client-go's do.
+pub struct LeaseWatch {
+    electors: Arc<Mutex<Wakers>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseWatch {
+    /// Watches the labelled Leases of `api` (one namespace, or all).
+    pub fn start(api: Api<Lease>) -> Self {
+        let electors: Arc<Mutex<Wakers>> = Arc::default();
+        let cfg = watcher::Config::default().labels(&format!("{}={}", LABEL.0, LABEL.1));
+        let stream = watcher::watcher(api, cfg).backoff(crate::watch::backoff());
+        let task = tokio::spawn({
+            let electors = electors.clone();
+            async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    let (lease, wake) = match event {
+                        Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => {
+                            let rv = l.resource_version();
+                            (l, rv)
+                        }
+                        Ok(watcher::Event::Delete(l)) => (l, None),
+                        Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(_) => continue,
+                    };
+                    let key = (lease.namespace().unwrap_or_default(), lease.name_any());
+                    let elector = lock(&electors).get(&key).cloned();
+                    if let Some(tx) = elector {
+                        // NB: a full channel already holds a wake; the elector reads anew.
+                        let _ = tx.try_send(wake);
+                    }
+                }
+            }
+        });
+        LeaseWatch { electors, task }
+    }
+
+    /// The wakes of Lease `ns`/`name` (replacing an earlier elector's).
+    pub fn register(&self, ns: &str, name: &str) -> mpsc::Receiver<Wake> {
+        let (tx, rx) = mpsc::channel(1);
+        lock(&self.electors).insert((ns.to_owned(), name.to_owned()), tx);
+        rx
+    }
+
+    /// No more wakes for Lease `ns`/`name`.
+    pub fn forget(&self, ns: &str, name: &str) {
+        lock(&self.electors).remove(&(ns.to_owned(), name.to_owned()));
+    }
+}
+
+impl Drop for LeaseWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs the election until `shutdown`, then releases the Lease if held (after the writes in
 /// flight end). Publishes every change of the claim to the gate; `changed` is told too.
+/// `wakes` (from [`LeaseWatch::register`]) wakes a waiting candidate when the Lease changes.
 pub async fn run(
     e: Elector,
     mut control: GateControl,
     changed: impl Fn() + Send + 'static,
+    mut wakes: mpsc::Receiver<Wake>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let epoch = Instant::now();
@@ -239,24 +322,18 @@ pub async fn run(
     let mut c = Candidate::new(e.identity.clone());
     // The Lease object's UID, as last read: the epoch counts within it.
     let mut lease_uid: Option<String> = None;
-    // Lease changes wake a waiting candidate at once (a release hands over immediately).
-    let (wake_tx, mut wake) = mpsc::channel::<()>(1);
-    let watch_task = {
-        let cfg = watcher::Config::default().fields(&format!("metadata.name={}", e.name));
-        let stream = watcher::watcher(e.api.clone(), cfg);
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(ev) = stream.next().await {
-                if ev.is_ok() {
-                    let _ = wake_tx.try_send(());
-                }
-            }
-        })
-    };
+    // The resourceVersion our last write made: its own watch event is not news.
+    let mut written: Option<String> = None;
+    // Whether the Lease could not be read last time: said once, not at every retry.
+    let mut unreadable = false;
     loop {
         let started = Instant::now();
+        let mut failed = false;
         match observe_read(&mut c, e.api.get_opt(&e.name), || ms(Instant::now())).await {
             Ok((lease, read)) => {
+                if std::mem::take(&mut unreadable) {
+                    info!(lease = %e.name, "read the Lease again");
+                }
                 let resource_version = lease.as_ref().and_then(|l| l.resource_version());
                 lease_uid = lease.as_ref().and_then(|l| l.uid());
                 let step = c.decide(read);
@@ -266,19 +343,28 @@ pub async fn run(
                 if step != Step::Wait && due {
                     let desired = c.desired(&step, &e.timings, Timestamp::now());
                     match write(&e, &step, &desired, resource_version.clone()).await {
-                        Ok(()) => {
+                        Ok(rv) => {
+                            written = rv;
                             if step != Step::Renew {
                                 info!(lease = %e.name, holder = %e.identity, epoch = desired.transitions, "acquired the Lease");
                             }
                             c.wrote(desired, ms(started));
                         }
                         Err(err) => {
+                            failed = true;
                             debug!(lease = %e.name, error = %err, ?step, "Lease write lost")
                         }
                     }
                 }
             }
-            Err(err) => warn!(lease = %e.name, error = %err, "cannot read the Lease"),
+            Err(err) => {
+                failed = true;
+                if std::mem::replace(&mut unreadable, true) {
+                    debug!(lease = %e.name, error = %err, "cannot read the Lease");
+                } else {
+                    warn!(lease = %e.name, error = %err, "cannot read the Lease; retrying every retryPeriod");
+                }
+            }
         }
         publish(
             &control,
@@ -291,24 +377,42 @@ pub async fn run(
 
         // The holder renews every retryPeriod; a follower looks again as often (a watch
         // event wakes it earlier, so a release is taken over at once).
-        let wait = c.next_look(ms(Instant::now()), &e.timings);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            Some(()) = wake.recv() => {}
-            Some(fenced) = control.step_down.recv() => {
-                warn!(lease = %e.name, epoch = fenced, "a newer leader wrote the store: stepping down and releasing the Lease");
-                // NB: release, not just stop renewing: holding the Lease at an epoch the
-                // store has passed would keep this policy without a writer, with a status
-                // that says it leads. The next acquisition (any replica's) counts a new,
-                // higher epoch.
-                release(&e, &mut c, &mut control, &changed).await;
-                publish(&control, &c, lease_uid.as_deref(), &e.timings, epoch, &changed);
-                tokio::time::sleep(e.timings.retry_period).await;
+        // NB: after a failed read or write, a retryPeriod, as client-go's loop: a holder
+        // whose renewal is overdue would otherwise look again at once, and with the apiserver
+        // gone (a refused connect fails at once) that was a loop on a CPU core (fault R4).
+        let wait = if failed {
+            e.timings.retry_period
+        } else {
+            c.next_look(ms(Instant::now()), &e.timings)
+        };
+        let look = tokio::time::Instant::now() + wait;
+        let stop = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(look) => break false,
+                Some(wake) = wakes.recv() => {
+                    // NB: our own write coming back is not news: read again when due.
+                    if wake.is_none() || wake != written {
+                        break false;
+                    }
+                }
+                Some(fenced) = control.step_down.recv() => {
+                    warn!(lease = %e.name, epoch = fenced, "a newer leader wrote the store: stepping down and releasing the Lease");
+                    // NB: release, not just stop renewing: holding the Lease at an epoch the
+                    // store has passed would keep this policy without a writer, with a
+                    // status that says it leads. The next acquisition (any replica's)
+                    // counts a new, higher epoch.
+                    release(&e, &mut c, &mut control, &changed).await;
+                    publish(&control, &c, lease_uid.as_deref(), &e.timings, epoch, &changed);
+                    tokio::time::sleep(e.timings.retry_period).await;
+                    break false;
+                }
+                _ = shutdown.changed() => break true,
             }
-            _ = shutdown.changed() => break,
+        };
+        if stop {
+            break;
         }
     }
-    watch_task.abort();
     release(&e, &mut c, &mut control, &changed).await;
 }
 
@@ -361,7 +465,7 @@ async fn release(e: &Elector, c: &mut Candidate, control: &mut GateControl, chan
         ..record
     };
     match write(e, &Step::Renew, &released, lease.resource_version()).await {
-        Ok(()) => info!(lease = %e.name, "released the Lease"),
+        Ok(_) => info!(lease = %e.name, "released the Lease"),
         Err(err) => {
             warn!(lease = %e.name, error = %err, "cannot release the Lease; it expires by itself")
         }
@@ -397,15 +501,17 @@ fn publish(
     }
 }
 
+/// Writes `record`; gives the resourceVersion the write made.
 async fn write(
     e: &Elector,
     step: &Step,
     record: &Record,
     resource_version: Option<String>,
-) -> Result<(), kube::Error> {
+) -> Result<Option<String>, kube::Error> {
     let lease = Lease {
         metadata: ObjectMeta {
             name: Some(e.name.clone()),
+            labels: Some([(LABEL.0.to_owned(), LABEL.1.to_owned())].into()),
             owner_references: e.owner.clone().map(|o| vec![o]),
             resource_version: if *step == Step::Create {
                 None
@@ -420,12 +526,13 @@ async fn write(
         field_manager: Some(crate::api::FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
-    if *step == Step::Create {
-        e.api.create(&pp, &lease).await.map(|_| ())
+    let written = if *step == Step::Create {
+        e.api.create(&pp, &lease).await?
     } else {
         // NB: the resourceVersion makes this a compare-and-swap: a concurrent writer gets 409.
-        e.api.replace(&e.name, &pp, &lease).await.map(|_| ())
-    }
+        e.api.replace(&e.name, &pp, &lease).await?
+    };
+    Ok(written.resource_version())
 }
 
 #[cfg(test)]

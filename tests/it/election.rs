@@ -274,7 +274,9 @@ async fn a_fenced_leader_releases_its_lease_and_the_next_lead_has_a_higher_epoch
     };
     let (gate, control) = Gate::new();
     let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(lease::run(elector, control, || {}, stop_rx));
+    let leases = lease::LeaseWatch::start(api.clone());
+    let wakes = leases.register(&ns, "prod");
+    tokio::spawn(lease::run(elector, control, || {}, wakes, stop_rx));
     let leading = crate::wait::until("leading", async || {
         let c = gate.claim();
         (c.leading(Instant::now()) && c.lease_uid.is_some()).then_some(c)
@@ -321,7 +323,9 @@ async fn a_leader_renews_once_per_retry_period_not_on_each_of_its_own_writes() {
     };
     let (gate, control) = Gate::new();
     let (_stop, stop_rx) = watch::channel(false);
-    let running = tokio::spawn(lease::run(elector, control, || {}, stop_rx));
+    let leases = lease::LeaseWatch::start(api.clone());
+    let wakes = leases.register(&ns, "prod");
+    let running = tokio::spawn(lease::run(elector, control, || {}, wakes, stop_rx));
     crate::wait::until("leading", async || {
         gate.claim().leading(Instant::now()).then_some(())
     })

@@ -1697,7 +1697,11 @@ async fn r4_an_apiserver_restart_under_pod_creation_loses_no_pod() {
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.stop();
+    // The operator's CPU while the apiserver is gone: its watches and Lease loops must back
+    // off, not retry in a loop (each refused connect returns at once).
+    let cpu_before = cpu_seconds(op.pid());
     tokio::time::sleep(outage).await;
+    let outage_cpu = cpu_seconds(op.pid()) - cpu_before;
     cluster.start_again().await.unwrap();
     let back = Instant::now();
     // The controller: a spec change after the restart is observed.
@@ -1748,15 +1752,34 @@ async fn r4_an_apiserver_restart_under_pod_creation_loses_no_pod() {
     let not_injected = counts.not_injected as usize;
     let lost = created.saturating_sub(injected_count + not_injected);
     println!(
-        "fault: R4 outage_s={} pods={created} injected={injected_count} reported_not_injected={not_injected} lost={lost} controller_resume_s={:.1} webhook_resume_s={}",
+        "fault: R4 outage_s={} pods={created} injected={injected_count} reported_not_injected={not_injected} lost={lost} controller_resume_s={:.1} webhook_resume_s={} outage_cpu_s={outage_cpu:.2}",
         outage.as_secs(),
         controller_resume.as_secs_f64(),
         webhook_resume.map_or("none".into(), |d| format!("{:.1}", d.as_secs_f64()))
     );
     op.check_alive().unwrap();
     assert_eq!(lost, 0, "pods neither injected nor reported");
+    // NB: a quarter of one core is far above what backing-off watches cost (reconnects a
+    // second or so apart) and far below one that retries at once (a core or more).
+    assert!(
+        outage_cpu < outage.as_secs_f64() / 4.0,
+        "the operator used {outage_cpu:.2} s of CPU in a {} s apiserver outage: something retries without backing off",
+        outage.as_secs()
+    );
     assert!(
         webhook_resume.is_some(),
         "no pod injected after the restart"
     );
+}
+
+/// User plus system CPU time of process `pid` so far, in seconds (from `/proc/<pid>/stat`).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // NB: the command name (field 2) may hold spaces; the fields after its ')' are fixed.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // NB: /proc counts in USER_HZ, 100 on the architectures we run on.
+    ticks / 100.0
 }
