@@ -165,7 +165,17 @@ fn selects(
             .match_expressions
             .as_ref()
             .is_none_or(|e| e.is_empty());
-    !empty && Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
+    // NB: the requirements are ANDed, so a matchLabels pair the pod lacks settles it
+    // without building the Selector (a clone and a conversion). The controller's pod report
+    // asks this for every pod in a namespace and every policy there: built each time, it
+    // was the largest share of an operator's CPU while catching up on 200 policies and
+    // 5,000 pods (bench P4).
+    let lacks_a_pair = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .any(|(k, v)| labels.get(k) != Some(v));
+    !empty && !lacks_a_pair && Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
 }
 
 /// The role `policy` gives a pod with `labels`, if any; `Err` when both selectors match.
@@ -377,8 +387,19 @@ pub fn claim<'a, P: std::borrow::Borrow<FallbackConfigPolicy>>(
     pod: &Pod,
     policies: &'a [P],
 ) -> (Option<(&'a FallbackConfigPolicy, Role)>, Vec<Remark>) {
-    let ns = pod.namespace().unwrap_or_default();
-    let labels = pod.labels();
+    claim_by_labels(
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.labels(),
+        policies,
+    )
+}
+
+/// [`claim`] for a pod in namespace `ns` with `labels`.
+pub fn claim_by_labels<'a, P: std::borrow::Borrow<FallbackConfigPolicy>>(
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+    policies: &'a [P],
+) -> (Option<(&'a FallbackConfigPolicy, Role)>, Vec<Remark>) {
     let mut remarks = Vec::new();
     let mut claims: Vec<(&FallbackConfigPolicy, Role)> = Vec::new();
     for p in policies.iter().map(|p| p.borrow()).filter(|p| {
@@ -1048,6 +1069,50 @@ mod tests {
                 }]
             );
         }
+    }
+
+    #[test]
+    fn a_selector_selects_what_kubes_selector_matches() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        let selectors: Vec<LabelSelector> = [
+            json!({"matchLabels": {"app": "kong-dp"}}),
+            json!({"matchLabels": {"app": "kong-dp", "tier": "edge"}}),
+            json!({"matchLabels": {"app": "kong-dp"}, "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["edge", "core"]}]}),
+            json!({"matchLabels": {"app": "kong-dp"}, "matchExpressions": [
+                {"key": "canary", "operator": "DoesNotExist"}]}),
+            json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["other"]}]}),
+            json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+        let label_sets: Vec<BTreeMap<String, String>> = [
+            json!({}),
+            json!({"app": "kong-dp"}),
+            json!({"app": "kong-dp", "tier": "edge"}),
+            json!({"app": "kong-dp", "tier": "batch"}),
+            json!({"app": "kong-dp", "tier": "core", "canary": "1"}),
+            json!({"app": "other", "tier": "edge"}),
+            json!({"app": "kong-dpx"}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+        let mut selected = 0;
+        for selector in &selectors {
+            let kube = Selector::try_from(selector.clone()).unwrap();
+            for labels in &label_sets {
+                assert_eq!(
+                    selects(selector, labels),
+                    kube.matches(labels),
+                    "{selector:?} on {labels:?}"
+                );
+                selected += usize::from(selects(selector, labels));
+            }
+        }
+        // Both answers occur: the table tells a selector that never matches from a right one.
+        assert!(selected > 5 && selected < selectors.len() * label_sets.len());
     }
 
     #[test]

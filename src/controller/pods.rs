@@ -44,7 +44,8 @@ pub fn report<P: std::borrow::Borrow<FallbackConfigPolicy>>(
     let (importer_hash, backup_hash) = (hash(Role::Importer), hash(Role::Backup));
     for pod in pods
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        // NB: the field, not `namespace()`, which clones: this runs for every pod in scope.
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
         .filter(|p| p.metadata.deletion_timestamp.is_none())
     {
         let role = match inject::role(policy, pod.labels()) {
@@ -56,11 +57,7 @@ pub fn report<P: std::borrow::Borrow<FallbackConfigPolicy>>(
             }
         };
         // Another (older) policy claims this pod: it is that policy's, not ours.
-        let as_pod = Pod {
-            metadata: pod.metadata.clone(),
-            ..Pod::default()
-        };
-        if let (Some((winner, _)), _) = inject::claim(&as_pod, policies)
+        if let (Some((winner, _)), _) = inject::claim_by_labels(&ns, pod.labels(), policies)
             && winner.name_any() != policy.name_any()
         {
             r.claimed_by_others
