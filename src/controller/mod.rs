@@ -454,7 +454,7 @@ where
 
 /// Drives the pod cache: a pod created, changed or deleted re-triggers the policies that
 /// select it, at most once per [`throttle::POD_TRIGGER_PERIOD`] each, and the end of
-/// every (re)listing re-triggers them all.
+/// every relisting re-triggers them all.
 async fn trigger_on_pods(
     events: impl futures::Stream<Item = Result<watcher::Event<PodMeta>, watcher::Error>>,
     policies: kube::runtime::reflector::Store<FallbackConfigPolicy>,
@@ -471,9 +471,17 @@ async fn trigger_on_pods(
             // NB: the reflector swaps a listing into the cache only when it is complete,
             // so reconciles triggered by the pods of a listing may have seen none of it.
             Ok(watcher::Event::InitDone) => {
-                synced.store(true, std::sync::atomic::Ordering::Release);
-                for policy in policies.state() {
-                    let _ = trigger.send(ObjectRef::from_obj(&*policy));
+                // NB: not after the first listing: the reconciles that need it wait for it
+                // in line (`reconcile_policy`), or requeue if it takes longer. Triggering
+                // every policy here too ran each one twice as an operator started, the
+                // second time often on a cached object without the first's status write,
+                // so that the status was written and its Events published twice (bench P4).
+                // A relisting, after the watch lost its place, can hide any pod change.
+                let relisted = synced.swap(true, std::sync::atomic::Ordering::AcqRel);
+                if relisted {
+                    for policy in policies.state() {
+                        let _ = trigger.send(ObjectRef::from_obj(&*policy));
+                    }
                 }
                 continue;
             }
