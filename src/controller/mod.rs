@@ -983,7 +983,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn pod_events_trigger_selecting_policies_and_a_finished_listing_triggers_all() {
+    async fn pod_events_trigger_selecting_policies_and_a_relisting_triggers_all() {
         let policy: FallbackConfigPolicy = serde_json::from_value(serde_json::json!({
             "apiVersion": "fallback.kong-dp.io/v1alpha1", "kind": "FallbackConfigPolicy",
             "metadata": {"name": "prod", "namespace": "kong"},
@@ -1015,10 +1015,12 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(triggered.try_recv().is_err());
         assert!(!synced.load(std::sync::atomic::Ordering::Acquire));
-        // ...its end triggers every policy, and the cache counts as synced.
+        // ...its end makes the cache count as synced, and triggers nothing: the reconciles
+        // that need it wait for it.
         send(watcher::Event::InitDone);
-        assert_eq!(next(&mut triggered).await, prod);
+        tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(synced.load(std::sync::atomic::Ordering::Acquire));
+        assert!(triggered.try_recv().is_err(), "the first listing triggered");
 
         // A pod the policy does not select triggers nothing.
         send(watcher::Event::Apply(pod("other", "web")));
@@ -1036,6 +1038,12 @@ mod tests {
         assert!(start.elapsed() >= throttle::POD_TRIGGER_PERIOD);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(triggered.try_recv().is_err(), "the burst triggered once");
+
+        // A relisting (the watch lost its place) may hide any change: it triggers them all.
+        send(watcher::Event::Init);
+        send(watcher::Event::InitApply(pod("dp-2", "kong-dp")));
+        send(watcher::Event::InitDone);
+        assert_eq!(next(&mut triggered).await, prod);
         task.abort();
     }
 }
