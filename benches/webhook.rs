@@ -11,7 +11,9 @@
 //!   generation and pod counts); 3 repetitions (statuses and Leases cleared between), the
 //!   median printed with the spread. From the operator's own log: when its caches were
 //!   listed (`listed_s`), when the first status was written (`first_status_s`), how many
-//!   reconciles ran and how many were deferred (pod cache still listing, Lease not held).
+//!   reconciles ran and how many were deferred (pod cache still listing, Lease not held),
+//!   and, of the reconciles that wrote a status, the median time of that write
+//!   (`status_write_p50_ms`) and of the storage check before it (`storage_check_p50_ms`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -297,6 +299,10 @@ struct CatchUp {
     reconciles: usize,
     /// Reconciles that found the pod cache still listing, or the policy not yet led.
     deferred: usize,
+    /// Of the reconciles that wrote a status: the median of the status write's time (ms).
+    status_write_ms: f64,
+    /// Of the same: the median of the storage check's time (ms).
+    storage_check_ms: f64,
 }
 
 /// Reads the operator's JSON log (timestamps against `started`, wall clock).
@@ -307,7 +313,10 @@ fn catch_up(log: &std::path::Path, started: jiff::Timestamp, until: f64) -> Catc
         first_status: f64::NAN,
         reconciles: 0,
         deferred: 0,
+        status_write_ms: f64::NAN,
+        storage_check_ms: f64::NAN,
     };
+    let (mut writes, mut checks) = (Vec::new(), Vec::new());
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -326,6 +335,11 @@ fn catch_up(log: &std::path::Path, started: jiff::Timestamp, until: f64) -> Catc
             "caches synced; ready" => c.listed = secs,
             "reconciled" => {
                 c.reconciles += 1;
+                let ms = |key: &str| v[key].as_f64().unwrap_or(0.0);
+                if ms("status_write_ms") > 0.0 {
+                    writes.push(ms("status_write_ms"));
+                    checks.push(ms("storage_check_ms"));
+                }
                 if c.first_status.is_nan() {
                     c.first_status = secs;
                 }
@@ -335,6 +349,10 @@ fn catch_up(log: &std::path::Path, started: jiff::Timestamp, until: f64) -> Catc
             }
             _ => {}
         }
+    }
+    if !writes.is_empty() {
+        c.status_write_ms = percentile(&mut writes, 0.5);
+        c.storage_check_ms = percentile(&mut checks, 0.5);
     }
     c
 }
@@ -475,8 +493,10 @@ async fn p4() {
     let (first, _) = figure(&|r| r.2.first_status);
     let (reconciles, _) = figure(&|r| r.2.reconciles as f64);
     let (deferred, _) = figure(&|r| r.2.deferred as f64);
+    let (write, _) = figure(&|r| r.2.status_write_ms);
+    let (check, _) = figure(&|r| r.2.storage_check_ms);
     println!(
-        "bench: P4 pods={PODS} policies={POLICIES} reps={REPS} rss_mb={rss:.1} catchup_s={catchup:.2} catchup_spread_s={catchup_spread:.2} listed_s={listed:.2} first_status_s={first:.2} reconciles={reconciles:.0} deferred={deferred:.0} target_rss_mb=150 target_catchup_s=5"
+        "bench: P4 pods={PODS} policies={POLICIES} reps={REPS} rss_mb={rss:.1} catchup_s={catchup:.2} catchup_spread_s={catchup_spread:.2} listed_s={listed:.2} first_status_s={first:.2} reconciles={reconciles:.0} deferred={deferred:.0} status_write_p50_ms={write:.0} storage_check_p50_ms={check:.0} target_rss_mb=150 target_catchup_s=5"
     );
 }
 

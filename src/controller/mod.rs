@@ -19,6 +19,7 @@
 
 pub mod backup;
 pub mod crd;
+pub mod events;
 pub mod exporters;
 pub mod leadership;
 pub mod plan;
@@ -150,7 +151,8 @@ struct Context {
     policies: kube::runtime::reflector::Store<FallbackConfigPolicy>,
     /// Whether `pods` holds the whole first listing; until then a report would undercount.
     pods_synced: Arc<std::sync::atomic::AtomicBool>,
-    recorder: Recorder,
+    /// Events, published off the reconcile path.
+    events: events::Events,
     exporters: Exporters,
     electors: Electors,
     probes: probe::Probes,
@@ -269,14 +271,18 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
             .backoff(crate::watch::backoff()),
     )
     .touched_objects();
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(
+    let (events, publisher) = events::Events::start(
+        Recorder::new(
             client.clone(),
             Reporter {
                 controller: FIELD_MANAGER.to_owned(),
                 instance: Some(identity.clone()),
             },
         ),
+        events::QUEUE,
+    );
+    let ctx = Arc::new(Context {
+        events,
         client: client.clone(),
         pods: pod_store,
         policies: store.clone(),
@@ -382,6 +388,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     // Close the gates and stop the writers, then release the Leases: the next replica takes
     // over at once instead of after leaseDuration.
     tokio::join!(ctx.exporters.shutdown(), ctx.electors.shutdown());
+    publisher.finish(Duration::from_secs(5)).await;
     let _ = stop_webhook.send(true);
     if let Some(task) = webhook {
         match task.await {
@@ -577,6 +584,7 @@ async fn cleanup(policy: &FallbackConfigPolicy, ctx: &Context) -> Result<Action,
 }
 
 async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
     let name = policy.name_any();
     let namespace = policy.namespace().unwrap_or_default();
     let key = (namespace.clone(), name.clone());
@@ -752,11 +760,14 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
                 reason: "NodeIdUnknown".into(),
                 note: note.clone(),
             };
-            publish(ctx, policy, change).await;
+            publish(ctx, policy, change);
         }
     }
+    let mut storage_check_ms = 0;
     if problems.is_empty() {
+        let checking = Instant::now();
         let storage = ctx.probes.check(&ctx.reader, policy).await;
+        storage_check_ms = checking.elapsed().as_millis() as u64;
         status::set_storage(
             &mut desired,
             &storage,
@@ -841,7 +852,7 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
                                 note: format!("{kind} {workload}: {why}"),
                             },
                         };
-                        publish(ctx, policy, change).await;
+                        publish(ctx, policy, change);
                     }
                 }
                 Err(e) => warn!(policy = %name, error = %e, "cannot restart a workload"),
@@ -856,7 +867,9 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
     }
     status::set_progress(&mut desired, policy.metadata.generation, now);
 
+    let mut status_write_ms = 0;
     if desired != current {
+        let writing = Instant::now();
         let api: Api<FallbackConfigPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = serde_json::json!({
             "apiVersion": FallbackConfigPolicy::api_version(&()),
@@ -873,15 +886,26 @@ async fn reconcile_policy(policy: &FallbackConfigPolicy, ctx: &Context) -> Resul
             policy: format!("{namespace}/{name}"),
             source,
         })?;
+        status_write_ms = writing.elapsed().as_millis() as u64;
         for change in status::changes(&current, &desired) {
-            publish(ctx, policy, change).await;
+            publish(ctx, policy, change);
         }
     }
     let ready = desired
         .conditions
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    info!(policy = %name, namespace = %namespace, problems = problems.len(), ready, "reconciled");
+    // NB: the times say where a slow reconcile waited (bench P4 reads them).
+    info!(
+        policy = %name,
+        namespace = %namespace,
+        problems = problems.len(),
+        ready,
+        took_ms = started.elapsed().as_millis() as u64,
+        storage_check_ms,
+        status_write_ms,
+        "reconciled"
+    );
     // NB: the pod cache holds metadata only: in BackupPods mode a designated pod that stops
     // being Ready is noticed by this requeue.
     let backup_mode = policy.spec.exporter.mode == ExporterMode::BackupPods;
@@ -934,7 +958,7 @@ pub fn references(spec: &crate::api::FallbackConfigPolicySpec, name: &str) -> bo
     .any(|s| s == name)
 }
 
-async fn publish(ctx: &Context, policy: &FallbackConfigPolicy, change: status::Change) {
+fn publish(ctx: &Context, policy: &FallbackConfigPolicy, change: status::Change) {
     let event = Event {
         type_: if change.warning {
             EventType::Warning
@@ -946,9 +970,7 @@ async fn publish(ctx: &Context, policy: &FallbackConfigPolicy, change: status::C
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-        warn!(error = %e, "failed to publish an Event");
-    }
+    ctx.events.send(event, policy.object_ref(&()));
 }
 
 #[cfg(test)]
