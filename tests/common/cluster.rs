@@ -157,3 +157,58 @@ pub async fn deployment_with_a_pod(client: &Client, ns: &str) -> Api<Deployment>
         .unwrap();
     deployments
 }
+
+/// Runs `kubectl args` against `env` and panics with its stderr unless it succeeded; its
+/// stdout.
+pub async fn kubectl_ok(env: &kfo_testenv::KubeEnv, args: &[&str]) -> String {
+    let out = env.kubectl(args).await.unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A ServiceAccount `name` in `ns`, allowed `verbs` (comma-separated) on `resource` there
+/// by a Role and RoleBinding of the same name, and a token of it (an hour): its requests
+/// are in the apiserver's audit log (`KubeEnv::audited_requests`).
+pub async fn service_account_token(
+    env: &kfo_testenv::KubeEnv,
+    ns: &str,
+    name: &str,
+    verbs: &str,
+    resource: &str,
+) -> String {
+    let subject = format!("{ns}:{name}");
+    for args in [
+        vec!["create", "serviceaccount", name, "-n", ns],
+        vec![
+            "create",
+            "role",
+            name,
+            "--verb",
+            verbs,
+            "--resource",
+            resource,
+            "-n",
+            ns,
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            name,
+            "--role",
+            name,
+            "--serviceaccount",
+            &subject,
+            "-n",
+            ns,
+        ],
+    ] {
+        kubectl_ok(env, &args).await;
+    }
+    let token = kubectl_ok(env, &["create", "token", name, "-n", ns, "--duration=1h"]).await;
+    token.trim().to_owned()
+}

@@ -9,7 +9,7 @@ use kube::CustomResourceExt;
 use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::json;
 
-use crate::cluster::policy;
+use crate::cluster::{kubectl_ok, policy};
 
 async fn setup() -> (&'static KubeEnv, kube::Client) {
     let env = kube().await;
@@ -78,26 +78,17 @@ async fn create_untyped(
 #[tokio::test]
 async fn kubectl_applies_the_crd_file_and_it_becomes_established() {
     let env = kube().await;
-    let out = env.kubectl(&["apply", "-f", "crds/"]).await.unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = env
-        .kubectl(&[
+    kubectl_ok(env, &["apply", "-f", "crds/"]).await;
+    kubectl_ok(
+        env,
+        &[
             "wait",
             "--for=condition=Established",
             "--timeout=30s",
             "crd/fallbackconfigpolicies.fallback.kong-dp.io",
-        ])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+    )
+    .await;
     // The apiserver publishes a new CRD's OpenAPI a moment after it is Established.
     let mut text = String::new();
     for _ in 0..60 {

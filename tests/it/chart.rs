@@ -577,8 +577,9 @@ async fn the_readmes_helm_install_and_an_upgrade_work_against_the_apiserver() {
     };
     run("install", &["--create-namespace"]);
     let deployment = async |field: &str| {
-        let out = env
-            .kubectl(&[
+        crate::cluster::kubectl_ok(
+            env,
+            &[
                 "get",
                 "deployment",
                 "-n",
@@ -587,15 +588,9 @@ async fn the_readmes_helm_install_and_an_upgrade_work_against_the_apiserver() {
                 "app.kubernetes.io/name=kong-fallback-operator",
                 "-o",
                 &format!("jsonpath={field}"),
-            ])
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            ],
+        )
+        .await
     };
     assert_eq!(
         deployment("{.items[0].spec.template.spec.containers[0].image}").await,

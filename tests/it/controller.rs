@@ -1075,73 +1075,7 @@ async fn secrets_are_read_once_per_change_of_their_version() {
     let env = kube().await;
     let admin = env.client().await.unwrap();
     let ns = env.namespace("secret-reads").await.unwrap();
-    let mut token = String::new();
-    for args in [
-        vec!["create", "serviceaccount", "reader", "-n", &ns],
-        vec!["create", "token", "reader", "-n", &ns, "--duration=1h"],
-    ] {
-        let out = env.kubectl(&args).await.unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    }
-    let out = env
-        .kubectl(&[
-            "create",
-            "rolebinding",
-            "reader",
-            "--clusterrole=view",
-            "--serviceaccount",
-            &format!("{ns}:reader"),
-            "-n",
-            &ns,
-        ])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // NB: `view` reads no Secrets: grant get on them alone.
-    let out = env
-        .kubectl(&[
-            "create",
-            "role",
-            "secret-get",
-            "--verb=get",
-            "--resource=secrets",
-            "-n",
-            &ns,
-        ])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = env
-        .kubectl(&[
-            "create",
-            "rolebinding",
-            "secret-get",
-            "--role=secret-get",
-            "--serviceaccount",
-            &format!("{ns}:reader"),
-            "-n",
-            &ns,
-        ])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let token = crate::cluster::service_account_token(env, &ns, "reader", "get", "secrets").await;
     let as_sa = env.client_with_token(&token).await.unwrap();
 
     // The controller's metadata watch of Secrets, as `controller::run` keeps it.

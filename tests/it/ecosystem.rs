@@ -409,22 +409,18 @@ async fn kstatus_judges_policies_a_real_operator_wrote_as_flux_would() {
     let (st, message) = kstatus(&ready);
     assert_eq!(st, "Current", "{message}\n{ready:#}");
     let env = kfo_testenv::kube().await;
-    let out = env
-        .kubectl(&[
+    crate::cluster::kubectl_ok(
+        env,
+        &[
             "wait",
             "--for=condition=Ready",
             "--timeout=30s",
             "-n",
             &fleet.ns,
             "fcp/prod",
-        ])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+    )
+    .await;
 
     // A spec change: the object the apiserver answers is ahead of its status.
     let change = json!({"spec": {"exporter": {"minInterval": "1s"}}});

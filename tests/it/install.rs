@@ -288,22 +288,18 @@ fn the_deployment_runs_restricted() {
 /// `kubectl apply --server-side` of `path` as the install's field manager, as a chart
 /// (re-)apply or a GitOps sync does.
 async fn apply_as_install(env: &kfo_testenv::KubeEnv, path: &std::path::Path) {
-    let out = env
-        .kubectl(&[
+    crate::cluster::kubectl_ok(
+        env,
+        &[
             "apply",
             "--server-side",
             "--force-conflicts",
             "--field-manager=install-test",
             "-f",
             path.to_str().unwrap(),
-        ])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -312,16 +308,11 @@ async fn the_operator_as_the_charts_service_account_does_everything() {
     let env = kube().await;
     let admin = env.client().await.unwrap();
     // The ServiceAccount's own token: every call below is authorized by the chart's RBAC.
-    let out = env
-        .kubectl(&["create", "token", SA, "-n", NS, "--duration=1h"])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let token =
+        crate::cluster::kubectl_ok(env, &["create", "token", SA, "-n", NS, "--duration=1h"])
+            .await
+            .trim()
+            .to_owned();
     let as_sa = env.client_with_token(&token).await.unwrap();
 
     let ns = env.namespace("install").await.unwrap();
