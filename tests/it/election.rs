@@ -351,6 +351,91 @@ async fn a_leader_renews_once_per_retry_period_not_on_each_of_its_own_writes() {
     assert!(gate.claim().leading(Instant::now()), "still leading");
 }
 
+/// The holder renews on the resourceVersion of its own last write, without a GET first:
+/// one request per renewal where client-go's loop (and ours before) made two. Counted in
+/// the apiserver's audit log of the elector's ServiceAccount. With no Lease watch to tell
+/// it, a write by another still ends the lead at the next renewal: the renewal loses the
+/// compare-and-swap and the elector reads the Lease at once.
+#[tokio::test]
+async fn a_holder_renews_without_reading_first_and_a_lost_renewal_reads_the_lease() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kong_fallback_operator::election::lease::{self, Elector};
+    let env = kfo_testenv::kube().await;
+    let admin = env.client().await.unwrap();
+    let ns = env.namespace("renew-cas").await.unwrap();
+    let token = crate::cluster::service_account_token(
+        env,
+        &ns,
+        "elector",
+        "get,create,update",
+        "leases.coordination.k8s.io",
+    )
+    .await;
+    let api: kube::Api<Lease> =
+        kube::Api::namespaced(env.client_with_token(&token).await.unwrap(), &ns);
+    let elector = Elector {
+        api,
+        name: "prod".into(),
+        identity: "kfo-a_123456".into(),
+        timings: lease::Timings {
+            lease_duration: Duration::from_secs(4),
+            renew_deadline: Duration::from_secs(3),
+            retry_period: Duration::from_secs(1),
+        },
+        owner: None,
+    };
+    let (gate, control) = Gate::new();
+    let (_stop, stop_rx) = watch::channel(false);
+    // NB: no Lease watch: nothing wakes the elector but its own timer.
+    let (_no_wakes, wakes) = mpsc::channel(1);
+    let running = tokio::spawn(lease::run(elector, control, || {}, wakes, stop_rx));
+    crate::wait::until("leading", async || {
+        gate.claim().leading(Instant::now()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let count = |verb: &str| {
+        env.audited_requests(&token)
+            .unwrap()
+            .into_iter()
+            .filter(|(g, r, v)| g == "coordination.k8s.io" && r == "leases" && v == verb)
+            .count()
+    };
+    let (gets, updates) = (count("get"), count("update"));
+    assert!(updates >= 4, "{updates} renewals in 5 s at one a second");
+    assert_eq!(
+        gets, 1,
+        "one read, before the Lease was created; {updates} renewals"
+    );
+
+    // Another takes the Lease over (as a replica that judged it expired would).
+    let leases: kube::Api<Lease> = kube::Api::namespaced(admin, &ns);
+    let mut taken = leases.get("prod").await.unwrap();
+    let spec = taken.spec.as_mut().unwrap();
+    spec.holder_identity = Some("kfo-b_654321".into());
+    spec.lease_duration_seconds = Some(60);
+    spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    leases
+        .replace("prod", &Default::default(), &taken)
+        .await
+        .unwrap();
+    let claim = crate::wait::until("the lead ended", async || {
+        let claim = gate.claim();
+        (!claim.leading(Instant::now())).then_some(claim)
+    })
+    .await;
+    assert_eq!(claim.holder.as_deref(), Some("kfo-b_654321"));
+    let written = leases.get("prod").await.unwrap();
+    assert_eq!(
+        written.spec.unwrap().holder_identity.as_deref(),
+        Some("kfo-b_654321"),
+        "the lost renewal wrote nothing"
+    );
+    running.abort();
+}
+
 /// `exporter.standby: Cold`: only the leader holds a control-plane session; after the
 /// leader is killed the new one connects and exports.
 #[tokio::test]
