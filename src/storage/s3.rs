@@ -10,7 +10,7 @@
 //! With a CA bundle (`spec.storage.caCert`), the SDK's own HTTPS client is built with a
 //! trust store of the platform roots plus that bundle; nothing else about it changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use aws_credential_types::provider::future;
@@ -117,21 +117,59 @@ pub fn trust_store(ca_pem: &str) -> Result<tls::TrustStore, CaBundleError> {
     Ok(tls::TrustStore::default().with_pem_certificate(ca_pem.as_bytes()))
 }
 
-/// The SDK's rustls HTTPS client (aws-lc, as its default one) trusting `ca_pem` too.
+/// The SDK's rustls HTTPS client (aws-lc), built as its default one is (it reads
+/// `HTTPS_PROXY`/`NO_PROXY`), with `context`'s trust store when given.
+fn https_client(context: Option<tls::TlsContext>) -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::{ConnectorBuilder, proxy::ProxyConfig};
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut builder = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ));
+        if let Some(context) = &context {
+            builder.set_tls_context(context.clone());
+        }
+        builder.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            builder.set_sleep_impl(components.sleep_impl());
+        }
+        builder.set_proxy_config(Some(ProxyConfig::from_env()));
+        builder.build()
+    })
+}
+
+/// The HTTPS client of every S3 client without a CA bundle of its own, one per tokio
+/// runtime.
 ///
-/// NB: unlike the default client, this one does not read `HTTPS_PROXY`/`NO_PROXY`: the
-/// builder that takes a TLS context offers no proxy setting.
-fn https_client(ca_pem: &str) -> Result<aws_sdk_s3::config::SharedHttpClient, CaBundleError> {
+/// NB: shared, where each SDK client otherwise builds its own: the operator opens a store
+/// per policy and per storage check, and each one opened its own connection pool (and
+/// TLS sessions); 200 policies checked at once built 200 (bench P4: the operator's peak
+/// RSS fell from ~104 to ~88 MB). The SDK keeps a connector per connector settings
+/// (timeouts) within the client. One per runtime: a pooled connection is driven by a task
+/// of the runtime that opened it (the operator has one runtime; tests have one each).
+fn shared_https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    type Clients = HashMap<tokio::runtime::Id, aws_sdk_s3::config::SharedHttpClient>;
+    static CLIENTS: std::sync::LazyLock<std::sync::Mutex<Clients>> =
+        std::sync::LazyLock::new(Default::default);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return https_client(None);
+    };
+    CLIENTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(runtime.id())
+        .or_insert_with(|| https_client(None))
+        .clone()
+}
+
+/// The client of [`https_client`] trusting `ca_pem` too.
+fn https_client_trusting(
+    ca_pem: &str,
+) -> Result<aws_sdk_s3::config::SharedHttpClient, CaBundleError> {
     let context = tls::TlsContext::builder()
         .with_trust_store(trust_store(ca_pem)?)
         .build()
         .map_err(|e| CaBundleError::Tls(e.to_string()))?;
-    Ok(aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .tls_context(context)
-        .build_https())
+    Ok(https_client(Some(context)))
 }
 
 /// The AWS SDK's default credential chain, built on first use (building it is async, a
@@ -196,9 +234,10 @@ pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, CaBundleError
     if let Some(endpoint) = &settings.endpoint {
         config = config.endpoint_url(endpoint.trim_end_matches('/'));
     }
-    if let Some(ca_pem) = &settings.ca_pem {
-        config = config.http_client(https_client(ca_pem)?);
-    }
+    config = config.http_client(match &settings.ca_pem {
+        Some(ca_pem) => https_client_trusting(ca_pem)?,
+        None => shared_https_client(),
+    });
     Ok(aws_sdk_s3::Client::from_conf(config.build()))
 }
 

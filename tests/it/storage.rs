@@ -761,3 +761,46 @@ async fn a_staged_write_is_invisible_until_committed_and_fenced_at_the_commit() 
         Ok(true)
     );
 }
+
+/// Every S3 store the operator opens (one per policy, another per storage check) shares
+/// one HTTP client: five stores opened one after another, each reading once, make one
+/// connection to the store. Before, each SDK client built its own connection pool (five
+/// connections; 200 at once for 200 policies, bench P4). Counted by a relay in front of
+/// MinIO that counts the connections it accepts.
+#[tokio::test]
+async fn s3_stores_opened_one_after_another_share_their_connections() {
+    use kong_fallback_operator::storage::ObjectStore;
+    use kong_fallback_operator::storage::s3::{PutExtras, S3Store};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let env = minio().await;
+    let bucket = env.bucket("shared-client").await.unwrap();
+    let upstream = env.endpoint.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let mut outbound = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        }
+    });
+    let mut settings = crate::stores::minio_settings(env, &env.root_password);
+    settings.endpoint = Some(relay);
+    for _ in 0..5 {
+        let store = S3Store::new(&settings, &bucket, PutExtras::default()).unwrap();
+        assert!(store.get("kong/absent").await.unwrap().is_none());
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "connections to the store"
+    );
+}
