@@ -225,6 +225,25 @@ impl ObjectStore for Pausable {
     }
 }
 
+/// The elector of policy "prod" as replica kfo-a_123456, with timings short enough for a
+/// test (leaseDuration 4 s, renewDeadline 3 s, retryPeriod 1 s).
+fn elector_of_prod(
+    api: kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+) -> kong_fallback_operator::election::lease::Elector {
+    use kong_fallback_operator::election::lease::{Elector, Timings};
+    Elector {
+        api,
+        name: "prod".into(),
+        identity: "kfo-a_123456".into(),
+        timings: Timings {
+            lease_duration: Duration::from_secs(4),
+            renew_deadline: Duration::from_secs(3),
+            retry_period: Duration::from_secs(1),
+        },
+        owner: None,
+    }
+}
+
 fn snapshot(n: u32) -> Event {
     let config = format!(r#"{{"_format_version":"3.0","services":[{{"name":"s{n}"}}]}}"#);
     Event::Snapshot(ConfigSnapshot {
@@ -256,22 +275,12 @@ fn leading(epoch: i32) -> Claim {
 #[tokio::test]
 async fn a_fenced_leader_releases_its_lease_and_the_next_lead_has_a_higher_epoch() {
     use k8s_openapi::api::coordination::v1::Lease;
-    use kong_fallback_operator::election::lease::{self, Elector};
+    use kong_fallback_operator::election::lease;
     let env = kfo_testenv::kube().await;
     let client = env.client().await.unwrap();
     let ns = env.namespace("fenced-release").await.unwrap();
     let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &ns);
-    let elector = Elector {
-        api: api.clone(),
-        name: "prod".into(),
-        identity: "kfo-a_123456".into(),
-        timings: lease::Timings {
-            lease_duration: Duration::from_secs(4),
-            renew_deadline: Duration::from_secs(3),
-            retry_period: Duration::from_secs(1),
-        },
-        owner: None,
-    };
+    let elector = elector_of_prod(api.clone());
     let (gate, control) = Gate::new();
     let (_stop, stop_rx) = watch::channel(false);
     let leases = lease::LeaseWatch::start(api.clone());
@@ -303,24 +312,13 @@ async fn a_fenced_leader_releases_its_lease_and_the_next_lead_has_a_higher_epoch
 async fn a_leader_renews_once_per_retry_period_not_on_each_of_its_own_writes() {
     use futures::StreamExt;
     use k8s_openapi::api::coordination::v1::Lease;
-    use kong_fallback_operator::election::lease::{self, Elector};
+    use kong_fallback_operator::election::lease;
     use kube::runtime::watcher;
     let env = kfo_testenv::kube().await;
     let client = env.client().await.unwrap();
     let ns = env.namespace("renewals").await.unwrap();
     let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &ns);
-    let retry = Duration::from_secs(1);
-    let elector = Elector {
-        api: api.clone(),
-        name: "prod".into(),
-        identity: "kfo-a_123456".into(),
-        timings: lease::Timings {
-            lease_duration: Duration::from_secs(4),
-            renew_deadline: Duration::from_secs(3),
-            retry_period: retry,
-        },
-        owner: None,
-    };
+    let elector = elector_of_prod(api.clone());
     let (gate, control) = Gate::new();
     let (_stop, stop_rx) = watch::channel(false);
     let leases = lease::LeaseWatch::start(api.clone());
@@ -360,7 +358,7 @@ async fn a_leader_renews_once_per_retry_period_not_on_each_of_its_own_writes() {
 async fn a_holder_renews_without_reading_first_and_a_lost_renewal_reads_the_lease() {
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-    use kong_fallback_operator::election::lease::{self, Elector};
+    use kong_fallback_operator::election::lease;
     let env = kfo_testenv::kube().await;
     let admin = env.client().await.unwrap();
     let ns = env.namespace("renew-cas").await.unwrap();
@@ -374,17 +372,7 @@ async fn a_holder_renews_without_reading_first_and_a_lost_renewal_reads_the_leas
     .await;
     let api: kube::Api<Lease> =
         kube::Api::namespaced(env.client_with_token(&token).await.unwrap(), &ns);
-    let elector = Elector {
-        api,
-        name: "prod".into(),
-        identity: "kfo-a_123456".into(),
-        timings: lease::Timings {
-            lease_duration: Duration::from_secs(4),
-            renew_deadline: Duration::from_secs(3),
-            retry_period: Duration::from_secs(1),
-        },
-        owner: None,
-    };
+    let elector = elector_of_prod(api);
     let (gate, control) = Gate::new();
     let (_stop, stop_rx) = watch::channel(false);
     // NB: no Lease watch: nothing wakes the elector but its own timer.
