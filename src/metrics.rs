@@ -126,6 +126,29 @@ struct ErrorLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: String,
+}
+
+/// Why an Event was not published ([`Metrics::event_lost`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventLoss {
+    /// The queue was full (a flood of Events, or an apiserver that does not answer).
+    QueueFull,
+    /// The apiserver refused it or could not be reached.
+    PublishFailed,
+}
+
+impl EventLoss {
+    fn label(self) -> &'static str {
+        match self {
+            EventLoss::QueueFull => "queue_full",
+            EventLoss::PublishFailed => "publish_failed",
+        }
+    }
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric the operator exports, registered once.
@@ -153,6 +176,7 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
+    events_lost: Family<CauseLabels, Counter>,
     /// The reason labels each export has used, so that [`Metrics::forget`] can remove the
     /// reason-labelled series of an export that is gone.
     reasons: std::sync::Mutex<
@@ -201,6 +225,7 @@ impl Metrics {
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
             reconcile_duration,
+            events_lost: Family::default(),
             reasons: Default::default(),
         };
         let r = &mut m.registry;
@@ -306,6 +331,11 @@ impl Metrics {
             "Reconcile time",
             Unit::Seconds,
             m.reconcile_duration.clone(),
+        );
+        r.register(
+            "events_lost",
+            "Events not published, by cause (queue_full, publish_failed); the log says which",
+            m.events_lost.clone(),
         );
         m
     }
@@ -500,6 +530,15 @@ impl Metrics {
                 controller: controller.to_owned(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts one Event that was not published, and why.
+    pub fn event_lost(&self, cause: EventLoss) {
+        self.events_lost
+            .get_or_create(&CauseLabels {
+                cause: cause.label().to_owned(),
+            })
+            .inc();
     }
 }
 

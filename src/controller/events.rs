@@ -6,7 +6,8 @@
 //! writes of the rest (bench P4: a policy's first status brings 3-4 Events, and with 200
 //! policies they were the largest share of the requests while statuses were still due).
 //! Events are best effort, as the apiserver treats them: when the queue is full an Event is
-//! dropped, counted, and said in the log.
+//! dropped, counted, and said in the log; one the apiserver refuses is logged and counted
+//! too (`kong_fallback_events_lost_total{cause}`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,8 @@ use kube::runtime::events::{Event, Recorder};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::metrics::{EventLoss, Metrics};
+
 /// Events waiting to be published; beyond this many, new ones are dropped.
 pub const QUEUE: usize = 4096;
 
@@ -25,6 +28,7 @@ pub const QUEUE: usize = 4096;
 pub struct Events {
     tx: mpsc::Sender<(Event, ObjectReference)>,
     dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 /// The publishing task of an [`Events`] queue.
@@ -34,10 +38,15 @@ pub struct Publisher {
 }
 
 impl Events {
-    /// Starts the task that publishes with `recorder`.
-    pub fn start(recorder: Recorder, capacity: usize) -> (Events, Publisher) {
+    /// Starts the task that publishes with `recorder`; Events lost are counted in `metrics`.
+    pub fn start(
+        recorder: Recorder,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Events, Publisher) {
         let (tx, mut rx) = mpsc::channel::<(Event, ObjectReference)>(capacity);
         let (close, mut closing) = tokio::sync::oneshot::channel::<()>();
+        let publishing = metrics.clone();
         let task = tokio::spawn(async move {
             let mut closed = false;
             loop {
@@ -45,6 +54,7 @@ impl Events {
                     next = rx.recv() => {
                         let Some((event, reference)) = next else { break };
                         if let Err(e) = recorder.publish(&event, &reference).await {
+                            publishing.event_lost(EventLoss::PublishFailed);
                             warn!(error = %e, reason = %event.reason, "failed to publish an Event");
                         }
                     }
@@ -59,6 +69,7 @@ impl Events {
         let events = Events {
             tx,
             dropped: Arc::default(),
+            metrics,
         };
         (events, Publisher { task, close })
     }
@@ -73,6 +84,7 @@ impl Events {
                 tracing::debug!(reason = %event.reason, "an Event after shutdown is not published");
                 return;
             }
+            self.metrics.event_lost(EventLoss::QueueFull);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // NB: said for the first and then every 100th, not for each: a full queue
             // means a flood, and a log line per Event would be another.
@@ -80,12 +92,6 @@ impl Events {
                 warn!(reason = %event.reason, dropped, "the Event queue is full; Events are dropped");
             }
         }
-    }
-
-    /// Events dropped so far because the queue was full.
-    #[cfg(test)]
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -117,6 +123,24 @@ mod tests {
         }
     }
 
+    fn recorder(url: String) -> Recorder {
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let reporter = Reporter {
+            controller: "test".into(),
+            instance: None,
+        };
+        Recorder::new(client, reporter)
+    }
+
+    fn lost(metrics: &Metrics, cause: &str) -> u64 {
+        let line = format!("kong_fallback_events_lost_total{{cause=\"{cause}\"}} ");
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     /// A recorder whose apiserver accepts connections and never answers; the number of
     /// connections it accepted so far.
     async fn hung_apiserver() -> (Recorder, Arc<AtomicU64>) {
@@ -131,12 +155,7 @@ mod tests {
                 held.push(socket);
             }
         });
-        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-        let reporter = Reporter {
-            controller: "test".into(),
-            instance: None,
-        };
-        (Recorder::new(client, reporter), accepted)
+        (recorder(url), accepted)
     }
 
     fn reference() -> ObjectReference {
@@ -152,7 +171,8 @@ mod tests {
     #[tokio::test]
     async fn a_hung_apiserver_holds_no_sender_and_a_full_queue_drops_and_counts() {
         let (recorder, accepted) = hung_apiserver().await;
-        let (events, publisher) = Events::start(recorder, 2);
+        let metrics = Arc::new(Metrics::new());
+        let (events, publisher) = Events::start(recorder, 2, metrics.clone());
         events.send(event("First"), reference());
         // The first is being published (its request hangs): the queue is empty again.
         tokio::time::timeout(Duration::from_secs(10), async {
@@ -166,13 +186,29 @@ mod tests {
             events.send(event(reason), reference());
         }
         assert_eq!(
-            events.dropped(),
+            lost(&metrics, "queue_full"),
             2,
-            "two fit in the queue, two were dropped"
+            "two fit in the queue, two were dropped and counted"
         );
+        assert_eq!(lost(&metrics, "publish_failed"), 0);
         // Shutdown is bounded although the apiserver never answers.
         let started = std::time::Instant::now();
         publisher.finish(Duration::from_millis(300)).await;
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn an_event_the_apiserver_cannot_take_is_counted_as_lost() {
+        // NB: a port nothing listens on: each publish fails at once.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", free.local_addr().unwrap());
+        drop(free);
+        let metrics = Arc::new(Metrics::new());
+        let (events, publisher) = Events::start(recorder(url), QUEUE, metrics.clone());
+        events.send(event("First"), reference());
+        events.send(event("Second"), reference());
+        publisher.finish(Duration::from_secs(10)).await;
+        assert_eq!(lost(&metrics, "publish_failed"), 2);
+        assert_eq!(lost(&metrics, "queue_full"), 0);
     }
 }

@@ -280,6 +280,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
             },
         ),
         events::QUEUE,
+        metrics.clone(),
     );
     let ctx = Arc::new(Context {
         events,
