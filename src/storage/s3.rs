@@ -249,6 +249,24 @@ pub struct PutExtras {
     pub storage_class: Option<String>,
 }
 
+/// `$req` (a PutObject or a CreateMultipartUpload: their builders differ, their setters
+/// do not) with `$extras` set: one place, so that a staged write is stored as a PUT is.
+macro_rules! with_extras {
+    ($req:expr, $extras:expr) => {{
+        let (mut req, extras): (_, &PutExtras) = ($req, $extras);
+        if let Some(sse) = &extras.server_side_encryption {
+            req = req.server_side_encryption(sse.as_str().into());
+        }
+        if let Some(kms) = &extras.kms_key_id {
+            req = req.ssekms_key_id(kms);
+        }
+        if let Some(class) = &extras.storage_class {
+            req = req.storage_class(class.as_str().into());
+        }
+        req
+    }};
+}
+
 /// One bucket of an S3 or S3-compatible store.
 pub struct S3Store {
     client: aws_sdk_s3::Client,
@@ -353,15 +371,7 @@ impl ObjectStore for S3Store {
             Precondition::IfAbsent => req.if_none_match("*"),
             Precondition::IfVersion(etag) => req.if_match(etag),
         };
-        if let Some(sse) = &self.extras.server_side_encryption {
-            req = req.server_side_encryption(sse.as_str().into());
-        }
-        if let Some(kms) = &self.extras.kms_key_id {
-            req = req.ssekms_key_id(kms);
-        }
-        if let Some(class) = &self.extras.storage_class {
-            req = req.storage_class(class.as_str().into());
-        }
+        req = with_extras!(req, &self.extras);
         // NB: SigV4 would hash the whole body (SHA-256, 13 ms for 20 MB here) before the
         // first byte is sent; the body's CRC32 header (signed) already lets the store refuse
         // a damaged body, so the payload is sent unsigned, as over HTTPS the SDK's own
@@ -537,15 +547,7 @@ impl ObjectStore for S3Store {
             .set_metadata(Some(metadata.into_iter().collect()))
             // NB: each part carries its CRC32 (as a PUT's body does), declared up front.
             .checksum_algorithm(ChecksumAlgorithm::Crc32);
-        if let Some(sse) = &self.extras.server_side_encryption {
-            req = req.server_side_encryption(sse.as_str().into());
-        }
-        if let Some(kms) = &self.extras.kms_key_id {
-            req = req.ssekms_key_id(kms);
-        }
-        if let Some(class) = &self.extras.storage_class {
-            req = req.storage_class(class.as_str().into());
-        }
+        req = with_extras!(req, &self.extras);
         let out = req.send().await.map_err(|e| self.error("stage", key, e))?;
         let id = out.upload_id().unwrap_or_default();
         if id.is_empty() {

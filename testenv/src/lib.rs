@@ -34,7 +34,8 @@ pub use gcs::{GcsEnv, gcs};
 pub use kong_cp::{ClusterCerts, DataPlane, KongCp, Mtls};
 pub use kube::{EmptyCluster, KubeEnv, RestartableCluster, kube};
 pub use minio::{
-    MinioEnv, ReadOnlyCredentials, StoredVersion, TemporaryCredentials, minio, minio_tls,
+    KMS_KEY as MINIO_KMS_KEY, MinioEnv, ReadOnlyCredentials, StoredVersion, TemporaryCredentials,
+    minio, minio_tls,
 };
 pub use process::{Proc, binary, repo_root};
 pub use toxiproxy::{Proxy, Stream, Toxic, Toxiproxy, toxiproxy};

@@ -12,6 +12,10 @@ use tokio::sync::OnceCell;
 use crate::process::{Proc, binary, on_free_ports, run_dir, wait_until};
 
 pub const REGION: &str = "us-east-1";
+/// The name of the KMS key every MinIO started here holds (`MINIO_KMS_SECRET_KEY`, MinIO's
+/// single built-in key): objects may be written with SSE-S3 (`AES256`) or with SSE-KMS
+/// (`aws:kms`) and this key id. Nothing is encrypted unless a request asks for it.
+pub const KMS_KEY: &str = "kfo-test-key";
 
 /// A shared MinIO server of this test binary.
 pub struct MinioEnv {
@@ -289,6 +293,11 @@ impl MinioEnv {
             ("MINIO_BROWSER", "off".into()),
             ("MINIO_REGION", REGION.into()),
             ("MINIO_UPDATE", "off".into()),
+            // NB: a fixed test key (32 bytes, base64): the data of a run is thrown away.
+            (
+                "MINIO_KMS_SECRET_KEY",
+                format!("{KMS_KEY}:A9jBghvIRTEGpSvoz5XlWccZGk1SfzE0JeNYVn+KTKQ="),
+            ),
         ];
         env.extend(extra_env);
         let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -804,3 +804,83 @@ async fn s3_stores_opened_one_after_another_share_their_connections() {
         "connections to the store"
     );
 }
+
+/// The policy's `s3Options` (server-side encryption, KMS key, storage class) apply to a
+/// staged write as to a PUT: a large configuration (committed from staged parts) must not
+/// land unencrypted or in another class than a small one. Both are written with the
+/// options and read back from MinIO's own answers (its built-in KMS key).
+#[tokio::test]
+async fn a_staged_write_and_a_put_carry_the_same_encryption_and_storage_class() {
+    use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
+    use kong_fallback_operator::storage::{ObjectStore, Precondition, PutObject};
+    let env = minio().await;
+    let bucket = env.bucket("s3-extras").await.unwrap();
+    let store = S3Store::new(
+        &stores::minio_settings(env, &env.root_password),
+        &bucket,
+        PutExtras {
+            server_side_encryption: Some("aws:kms".into()),
+            kms_key_id: Some(kfo_testenv::MINIO_KMS_KEY.into()),
+            storage_class: Some("REDUCED_REDUNDANCY".into()),
+        },
+    )
+    .unwrap();
+    let small = "kong/3.6.1.4/config.json";
+    let large = "kong/3.7.0.0/config.json";
+    store
+        .put(PutObject {
+            key: small.into(),
+            body: bytes::Bytes::from_static(CONFIG.as_bytes()),
+            content_type: "application/json".into(),
+            metadata: Default::default(),
+            precondition: Precondition::None,
+        })
+        .await
+        .unwrap();
+    let part = store.staged_part_size().expect("S3 stages writes");
+    let body = bytes::Bytes::from(vec![b'x'; part + 10]);
+    let staged = store
+        .stage(large, "application/json", Default::default())
+        .await
+        .unwrap();
+    let parts = vec![
+        store
+            .stage_part(&staged, 1, body.slice(..part))
+            .await
+            .unwrap(),
+        store
+            .stage_part(&staged, 2, body.slice(part..))
+            .await
+            .unwrap(),
+    ];
+    store
+        .commit_staged(&staged, parts, Precondition::IfAbsent)
+        .await
+        .unwrap();
+    let root = env.root_client();
+    for key in [small, large] {
+        let head = root
+            .head_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption(),
+            Some(&ServerSideEncryption::AwsKms),
+            "{key}: {head:?}"
+        );
+        assert!(
+            head.ssekms_key_id()
+                .is_some_and(|id| id.ends_with(kfo_testenv::MINIO_KMS_KEY)),
+            "{key}: {head:?}"
+        );
+        assert_eq!(
+            head.storage_class(),
+            Some(&StorageClass::ReducedRedundancy),
+            "{key}: {head:?}"
+        );
+    }
+    assert!(store.get(large).await.unwrap().unwrap().body == body);
+}
