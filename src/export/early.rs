@@ -14,6 +14,12 @@
 //!
 //! A store that stages writes is first checked to fence commits too
 //! ([`storage::enforces_staged_preconditions`]); without that, nothing is staged.
+//!
+//! A leader killed while staging leaves its upload behind: its parts cost storage until
+//! a bucket lifecycle rule removes them. So on taking the lead, an exporter aborts what is
+//! staged for its key ([`Stager::sweep`]) before it stages anything itself. A staged write
+//! of a leader that is still running is aborted too: its commit then fails, and it falls
+//! back to its ordinary PUT, which the fencing judges as any other.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,6 +53,18 @@ pub struct Stager {
     store: Arc<dyn ObjectStore>,
     probe_key: String,
     probe: Probe,
+    /// The sweep of staged writes left behind in this lead: nothing is staged before it
+    /// ended, so that it cannot abort this exporter's own.
+    sweep: Sweep,
+}
+
+/// A lead: its epoch, in the Lease of this UID.
+type Lead = (i32, Option<String>);
+
+enum Sweep {
+    NotYet,
+    Running(Lead, oneshot::Receiver<()>),
+    Done(Lead),
 }
 
 impl Stager {
@@ -62,7 +80,57 @@ impl Stager {
             store,
             probe_key,
             probe,
+            sweep: Sweep::NotYet,
         }
+    }
+
+    /// Aborts, in the background, the staged writes of `key` left open (by a leader that
+    /// died mid-write): on taking the lead, behind its `permit`. Nothing is staged in a
+    /// lead before its sweep ended.
+    pub fn sweep(&mut self, permit: Permit, key: &str) {
+        let lead = (permit.epoch, permit.lease_uid.clone());
+        if self.store.staged_part_size().is_none() {
+            self.sweep = Sweep::Done(lead);
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let (store, key) = (self.store.clone(), key.to_owned());
+        tokio::spawn(async move {
+            match store.staged_writes(&key).await {
+                Ok(left) if left.is_empty() => {}
+                Ok(left) => {
+                    let mut aborted = 0;
+                    for staged in &left {
+                        match store.abort_staged(staged).await {
+                            Ok(()) => aborted += 1,
+                            Err(e) => {
+                                debug!(key = %key, error = %e, "cannot abort a staged write left behind");
+                            }
+                        }
+                    }
+                    info!(key = %key, aborted, left = left.len(), "aborted the staged writes an earlier leader left behind");
+                }
+                // NB: a principal without s3:ListBucketMultipartUploads: a lifecycle rule
+                // (AbortIncompleteMultipartUpload) is left to do it (docs/operations.md).
+                Err(e) => {
+                    debug!(key = %key, error = %e, "cannot list the staged writes left behind")
+                }
+            }
+            drop(permit);
+            let _ = tx.send(());
+        });
+        self.sweep = Sweep::Running(lead, rx);
+    }
+
+    /// Whether the sweep of `permit`'s lead has ended.
+    fn swept(&mut self, permit: &Permit) -> bool {
+        let lead = (permit.epoch, permit.lease_uid.clone());
+        if let Sweep::Running(of, rx) = &mut self.sweep
+            && !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        {
+            self.sweep = Sweep::Done(of.clone());
+        }
+        matches!(&self.sweep, Sweep::Done(of) if *of == lead)
     }
 
     /// Starts the check of the store's multipart commits, if not done yet: on taking the
@@ -130,7 +198,7 @@ impl Stager {
         // least the store's smallest: what is left for after the checks is tiny.
         let count = room / smallest;
         let hash = peek.hash?;
-        if count == 0 || !self.ready(permit) {
+        if count == 0 || !self.swept(&permit) || !self.ready(permit) {
             return None;
         }
         let part = room / count;

@@ -253,6 +253,9 @@ pub async fn run(
                             if large && let Some(p) = gate.permit() {
                                 stager.prepare(p);
                             }
+                            if let Some(p) = gate.permit() {
+                                stager.sweep(p, &key);
+                            }
                             adopt(&key, o.as_ref(), &mut exporter, &reports).await;
                             seen = Some(o.map(|o| o.info.version));
                             seen_epoch = Some(permit.epoch);
@@ -1466,6 +1469,68 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("{} staged writes left open", store.open_stages());
+    }
+
+    /// A leader killed while staging leaves its upload open. The next leader aborts what is
+    /// staged for its key on taking the lead, and nothing else: an upload of another key
+    /// stays. Then it stages its own large configurations as before.
+    #[tokio::test]
+    async fn a_new_leader_aborts_the_staged_writes_a_dead_one_left_for_its_key() {
+        let store = Arc::new(MemoryStore::new("bkt"));
+        store.stage_writes(16 << 10);
+        let key = "kong/3.6.1.4/config.json";
+        let left = store
+            .stage(key, "application/json", BTreeMap::new())
+            .await
+            .unwrap();
+        store
+            .stage_part(&left, 1, bytes::Bytes::from(vec![b'x'; 16 << 10]))
+            .await
+            .unwrap();
+        let other = store
+            .stage(
+                "kong/3.7.0.0/config.json",
+                "application/json",
+                BTreeMap::new(),
+            )
+            .await
+            .unwrap();
+        let mut h = harness_over(store.clone(), 0);
+        h.events.send(snapshot('a', GOOD)).await.unwrap();
+        assert!(matches!(h.report().await, Report::Exported { .. }));
+        for _ in 0..100 {
+            if store.open_stages() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            store.staged_writes(key).await.unwrap(),
+            [],
+            "the upload left for the key is still open"
+        );
+        assert_eq!(
+            store
+                .staged_writes("kong/3.7.0.0/config.json")
+                .await
+                .unwrap(),
+            [other],
+            "another key's upload was aborted"
+        );
+        // Its own large configurations are still staged.
+        for (i, c) in ['b', 'c', 'd', 'e', 'f'].into_iter().enumerate() {
+            let (inflated, snapshot) = large_frame(c, i, true);
+            h.events.send(inflated).await.unwrap();
+            h.events.send(snapshot).await.unwrap();
+            let Report::Exported { stages, .. } = h.report().await else {
+                panic!("not exported")
+            };
+            if stages.staged {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no large frame was staged after the sweep");
     }
 
     #[tokio::test]

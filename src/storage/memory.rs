@@ -287,6 +287,20 @@ impl ObjectStore for MemoryStore {
         state.staged.remove(&staged.id);
         Ok(())
     }
+
+    async fn staged_writes(&self, key: &str) -> Result<Vec<Staged>, StoreError> {
+        let state = self.lock();
+        self.check(&state, "stage", key)?;
+        Ok(state
+            .staged
+            .iter()
+            .filter(|(_, w)| w.key == key)
+            .map(|(id, _)| Staged {
+                key: key.to_owned(),
+                id: id.clone(),
+            })
+            .collect())
+    }
 }
 
 impl MemoryStore {

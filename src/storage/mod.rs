@@ -220,6 +220,11 @@ pub trait ObjectStore: Send + Sync {
     async fn abort_staged(&self, staged: &Staged) -> Result<(), StoreError> {
         Err(unstaged(self.bucket(), &staged.key))
     }
+    /// The staged writes of exactly `key` that are neither committed nor aborted: what a
+    /// writer that died mid-write left behind. None on a store that does not stage writes.
+    async fn staged_writes(&self, _key: &str) -> Result<Vec<Staged>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 fn unstaged(bucket: &str, key: &str) -> StoreError {
@@ -702,5 +707,9 @@ impl ObjectStore for Bounded {
         let call = self.inner.abort_staged(staged);
         self.bound("stage", &staged.key, self.timeouts.call, call)
             .await
+    }
+    async fn staged_writes(&self, key: &str) -> Result<Vec<Staged>, StoreError> {
+        let call = self.inner.staged_writes(key);
+        self.bound("stage", key, self.timeouts.call, call).await
     }
 }

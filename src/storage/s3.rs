@@ -645,6 +645,30 @@ impl ObjectStore for S3Store {
             .map_err(|e| self.error("stage", &staged.key, e))?;
         Ok(())
     }
+
+    async fn staged_writes(&self, key: &str) -> Result<Vec<Staged>, StoreError> {
+        // NB: one page (up to 1,000 uploads) is plenty: the exporter leaves at most one
+        // per lead, and what is left after this is aborted next time.
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await
+            .map_err(|e| self.error("stage", key, e))?;
+        Ok(out
+            .uploads()
+            .iter()
+            .filter(|u| u.key() == Some(key))
+            .filter_map(|u| {
+                Some(Staged {
+                    key: key.to_owned(),
+                    id: u.upload_id()?.to_owned(),
+                })
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -441,8 +441,9 @@ async fn gcs_object(endpoint: &str, bucket: &str, key: &str) -> serde_json::Valu
 
 /// A large configuration's write is staged (an S3 multipart upload) while its frame is
 /// checked and committed as the export; a large frame that fails its checks after its
-/// upload started is never stored, and no upload is left behind (the real client, CP
-/// double and MinIO).
+/// upload started is never stored, and no upload is left behind, not even the one a
+/// leader killed mid-write left before this one took the lead (the real client, CP double
+/// and MinIO).
 #[tokio::test]
 async fn a_large_configuration_is_staged_and_a_failing_one_leaves_the_stored_one() {
     use kfo_testenv::configs::config_table;
@@ -453,6 +454,14 @@ async fn a_large_configuration_is_staged_and_a_failing_one_leaves_the_stored_one
     let key = "kong/3.6.1.4/config.json";
     let first = config_table(12_000_000, 1);
     cp.push(&first, &format!("{:032x}", 1));
+    // A leader killed while staging left an upload of the key open.
+    env.root_client()
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
     let mut p = Pipeline::start(
         &cp,
         "3.6.1.4",

@@ -745,8 +745,20 @@ async fn a_staged_write_is_invisible_until_committed_and_fenced_at_the_commit() 
     );
     assert_eq!(now.content_type.as_deref(), Some("application/json"));
 
+    // What a writer killed mid-write leaves is listed by its exact key (not another key
+    // it is a prefix of), and aborting it leaves nothing.
     let (staged, _) = stage_all(&body).await;
+    let longer = store
+        .stage(&format!("{key}.old"), "application/json", meta.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.staged_writes(key).await.unwrap(),
+        std::slice::from_ref(&staged)
+    );
     store.abort_staged(&staged).await.unwrap();
+    store.abort_staged(&longer).await.unwrap();
+    assert_eq!(store.staged_writes(key).await.unwrap(), []);
     let uploads = env
         .root_client()
         .list_multipart_uploads()
