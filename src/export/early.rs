@@ -139,43 +139,146 @@ impl Stager {
         self.ready(permit);
     }
 
-    /// Whether staging is on (the store was checked to fence commits).
-    fn ready(&mut self, permit: Permit) -> bool {
-        loop {
-            match &mut self.probe {
-                Probe::On => return true,
-                Probe::Off => return false,
-                Probe::Unknown => {
-                    let (tx, rx) = oneshot::channel();
-                    let (store, key) = (self.store.clone(), self.probe_key.clone());
-                    // NB: a store write: behind the permit, held until the check ends.
-                    tokio::spawn(async move {
-                        let outcome =
-                            storage::enforces_staged_preconditions(store.as_ref(), &key).await;
-                        drop(permit);
-                        let _ = tx.send(outcome);
-                    });
-                    self.probe = Probe::Running(rx);
-                    return false;
-                }
-                Probe::Running(rx) => match rx.try_recv() {
-                    Err(oneshot::error::TryRecvError::Empty) => return false,
-                    Ok(Ok(true)) => self.probe = Probe::On,
-                    Ok(Ok(false)) => {
-                        warn!(bucket = %self.store.bucket(), "the store does not fence multipart commits: large configurations are written with one PUT");
-                        self.probe = Probe::Off;
-                    }
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "cannot check the store's multipart commits yet");
-                        self.probe = Probe::Unknown;
-                        return false;
-                    }
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        self.probe = Probe::Unknown;
-                        return false;
-                    }
-                },
+    /// Takes in the outcome of the store's check, if it ended; true when it just failed
+    /// (it is started again on the next call, not this one).
+    fn poll(&mut self) -> bool {
+        let Probe::Running(rx) = &mut self.probe else {
+            return false;
+        };
+        match rx.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => false,
+            Ok(outcome) => self.settle(Some(outcome)),
+            Err(oneshot::error::TryRecvError::Closed) => self.settle(None),
+        }
+    }
+
+    /// Takes in the outcome of the store's check (`None`: it ended without one); true when
+    /// it failed.
+    fn settle(&mut self, outcome: Option<Result<bool, StoreError>>) -> bool {
+        let (probe, failed) = match outcome {
+            Some(Ok(true)) => (Probe::On, false),
+            Some(Ok(false)) => {
+                warn!(bucket = %self.store.bucket(), "the store does not fence multipart commits: large configurations are written with one PUT");
+                (Probe::Off, false)
             }
+            Some(Err(e)) => {
+                debug!(error = %e, "cannot check the store's multipart commits yet");
+                (Probe::Unknown, true)
+            }
+            None => (Probe::Unknown, true),
+        };
+        self.probe = probe;
+        failed
+    }
+
+    /// Whether staging is on (the store was checked to fence commits); starts the check
+    /// behind `permit` when it is not known yet.
+    fn ready(&mut self, permit: Permit) -> bool {
+        if self.poll() {
+            return false;
+        }
+        match self.probe {
+            Probe::On => true,
+            Probe::Off | Probe::Running(_) => false,
+            Probe::Unknown => {
+                let (tx, rx) = oneshot::channel();
+                let (store, key) = (self.store.clone(), self.probe_key.clone());
+                // NB: a store write: behind the permit, held until the check ends.
+                tokio::spawn(async move {
+                    let outcome =
+                        storage::enforces_staged_preconditions(store.as_ref(), &key).await;
+                    drop(permit);
+                    let _ = tx.send(outcome);
+                });
+                self.probe = Probe::Running(rx);
+                false
+            }
+        }
+    }
+
+    /// Writes `body` to `key` as a staged write committed at once, when it is at least
+    /// one part and staging is on in this lead (the store fences commits, the sweep
+    /// ended); `None` otherwise, and when staging failed in a way a PUT may not (the PUT
+    /// is then the write).
+    ///
+    /// NB: MinIO takes an object's lock before it reads a conditional PUT's body and
+    /// holds it until the body ends (`putObject` in minio's cmd/erasure-object.go), and
+    /// its GET and HEAD wait on that lock. A writer that freezes or crawls mid-body
+    /// would hold every data plane's read of `config.json` (and the next leader's HEAD)
+    /// for as long. Parts take no object lock, and the commit is a small request.
+    pub async fn write_in_parts(
+        &mut self,
+        lead: (i32, Option<&str>),
+        key: &str,
+        body: &Bytes,
+        metadata: &BTreeMap<String, String>,
+        precondition: Precondition,
+    ) -> Option<Result<String, StoreError>> {
+        let part = self.store.staged_part_size()?;
+        if body.len() < part {
+            return None;
+        }
+        // NB: the first large write of a lead waits for the lead's sweep and for the
+        // store's check (inline: this write holds the permit): a few small requests.
+        let lead = (lead.0, lead.1.map(str::to_owned));
+        if let Sweep::Running(of, rx) = &mut self.sweep
+            && *of == lead
+        {
+            let _ = rx.await;
+            self.sweep = Sweep::Done(lead.clone());
+        }
+        if !matches!(&self.sweep, Sweep::Done(of) if *of == lead) {
+            return None;
+        }
+        match &mut self.probe {
+            Probe::Running(rx) => {
+                let outcome = rx.await.ok();
+                self.settle(outcome);
+            }
+            Probe::Unknown => {
+                let outcome =
+                    storage::enforces_staged_preconditions(self.store.as_ref(), &self.probe_key)
+                        .await;
+                self.settle(Some(outcome));
+            }
+            Probe::On | Probe::Off => {}
+        }
+        if !matches!(self.probe, Probe::On) {
+            return None;
+        }
+        let count = body.len() / part;
+        let size = body.len() / count;
+        let result: Result<String, StoreError> = async {
+            let staged = self
+                .store
+                .stage(key, "application/json", metadata.clone())
+                .await?;
+            let mut guard = Abort::new(self.store.clone(), staged);
+            let store = self.store.as_ref();
+            let parts = futures::stream::iter((0..count).map(|i| {
+                let end = if i + 1 == count {
+                    body.len()
+                } else {
+                    (i + 1) * size
+                };
+                store.stage_part(&guard.staged, i as i32 + 1, body.slice(i * size..end))
+            }))
+            .buffered(PARTS_AT_ONCE)
+            .try_collect::<Vec<_>>()
+            .await?;
+            let version = store
+                .commit_staged(&guard.staged, parts, precondition)
+                .await?;
+            guard.disarm();
+            Ok(version)
+        }
+        .await;
+        match result {
+            Err(e) if !e.kind.is_transient() && e.kind != ErrorKind::PreconditionFailed => {
+                self.failed(&e);
+                None
+            }
+            r => Some(r),
         }
     }
 

@@ -73,8 +73,8 @@ pub struct Stages {
     pub put: Duration,
     /// When the PUT returned.
     pub written: Option<Instant>,
-    /// Whether the write was staged while the frame was checked (see [`super::early`]):
-    /// `put` is then the wait for the staged parts, the last part and the commit.
+    /// Whether the write was staged (see [`super::early`]), while the frame was checked or
+    /// after: `put` is then the wait for the staged parts, the last part and the commit.
     pub staged: bool,
 }
 
@@ -624,8 +624,9 @@ fn fenced_metadata(
     metadata
 }
 
-/// Writes `s` to `key`: by committing `staged` when it holds this very write, else with a
-/// PUT. The new version, and whether it was the staged write's.
+/// Writes `s` to `key`: by committing `staged` when it holds this very write, else in
+/// parts when it is large ([`Stager::write_in_parts`]), else with a PUT. The new version,
+/// and whether it was written in parts.
 async fn write(
     target: &ExportTarget,
     store: &dyn ObjectStore,
@@ -649,6 +650,12 @@ async fn write(
                 }
             }
         }
+    }
+    if let Some(result) = stager
+        .write_in_parts(fence, key, &s.body, &metadata, precondition.clone())
+        .await
+    {
+        return result.map(|v| (v, true));
     }
     store
         .put(PutObject {
@@ -1469,6 +1476,39 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("{} staged writes left open", store.open_stages());
+    }
+
+    /// A large configuration that was not staged while checked (no `Inflated` hint here) is
+    /// still written in parts, committed on the stored version: a writer that stalls
+    /// mid-body then holds no lock on the object (MinIO's conditional PUT does). A small
+    /// one is one PUT.
+    #[tokio::test]
+    async fn a_large_configuration_not_staged_early_is_written_in_parts() {
+        let store = Arc::new(MemoryStore::new("bkt"));
+        store.stage_writes(16 << 10);
+        let mut h = harness_over(store.clone(), 0);
+        h.events.send(snapshot('a', GOOD)).await.unwrap();
+        let Report::Exported { stages, .. } = h.report().await else {
+            panic!("not exported")
+        };
+        assert!(!stages.staged, "a small configuration is one PUT");
+        let (_, large) = large_frame('b', 1, true);
+        let Event::Snapshot(s) = &large else { panic!() };
+        let config = s.config.clone();
+        h.events.send(large).await.unwrap();
+        let Report::Exported { stages, hash, .. } = h.report().await else {
+            panic!("not exported")
+        };
+        assert!(stages.staged, "a large configuration was one PUT");
+        assert_eq!(store.staged_commits(), 1);
+        let o = store
+            .get("kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(o.body == config);
+        assert_eq!(o.metadata[META_CONFIG_HASH], hash);
+        no_staged_write_left(&store).await;
     }
 
     /// A leader killed while staging leaves its upload open. The next leader aborts what is

@@ -1783,3 +1783,74 @@ fn cpu_seconds(pid: u32) -> f64 {
     // NB: /proc counts in USER_HZ, 100 on the architectures we run on.
     ticks / 100.0
 }
+
+/// R2, a write that stalls mid-body (a writer frozen, or its link crawling): a data plane
+/// that reads `config.json` meanwhile gets the stored configuration at once. MinIO takes
+/// an object's lock before it reads a conditional PUT's body and holds it until the body
+/// ends (`putObject` in minio's cmd/erasure-object.go), and its GET waits on that lock:
+/// with one conditional PUT per configuration, a stalled writer held every read of the
+/// object (the R1 SIGSTOP takeover of 38 s was the next leader's HEAD waiting on it). A
+/// large configuration is written in parts now, which take no object lock.
+#[tokio::test]
+async fn r2_a_stalled_write_never_holds_a_data_planes_read_of_the_stored_config() {
+    use crate::pipeline::Pipeline;
+    use kong_fallback_operator::storage::s3::{PutExtras, S3Store};
+    let m = kfo_testenv::minio().await;
+    let bucket = m.bucket("r2-stall").await.unwrap();
+    let px = toxiproxy()
+        .await
+        .proxy("r2-stall", m.endpoint.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let cp = KongCp::start(Mtls::Shared, "3.6.1.4").await.unwrap();
+    cp.set_push_debounce(Duration::ZERO);
+    let key = "kong/3.6.1.4/config.json";
+    let (first, first_hash) = config_sized(6_000_000, 1);
+    cp.push(&first, &first_hash);
+    let mut settings = crate::stores::minio_settings(m, &m.root_password);
+    settings.endpoint = Some(px.http());
+    let store = S3Store::new(&settings, &bucket, PutExtras::default()).unwrap();
+    let mut p = Pipeline::start(
+        &cp,
+        "3.6.1.4",
+        std::sync::Arc::new(store),
+        &format!("s3://{bucket}/kong"),
+        Duration::ZERO,
+    );
+    assert_eq!(p.exported().await.1, first_hash);
+
+    // 32 KB/s from the exporter to the store: the next 6 MB write takes minutes.
+    px.add("stall", Stream::Upstream, Toxic::Bandwidth(32))
+        .await
+        .unwrap();
+    let (second, second_hash) = config_sized(6_000_000, 2);
+    cp.push(&second, &second_hash);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A data plane reads config.json, straight from MinIO, while that write crawls.
+    let started = Instant::now();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        m.root_client().get_object().bucket(&bucket).key(key).send(),
+    )
+    .await;
+    let waited = started.elapsed();
+    px.remove("stall").await.unwrap();
+    let Ok(read) = read else {
+        panic!("a read of {key} waited {waited:?} on the stalled write")
+    };
+    let read = read.unwrap();
+    let body = read.body.collect().await.unwrap().into_bytes();
+    assert!(
+        body == first.as_bytes(),
+        "the read got something else than the stored configuration"
+    );
+    crate::wait::until(
+        "the stalled configuration stored once the link is back",
+        async || (stored_hash(m, &bucket, key).await? == second_hash).then_some(()),
+    )
+    .await;
+    println!(
+        "fault: R2 case=stalled-write size_mb=6 read_during_write_ms={}",
+        waited.as_millis()
+    );
+}
