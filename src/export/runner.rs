@@ -73,9 +73,12 @@ pub struct Stages {
     pub put: Duration,
     /// When the PUT returned.
     pub written: Option<Instant>,
-    /// Whether the write was staged (see [`super::early`]), while the frame was checked or
-    /// after: `put` is then the wait for the staged parts, the last part and the commit.
+    /// Whether the write was staged while the frame was checked (see [`super::early`]):
+    /// `put` is then the wait for the staged parts, the last part and the commit.
     pub staged: bool,
+    /// Whether the write was made in parts after the checks (a large configuration not
+    /// staged while checked: [`super::early::Stager::write_in_parts`]).
+    pub in_parts: bool,
 }
 
 /// A snapshot the exporter holds, and when it arrived (for [`Stages`]).
@@ -293,9 +296,9 @@ pub async fn run(
                         detail: "abandoned: the write did not finish within this replica's lead (renewDeadline)".into(),
                     }),
                 };
-                let (result, staged) = match result {
-                    Ok((version, staged)) => (Ok(version), staged),
-                    Err(e) => (Err(e), false),
+                let (result, how) = match result {
+                    Ok((version, how)) => (Ok(version), how),
+                    Err(e) => (Err(e), Written::Put),
                 };
                 drop(permit);
                 let written = Instant::now();
@@ -306,11 +309,12 @@ pub async fn run(
                         exporter.written(&snapshot.hash, snapshot.timestamp, now_ms());
                         let latency = written - started;
                         let stages = Stages {
-                            staged,
+                            staged: how == Written::Staged,
+                            in_parts: how == Written::InParts,
                             ..stages(arrived, put_start, written)
                         };
                         info!(key = %key, hash = %snapshot.hash, bytes = snapshot.body.len(), ?latency,
-                            decode = ?stages.decode, queue = ?stages.queue, put = ?stages.put, staged, "exported");
+                            decode = ?stages.decode, queue = ?stages.queue, put = ?stages.put, staged = stages.staged, in_parts = stages.in_parts, "exported");
                         let _ = reports
                             .send(Report::Exported {
                                 key: key.clone(),
@@ -624,9 +628,19 @@ fn fenced_metadata(
     metadata
 }
 
+/// How a configuration was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    Put,
+    /// Committed from the parts staged while its frame was checked.
+    Staged,
+    /// In parts, after the checks.
+    InParts,
+}
+
 /// Writes `s` to `key`: by committing `staged` when it holds this very write, else in
 /// parts when it is large ([`Stager::write_in_parts`]), else with a PUT. The new version,
-/// and whether it was written in parts.
+/// and how it was written.
 async fn write(
     target: &ExportTarget,
     store: &dyn ObjectStore,
@@ -635,14 +649,14 @@ async fn write(
     fence: (i32, Option<&str>),
     precondition: Precondition,
     (staged, stager): (Option<Early>, &mut Stager),
-) -> Result<(String, bool), StoreError> {
+) -> Result<(String, Written), StoreError> {
     let metadata = fenced_metadata(target, &s.hash, s.timestamp, fence);
     if let Some(staged) = staged {
         match staged
             .commit(&s.body, &s.hash, &metadata, precondition.clone())
             .await
         {
-            Outcome::Committed(result) => return result.map(|v| (v, true)),
+            Outcome::Committed(result) => return result.map(|v| (v, Written::Staged)),
             Outcome::NotUsed(why, error) => {
                 debug!(key = %key, hash = %s.hash, why, error = ?error.as_ref().map(ToString::to_string), "staged write not used: writing with one PUT");
                 if let Some(e) = &error {
@@ -655,7 +669,7 @@ async fn write(
         .write_in_parts(fence, key, &s.body, &metadata, precondition.clone())
         .await
     {
-        return result.map(|v| (v, true));
+        return result.map(|v| (v, Written::InParts));
     }
     store
         .put(PutObject {
@@ -666,7 +680,7 @@ async fn write(
             precondition,
         })
         .await
-        .map(|v| (v, false))
+        .map(|v| (v, Written::Put))
 }
 
 /// The split of one export, from when its snapshot arrived to when its PUT returned.
@@ -688,6 +702,7 @@ fn stages(arrived: Arrived, put_start: Instant, written: Instant) -> Stages {
         put: written.saturating_duration_since(put_start),
         written: Some(written),
         staged: false,
+        in_parts: false,
     }
 }
 
@@ -1491,7 +1506,10 @@ mod tests {
         let Report::Exported { stages, .. } = h.report().await else {
             panic!("not exported")
         };
-        assert!(!stages.staged, "a small configuration is one PUT");
+        assert!(
+            !stages.staged && !stages.in_parts,
+            "a small configuration is one PUT"
+        );
         let (_, large) = large_frame('b', 1, true);
         let Event::Snapshot(s) = &large else { panic!() };
         let config = s.config.clone();
@@ -1499,7 +1517,10 @@ mod tests {
         let Report::Exported { stages, hash, .. } = h.report().await else {
             panic!("not exported")
         };
-        assert!(stages.staged, "a large configuration was one PUT");
+        assert!(
+            stages.in_parts && !stages.staged,
+            "a large configuration was one PUT"
+        );
         assert_eq!(store.staged_commits(), 1);
         let o = store
             .get("kong/3.6.1.4/config.json")
