@@ -1467,6 +1467,16 @@ mod tests {
         let mut h = harness_over(store, 0);
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         assert!(matches!(h.report().await, Report::Exported { .. }));
+        assert!(
+            a_large_frame_is_staged(&mut h).await,
+            "no large frame was staged"
+        );
+        h
+    }
+
+    /// Sends large frames, as the client does, until one was staged while checked (at
+    /// most five): whether one was.
+    async fn a_large_frame_is_staged(h: &mut Harness) -> bool {
         for (i, c) in ['b', 'c', 'd', 'e', 'f'].into_iter().enumerate() {
             let (inflated, snapshot) = large_frame(c, i, true);
             h.events.send(inflated).await.unwrap();
@@ -1475,12 +1485,12 @@ mod tests {
                 panic!("not exported")
             };
             if stages.staged {
-                return h;
+                return true;
             }
             // NB: the first large frame starts the store's check; give it a moment.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("no large frame was staged")
+        false
     }
 
     async fn no_staged_write_left(store: &MemoryStore) {
@@ -1579,19 +1589,10 @@ mod tests {
             "another key's upload was aborted"
         );
         // Its own large configurations are still staged.
-        for (i, c) in ['b', 'c', 'd', 'e', 'f'].into_iter().enumerate() {
-            let (inflated, snapshot) = large_frame(c, i, true);
-            h.events.send(inflated).await.unwrap();
-            h.events.send(snapshot).await.unwrap();
-            let Report::Exported { stages, .. } = h.report().await else {
-                panic!("not exported")
-            };
-            if stages.staged {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no large frame was staged after the sweep");
+        assert!(
+            a_large_frame_is_staged(&mut h).await,
+            "no large frame was staged after the sweep"
+        );
     }
 
     #[tokio::test]

@@ -654,21 +654,13 @@ async fn a_body_damaged_on_the_way_is_refused_and_the_stored_configuration_stays
 /// stays), a committed write carries its metadata, and an aborted one leaves no upload.
 #[tokio::test]
 async fn a_staged_write_is_invisible_until_committed_and_fenced_at_the_commit() {
-    use kong_fallback_operator::storage::{
-        ErrorKind, Precondition, PutObject, enforces_staged_preconditions,
-    };
+    use kong_fallback_operator::storage::{ErrorKind, Precondition, enforces_staged_preconditions};
     let env = minio().await;
     let bucket = env.bucket("s3-staged").await.unwrap();
     let store = minio_store(env, &bucket, &env.root_password);
     let key = "kong/3.6.1.4/config.json";
     let old = store
-        .put(PutObject {
-            key: key.into(),
-            body: bytes::Bytes::from_static(CONFIG.as_bytes()),
-            content_type: "application/json".into(),
-            metadata: Default::default(),
-            precondition: Precondition::None,
-        })
+        .put(object(key, CONFIG, Precondition::None))
         .await
         .unwrap();
     let part = store.staged_part_size().expect("S3 stages writes");
@@ -824,7 +816,7 @@ async fn s3_stores_opened_one_after_another_share_their_connections() {
 #[tokio::test]
 async fn a_staged_write_and_a_put_carry_the_same_encryption_and_storage_class() {
     use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
-    use kong_fallback_operator::storage::{ObjectStore, Precondition, PutObject};
+    use kong_fallback_operator::storage::{ObjectStore, Precondition};
     let env = minio().await;
     let bucket = env.bucket("s3-extras").await.unwrap();
     let store = S3Store::new(
@@ -840,13 +832,7 @@ async fn a_staged_write_and_a_put_carry_the_same_encryption_and_storage_class() 
     let small = "kong/3.6.1.4/config.json";
     let large = "kong/3.7.0.0/config.json";
     store
-        .put(PutObject {
-            key: small.into(),
-            body: bytes::Bytes::from_static(CONFIG.as_bytes()),
-            content_type: "application/json".into(),
-            metadata: Default::default(),
-            precondition: Precondition::None,
-        })
+        .put(object(small, CONFIG, Precondition::None))
         .await
         .unwrap();
     let part = store.staged_part_size().expect("S3 stages writes");
