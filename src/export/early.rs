@@ -18,8 +18,10 @@
 //! A leader killed while staging leaves its upload behind: its parts cost storage until
 //! a bucket lifecycle rule removes them. So on taking the lead, an exporter aborts what is
 //! staged for its key ([`Stager::sweep`]) before it stages anything itself. A staged write
-//! of a leader that is still running is aborted too: its commit then fails, and it falls
-//! back to its ordinary PUT, which the fencing judges as any other.
+//! of a leader that is still running is aborted too, and the store refuses its next part
+//! or its commit (`NoSuchUpload`, a failure worth retrying). Refused before the commit,
+//! the export writes the configuration afresh; a refused commit fails the export, which
+//! is retried under the next permit. The fencing judges either write as any other.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,6 +67,28 @@ enum Sweep {
     NotYet,
     Running(Lead, oneshot::Receiver<()>),
     Done(Lead),
+}
+
+impl Sweep {
+    /// Whether the sweep of `lead` has ended (a sweep that has is marked done here only).
+    fn ended(&mut self, lead: &Lead) -> bool {
+        if let Sweep::Running(of, rx) = self
+            && !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        {
+            *self = Sweep::Done(of.clone());
+        }
+        matches!(self, Sweep::Done(of) if of == lead)
+    }
+
+    /// Waits for the sweep of `lead` to end, if it is running; then [`Sweep::ended`].
+    async fn wait(&mut self, lead: &Lead) -> bool {
+        if let Sweep::Running(of, rx) = self
+            && of == lead
+        {
+            let _ = rx.await;
+        }
+        self.ended(lead)
+    }
 }
 
 impl Stager {
@@ -120,17 +144,6 @@ impl Stager {
             let _ = tx.send(());
         });
         self.sweep = Sweep::Running(lead, rx);
-    }
-
-    /// Whether the sweep of `permit`'s lead has ended.
-    fn swept(&mut self, permit: &Permit) -> bool {
-        let lead = (permit.epoch, permit.lease_uid.clone());
-        if let Sweep::Running(of, rx) = &mut self.sweep
-            && !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-        {
-            self.sweep = Sweep::Done(of.clone());
-        }
-        matches!(&self.sweep, Sweep::Done(of) if *of == lead)
     }
 
     /// Starts the check of the store's multipart commits, if not done yet: on taking the
@@ -220,14 +233,7 @@ impl Stager {
         }
         // NB: the first large write of a lead waits for the lead's sweep and for the
         // store's check (inline: this write holds the permit): a few small requests.
-        let lead = (lead.0, lead.1.map(str::to_owned));
-        if let Sweep::Running(of, rx) = &mut self.sweep
-            && *of == lead
-        {
-            let _ = rx.await;
-            self.sweep = Sweep::Done(lead.clone());
-        }
-        if !matches!(&self.sweep, Sweep::Done(of) if *of == lead) {
+        if !self.sweep.wait(&(lead.0, lead.1.map(str::to_owned))).await {
             return None;
         }
         match &mut self.probe {
@@ -301,7 +307,10 @@ impl Stager {
         // least the store's smallest: what is left for after the checks is tiny.
         let count = room / smallest;
         let hash = peek.hash?;
-        if count == 0 || !self.swept(&permit) || !self.ready(permit) {
+        if count == 0
+            || !self.sweep.ended(&(permit.epoch, permit.lease_uid.clone()))
+            || !self.ready(permit)
+        {
             return None;
         }
         let part = room / count;

@@ -1542,6 +1542,49 @@ mod tests {
         no_staged_write_left(&store).await;
     }
 
+    /// A leader that is still running but lost its lead may have its staged write aborted
+    /// by the next leader's sweep. Its commit then cannot use it: the export writes the
+    /// configuration afresh (in parts here), and nothing of the aborted upload is stored.
+    #[tokio::test]
+    async fn a_staged_write_aborted_by_another_leaders_sweep_is_written_afresh() {
+        let mut h = staging_harness().await;
+        let key = "kong/3.6.1.4/config.json";
+        let (inflated, snapshot) = large_frame('9', 9, true);
+        let Event::Snapshot(s) = &snapshot else {
+            panic!()
+        };
+        let config = s.config.clone();
+        h.events.send(inflated).await.unwrap();
+        let mut open = vec![];
+        for _ in 0..100 {
+            open = h.store.staged_writes(key).await.unwrap();
+            if !open.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(open.len(), 1, "the large frame was not staged");
+        // The other leader's sweep.
+        h.store.abort_staged(&open[0]).await.unwrap();
+        let commits = h.store.staged_commits();
+        h.events.send(snapshot).await.unwrap();
+        let Report::Exported { stages, hash, .. } = h.report().await else {
+            panic!("not exported")
+        };
+        assert!(
+            !stages.staged && stages.in_parts,
+            "the aborted staged write was used"
+        );
+        assert_eq!(h.store.staged_commits(), commits + 1);
+        let o = h.store.get(key).await.unwrap().unwrap();
+        assert!(
+            o.body == config,
+            "the stored object is not the configuration"
+        );
+        assert_eq!(o.metadata[META_CONFIG_HASH], hash);
+        no_staged_write_left(&h.store).await;
+    }
+
     /// A leader killed while staging leaves its upload open. The next leader aborts what is
     /// staged for its key on taking the lead, and nothing else: an upload of another key
     /// stays. Then it stages its own large configurations as before.

@@ -751,6 +751,36 @@ async fn a_staged_write_is_invisible_until_committed_and_fenced_at_the_commit() 
     store.abort_staged(&staged).await.unwrap();
     store.abort_staged(&longer).await.unwrap();
     assert_eq!(store.staged_writes(key).await.unwrap(), []);
+
+    // A running writer whose upload another leader's sweep aborted: its next part and its
+    // commit are refused as a failure worth retrying (MinIO's NoSuchUpload), not as a
+    // newer writer or bad credentials, and the object stays.
+    let (staged, mut parts) = stage_all(&body).await;
+    for swept in store.staged_writes(key).await.unwrap() {
+        store.abort_staged(&swept).await.unwrap();
+    }
+    let err = store
+        .stage_part(&staged, 4, body.slice(..10))
+        .await
+        .unwrap_err();
+    assert!(
+        err.kind.is_transient()
+            && err.kind != ErrorKind::PreconditionFailed
+            && err.detail.contains("NoSuchUpload"),
+        "a part of an aborted upload: {err}"
+    );
+    parts.truncate(3);
+    let err = store
+        .commit_staged(&staged, parts, Precondition::IfVersion(version.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.kind.is_transient()
+            && err.kind != ErrorKind::PreconditionFailed
+            && err.detail.contains("NoSuchUpload"),
+        "the commit of an aborted upload: {err}"
+    );
+    assert_eq!(stored().await.info.version, version);
     let uploads = env
         .root_client()
         .list_multipart_uploads()
