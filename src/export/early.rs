@@ -41,6 +41,16 @@ use crate::storage::{self, ErrorKind, ObjectStore, Precondition, Staged, StagedP
 const TAIL_ROOM: usize = 4 << 10;
 /// Parts sent at once.
 const PARTS_AT_ONCE: usize = 4;
+/// The smallest configuration written in parts (one part under the store's part size)
+/// rather than with one PUT, when it was not staged while checked.
+///
+/// NB: a conditional PUT holds MinIO's object lock for as long as its body takes (see
+/// [`Stager::write_in_parts`]). A body this small is in the kernel's send buffer a few
+/// milliseconds after the PUT starts (Linux's `tcp_wmem` grows to 4 MiB), so a writer
+/// frozen later cannot hold it; a larger one is sent as the peer takes it. Writing in
+/// parts costs two more requests (about 6 ms on the test MinIO at 1 and 4 MB:
+/// `cargo run --release --example multipart_probe 4`), which P1 would pay at 1 MB.
+pub const IN_PARTS_FROM: usize = 2 << 20;
 
 /// Whether staged writes may be used with this store: checked once, behind the gate.
 enum Probe {
@@ -210,9 +220,9 @@ impl Stager {
     }
 
     /// Writes `body` to `key` as a staged write committed at once, when it is at least
-    /// one part and staging is on in this lead (the store fences commits, the sweep
-    /// ended); `None` otherwise, and when staging failed in a way a PUT may not (the PUT
-    /// is then the write).
+    /// [`IN_PARTS_FROM`] and staging is on in this lead (the store fences commits, the
+    /// sweep ended); `None` otherwise, and when staging failed in a way a PUT may not (the
+    /// PUT is then the write). A body under the store's part size is one part.
     ///
     /// NB: MinIO takes an object's lock before it reads a conditional PUT's body and
     /// holds it until the body ends (`putObject` in minio's cmd/erasure-object.go), and
@@ -228,7 +238,7 @@ impl Stager {
         precondition: Precondition,
     ) -> Option<Result<String, StoreError>> {
         let part = self.store.staged_part_size()?;
-        if body.len() < part {
+        if body.len() < IN_PARTS_FROM.min(part) {
             return None;
         }
         // NB: the first large write of a lead waits for the lead's sweep and for the
@@ -252,7 +262,7 @@ impl Stager {
         if !matches!(self.probe, Probe::On) {
             return None;
         }
-        let count = body.len() / part;
+        let count = (body.len() / part).max(1);
         let size = body.len() / count;
         let result: Result<String, StoreError> = async {
             let staged = self

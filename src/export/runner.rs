@@ -796,6 +796,7 @@ async fn prune_history(target: &ExportTarget, store: &dyn ObjectStore) {
 mod tests {
     use super::*;
     use crate::cp_client::frame::ConfigSnapshot;
+    use crate::export::early::IN_PARTS_FROM;
     use crate::kong::config::validate_config;
     use crate::storage::ErrorKind;
     use crate::storage::memory::MemoryStore;
@@ -1539,6 +1540,40 @@ mod tests {
             .unwrap();
         assert!(o.body == config);
         assert_eq!(o.metadata[META_CONFIG_HASH], hash);
+        no_staged_write_left(&store).await;
+    }
+
+    /// On a store of S3's part size, a configuration of a few MB (under one part, over
+    /// [`IN_PARTS_FROM`]) is written as one part committed at once, not as a PUT whose body
+    /// would hold MinIO's lock on the object; one under it is still one PUT.
+    #[tokio::test]
+    async fn a_configuration_of_a_few_mb_is_one_part_and_a_smaller_one_a_put() {
+        let store = Arc::new(MemoryStore::new("bkt"));
+        store.stage_writes(5 << 20);
+        let mut h = harness_over(store.clone(), 0);
+        let sized = |bytes: usize| {
+            let pad = "x".repeat(bytes);
+            format!(r#"{{"_format_version":"3.0","services":[{{"id":"s","name":"{pad}"}}]}}"#)
+        };
+        for (hash, bytes, in_parts) in [
+            ('a', IN_PARTS_FROM - 1000, false),
+            ('b', IN_PARTS_FROM + 1000, true),
+            ('c', 4 << 20, true),
+        ] {
+            let commits = store.staged_commits();
+            h.events.send(snapshot(hash, &sized(bytes))).await.unwrap();
+            let Report::Exported { stages, .. } = h.report().await else {
+                panic!("not exported")
+            };
+            assert_eq!(stages.in_parts, in_parts, "{bytes} bytes");
+            assert_eq!(store.staged_commits(), commits + u64::from(in_parts));
+            let o = store
+                .get("kong/3.6.1.4/config.json")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(o.body.len(), sized(bytes).len());
+        }
         no_staged_write_left(&store).await;
     }
 

@@ -1793,19 +1793,35 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// large configuration is written in parts now, which take no object lock.
 #[tokio::test]
 async fn r2_a_stalled_write_never_holds_a_data_planes_read_of_the_stored_config() {
+    stalled_write_holds_no_read("r2-stall", 6_000_000).await;
+}
+
+/// R2 for a configuration of a few MB, under one S3 part (5 MiB): written as one PUT, a
+/// frozen or crawling writer held every read of it until the PUT was abandoned (a 4 MB
+/// crawl: 9 s) or, for a writer frozen or cut off, until MinIO gave up on the body. It is
+/// written in one part now; only configurations small enough to be handed to the kernel
+/// at once (`IN_PARTS_FROM`) are still one PUT.
+#[tokio::test]
+async fn r2_a_stalled_write_of_a_few_mb_never_holds_a_data_planes_read() {
+    stalled_write_holds_no_read("r2-stall-mid", 4_000_000).await;
+}
+
+/// A data plane reads `config.json` straight from MinIO while the exporter's write of a
+/// `size`-byte configuration crawls at 32 KB/s: the read must return the stored one at once.
+async fn stalled_write_holds_no_read(name: &str, size: usize) {
     use crate::pipeline::Pipeline;
     use kong_fallback_operator::storage::s3::{PutExtras, S3Store};
     let m = kfo_testenv::minio().await;
-    let bucket = m.bucket("r2-stall").await.unwrap();
+    let bucket = m.bucket(name).await.unwrap();
     let px = toxiproxy()
         .await
-        .proxy("r2-stall", m.endpoint.trim_start_matches("http://"))
+        .proxy(name, m.endpoint.trim_start_matches("http://"))
         .await
         .unwrap();
     let cp = KongCp::start(Mtls::Shared, "3.6.1.4").await.unwrap();
     cp.set_push_debounce(Duration::ZERO);
     let key = "kong/3.6.1.4/config.json";
-    let (first, first_hash) = config_sized(6_000_000, 1);
+    let (first, first_hash) = config_sized(size, 1);
     cp.push(&first, &first_hash);
     let mut settings = crate::stores::minio_settings(m, &m.root_password);
     settings.endpoint = Some(px.http());
@@ -1819,11 +1835,11 @@ async fn r2_a_stalled_write_never_holds_a_data_planes_read_of_the_stored_config(
     );
     assert_eq!(p.exported().await.1, first_hash);
 
-    // 32 KB/s from the exporter to the store: the next 6 MB write takes minutes.
+    // 32 KB/s from the exporter to the store: the next write takes minutes.
     px.add("stall", Stream::Upstream, Toxic::Bandwidth(32))
         .await
         .unwrap();
-    let (second, second_hash) = config_sized(6_000_000, 2);
+    let (second, second_hash) = config_sized(size, 2);
     cp.push(&second, &second_hash);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // A data plane reads config.json, straight from MinIO, while that write crawls.
@@ -1850,7 +1866,8 @@ async fn r2_a_stalled_write_never_holds_a_data_planes_read_of_the_stored_config(
     )
     .await;
     println!(
-        "fault: R2 case=stalled-write size_mb=6 read_during_write_ms={}",
+        "fault: R2 case=stalled-write size_mb={} read_during_write_ms={}",
+        size / 1_000_000,
         waited.as_millis()
     );
 }
