@@ -654,7 +654,9 @@ async fn a_body_damaged_on_the_way_is_refused_and_the_stored_configuration_stays
 /// stays), a committed write carries its metadata, and an aborted one leaves no upload.
 #[tokio::test]
 async fn a_staged_write_is_invisible_until_committed_and_fenced_at_the_commit() {
-    use kong_fallback_operator::storage::{ErrorKind, Precondition, enforces_staged_preconditions};
+    use kong_fallback_operator::storage::{
+        ErrorKind, Precondition, StoreError, enforces_staged_preconditions,
+    };
     let env = minio().await;
     let bucket = env.bucket("s3-staged").await.unwrap();
     let store = minio_store(env, &bucket, &env.root_password);
@@ -759,27 +761,21 @@ async fn a_staged_write_is_invisible_until_committed_and_fenced_at_the_commit() 
     for swept in store.staged_writes(key).await.unwrap() {
         store.abort_staged(&swept).await.unwrap();
     }
-    let err = store
-        .stage_part(&staged, 4, body.slice(..10))
-        .await
-        .unwrap_err();
-    assert!(
-        err.kind.is_transient()
-            && err.kind != ErrorKind::PreconditionFailed
-            && err.detail.contains("NoSuchUpload"),
-        "a part of an aborted upload: {err}"
-    );
+    let no_such_upload = |what: &str, err: StoreError| {
+        assert!(
+            err.kind.is_transient()
+                && err.kind != ErrorKind::PreconditionFailed
+                && err.detail.contains("NoSuchUpload"),
+            "{what} of an aborted upload: {err}"
+        );
+    };
+    let part = store.stage_part(&staged, 4, body.slice(..10)).await;
+    no_such_upload("a part", part.unwrap_err());
     parts.truncate(3);
-    let err = store
+    let commit = store
         .commit_staged(&staged, parts, Precondition::IfVersion(version.clone()))
-        .await
-        .unwrap_err();
-    assert!(
-        err.kind.is_transient()
-            && err.kind != ErrorKind::PreconditionFailed
-            && err.detail.contains("NoSuchUpload"),
-        "the commit of an aborted upload: {err}"
-    );
+        .await;
+    no_such_upload("the commit", commit.unwrap_err());
     assert_eq!(stored().await.info.version, version);
     let uploads = env
         .root_client()
