@@ -16,34 +16,15 @@
 use std::time::Instant;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+
+mod support;
+use support::{On, percentile};
 
 const KEY: &str = "probe/config.json";
 
-/// What a completion is conditional on.
-enum On {
-    Version(String),
-    Absent,
-}
-
 async fn put(client: &Client, bucket: &str, body: Bytes, if_match: Option<String>) -> String {
-    client
-        .put_object()
-        .bucket(bucket)
-        .key(KEY)
-        .content_type("application/json")
-        .set_if_match(if_match)
-        .body(ByteStream::from(body))
-        .customize()
-        .disable_payload_signing()
-        .send()
-        .await
-        .unwrap()
-        .e_tag()
-        .unwrap()
-        .to_owned()
+    support::put(client, bucket, KEY, body, if_match).await
 }
 
 /// A multipart upload of `body` in parts of `part` bytes, all sent at once, completed on
@@ -55,87 +36,18 @@ async fn multipart(
     part: usize,
     on: On,
 ) -> Result<String, String> {
-    let id = client
-        .create_multipart_upload()
-        .bucket(bucket)
-        .key(KEY)
-        .content_type("application/json")
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_owned();
+    let id = support::create(client, bucket, KEY).await;
     let parts = (0..body.len().div_ceil(part)).map(|i| {
         let chunk = body.slice(i * part..((i + 1) * part).min(body.len()));
-        let (id, number) = (id.clone(), i as i32 + 1);
-        async move {
-            let out = client
-                .upload_part()
-                .bucket(bucket)
-                .key(KEY)
-                .upload_id(id)
-                .part_number(number)
-                .body(ByteStream::from(chunk))
-                .customize()
-                .disable_payload_signing()
-                .send()
-                .await
-                .unwrap();
-            CompletedPart::builder()
-                .part_number(number)
-                .e_tag(out.e_tag().unwrap())
-                .build()
-        }
+        support::part(client, bucket, KEY, &id, i as i32 + 1, chunk)
     });
     let parts = futures::future::join_all(parts).await;
-    let complete = client
-        .complete_multipart_upload()
-        .bucket(bucket)
-        .key(KEY)
-        .upload_id(&id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        );
-    let complete = match on {
-        On::Version(etag) => complete.if_match(etag),
-        On::Absent => complete.if_none_match("*"),
-    };
-    match complete.send().await {
-        Ok(out) => Ok(out.e_tag().unwrap().to_owned()),
-        Err(e) => {
-            client
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(KEY)
-                .upload_id(&id)
-                .send()
-                .await
-                .unwrap();
-            Err(e
-                .as_service_error()
-                .and_then(|e| aws_sdk_s3::error::ProvideErrorMetadata::code(e))
-                .unwrap_or("no code")
-                .to_owned())
-        }
-    }
-}
-
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[((samples.len() - 1) as f64 * p).round() as usize]
+    support::complete(client, bucket, KEY, &id, parts, on).await
 }
 
 #[tokio::main]
 async fn main() {
-    let mb: usize = std::env::args()
-        .nth(1)
-        .map_or(20, |a| a.parse().expect("a size in MB"));
-    let env = kfo_testenv::minio().await;
-    let bucket = env.bucket("multipart-probe").await.unwrap();
-    let client = env.root_client();
+    let (mb, bucket, client) = support::start("multipart-probe").await;
     let body = Bytes::from(kfo_testenv::configs::config_table(mb * 1_000_000, 1));
 
     // 1. Fencing at the commit.

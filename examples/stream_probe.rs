@@ -19,9 +19,11 @@ use std::time::Instant;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use futures::StreamExt;
+
+mod support;
+use support::{On, percentile};
 
 const KEY: &str = "probe/stream.json";
 /// S3's smallest part but the last.
@@ -29,76 +31,26 @@ const PART: usize = 5 << 20;
 /// Parts sent at once, as the exporter does.
 const AT_ONCE: usize = 4;
 
-async fn put(client: &Client, bucket: &str, body: Bytes, etag: String) -> String {
-    let out = client
-        .put_object()
-        .bucket(bucket)
-        .key(KEY)
-        .content_type("application/json")
-        .if_match(etag)
-        .body(ByteStream::from(body))
-        .customize()
-        .disable_payload_signing()
-        .send()
-        .await
-        .unwrap();
-    out.e_tag().unwrap().to_owned()
-}
-
-async fn create(client: &Client, bucket: &str) -> String {
-    let out = client
-        .create_multipart_upload()
-        .bucket(bucket)
-        .key(KEY)
-        .content_type("application/json")
-        .send()
-        .await
-        .unwrap();
-    out.upload_id().unwrap().to_owned()
-}
-
-async fn part(client: &Client, bucket: &str, id: &str, number: i32, body: Bytes) -> CompletedPart {
-    let out = client
-        .upload_part()
-        .bucket(bucket)
-        .key(KEY)
-        .upload_id(id)
-        .part_number(number)
-        .body(ByteStream::from(body))
-        .customize()
-        .disable_payload_signing()
-        .send()
-        .await
-        .unwrap();
-    CompletedPart::builder()
-        .part_number(number)
-        .e_tag(out.e_tag().unwrap())
-        .build()
-}
-
-async fn complete(
+async fn part(
     client: &Client,
     bucket: &str,
     id: &str,
-    mut parts: Vec<CompletedPart>,
+    number: i32,
+    body: Bytes,
+) -> aws_sdk_s3::types::CompletedPart {
+    support::part(client, bucket, KEY, id, number, body).await
+}
+
+async fn commit(
+    client: &Client,
+    bucket: &str,
+    id: &str,
+    parts: Vec<aws_sdk_s3::types::CompletedPart>,
     etag: String,
 ) -> String {
-    parts.sort_by_key(|p| p.part_number());
-    let out = client
-        .complete_multipart_upload()
-        .bucket(bucket)
-        .key(KEY)
-        .upload_id(id)
-        .if_match(etag)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
-        .send()
+    support::complete(client, bucket, KEY, id, parts, On::Version(etag))
         .await
-        .unwrap();
-    out.e_tag().unwrap().to_owned()
+        .unwrap()
 }
 
 /// The checks the exporter runs on a configuration.
@@ -131,7 +83,7 @@ async fn after_inflate(
     .await
     .unwrap();
     let config = json.slice(table);
-    let id = create(client, bucket).await;
+    let id = support::create(client, bucket, KEY).await;
     let checks = tokio::task::spawn_blocking({
         let config = config.clone();
         move || check(&config)
@@ -156,7 +108,7 @@ async fn after_inflate(
     .collect::<Vec<_>>()
     .await;
     checks.await.unwrap();
-    complete(client, bucket, &id, parts, etag).await
+    commit(client, bucket, &id, parts, etag).await
 }
 
 /// Parts sent as they are inflated; the last after the checks.
@@ -189,7 +141,7 @@ async fn while_inflating(
         let last = Bytes::copy_from_slice(&out[sent..table.end]);
         tx.blocking_send((number, last)).unwrap();
     });
-    let id = create(client, bucket).await;
+    let id = support::create(client, bucket, KEY).await;
     let inflated = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|next| (next, rx))
     });
@@ -199,22 +151,12 @@ async fn while_inflating(
         .collect::<Vec<_>>()
         .await;
     inflater.await.unwrap();
-    complete(client, bucket, &id, parts, etag).await
-}
-
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[((samples.len() - 1) as f64 * p).round() as usize]
+    commit(client, bucket, &id, parts, etag).await
 }
 
 #[tokio::main]
 async fn main() {
-    let mb: usize = std::env::args()
-        .nth(1)
-        .map_or(20, |a| a.parse().expect("a size in MB"));
-    let env = kfo_testenv::minio().await;
-    let bucket = env.bucket("stream-probe").await.unwrap();
-    let client = env.root_client();
+    let (mb, bucket, client) = support::start("stream-probe").await;
     let table_text = kfo_testenv::configs::config_table(mb * 1_000_000, 1);
     // NB: the order the arm `while_inflating` needs: both fields before the table.
     let head = format!(
@@ -245,7 +187,7 @@ async fn main() {
         for (i, arm) in arms.iter().enumerate() {
             let t = Instant::now();
             etag = match *arm {
-                "bare_put" => put(&client, &bucket, config.clone(), etag).await,
+                "bare_put" => support::put(&client, &bucket, KEY, config.clone(), Some(etag)).await,
                 "after_inflate" => {
                     after_inflate(&client, &bucket, frame.clone(), table.clone(), etag).await
                 }
