@@ -248,10 +248,11 @@ pub async fn run(
                                     .await;
                                 continue;
                             }
-                            // NB: a policy with large configurations: check the store's
-                            // multipart commits now, so the next one can be staged.
+                            // NB: a policy whose configurations are written in parts:
+                            // check the store's multipart commits now, so that the next
+                            // one is staged, or written in parts, without waiting on it.
                             let large = o.as_ref().is_some_and(|o| {
-                                o.info.size >= crate::cp_client::ANNOUNCE_INFLATED_FROM as u64
+                                o.info.size >= crate::export::early::IN_PARTS_FROM as u64
                             });
                             if large && let Some(p) = gate.permit() {
                                 stager.prepare(p);
@@ -1577,6 +1578,47 @@ mod tests {
         no_staged_write_left(&store).await;
     }
 
+    /// A store staging writes in parts of `part` bytes, holding a configuration of `size`
+    /// bytes (as a previous leader wrote it).
+    async fn store_holding(part: usize, size: usize) -> Arc<MemoryStore> {
+        let store = Arc::new(MemoryStore::new("bkt"));
+        store.stage_writes(part);
+        store
+            .put(PutObject {
+                key: "kong/3.6.1.4/config.json".into(),
+                body: bytes::Bytes::from(vec![b' '; size]),
+                content_type: "application/json".into(),
+                metadata: BTreeMap::new(),
+                precondition: Precondition::None,
+            })
+            .await
+            .unwrap();
+        store
+    }
+
+    /// Taking the lead over a configuration that is written in parts (a few MB) starts the
+    /// store's multipart check at once, not in the next write: by the time a new
+    /// configuration comes, the check's throwaway object has been written.
+    #[tokio::test]
+    async fn taking_the_lead_over_a_few_mb_checks_the_store_before_the_next_write() {
+        let store = store_holding(5 << 20, IN_PARTS_FROM + 1).await;
+        let mut h = harness_over(store.clone(), 0);
+        h.events.send(snapshot('a', GOOD)).await.unwrap();
+        assert!(matches!(h.report().await, Report::Exported { .. }));
+        // The stored configuration, the check's object and the export.
+        for _ in 0..100 {
+            if store.put_count() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            store.put_count(),
+            3,
+            "the store was not checked on taking the lead"
+        );
+    }
+
     /// A leader that is still running but lost its lead may have its staged write aborted
     /// by the next leader's sweep. Its commit then cannot use it: the export writes the
     /// configuration afresh (in parts here), and nothing of the aborted upload is stored.
@@ -1768,19 +1810,7 @@ mod tests {
     /// first write is staged (the check does not wait for a large frame to start).
     #[tokio::test]
     async fn taking_the_lead_over_a_large_configuration_readies_staging_for_the_next_frame() {
-        let store = Arc::new(MemoryStore::new("bkt"));
-        store.stage_writes(16 << 10);
-        let large = crate::cp_client::ANNOUNCE_INFLATED_FROM + 1;
-        store
-            .put(PutObject {
-                key: "kong/3.6.1.4/config.json".into(),
-                body: bytes::Bytes::from(vec![b' '; large]),
-                content_type: "application/json".into(),
-                metadata: BTreeMap::new(),
-                precondition: Precondition::None,
-            })
-            .await
-            .unwrap();
+        let store = store_holding(16 << 10, crate::cp_client::ANNOUNCE_INFLATED_FROM + 1).await;
         let mut h = harness_over(store, 0);
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         assert!(matches!(h.report().await, Report::Exported { .. }));
