@@ -157,7 +157,8 @@ impl Stager {
     }
 
     /// Starts the check of the store's multipart commits, if not done yet: on taking the
-    /// lead of a policy whose configuration is large, so its next one can be staged.
+    /// lead of a policy whose configuration is written in parts ([`IN_PARTS_FROM`]), so
+    /// that its next one is staged, or written in parts, without waiting on the check.
     pub fn prepare(&mut self, permit: Permit) {
         self.ready(permit);
     }
