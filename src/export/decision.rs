@@ -93,26 +93,34 @@ impl Exporter {
 
     /// Takes a new snapshot; the newest kept snapshot replaces an older pending one.
     pub fn offer(&mut self, snapshot: Snapshot) -> Result<(), Dropped> {
-        if snapshot.empty || snapshot.hash == EMPTY_CONFIG_HASH {
-            return Err(Dropped::Empty);
-        }
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.hash == snapshot.hash)
-        {
-            return Err(Dropped::AlreadyPending);
-        }
-        if self.last_written.as_deref() == Some(snapshot.hash.as_str()) {
+        let verdict = self.verdict(&snapshot.hash, snapshot.empty, snapshot.timestamp);
+        match verdict {
+            Ok(()) => self.pending = Some(snapshot),
             // NB: a return to the stored config also cancels a newer pending one.
-            self.pending = None;
-            return Err(Dropped::Unchanged);
+            Err(Dropped::Unchanged) => self.pending = None,
+            Err(_) => {}
         }
-        if older(snapshot.timestamp, self.stored_timestamp) {
-            return Err(Dropped::Older);
+        verdict
+    }
+
+    /// Whether [`Exporter::offer`] would keep a snapshot of `hash` and `timestamp` now: asked
+    /// of a frame before its checks, to stage only a configuration that may be written.
+    pub fn would_keep(&self, hash: &str, timestamp: Option<f64>) -> bool {
+        self.verdict(hash, false, timestamp).is_ok()
+    }
+
+    fn verdict(&self, hash: &str, empty: bool, timestamp: Option<f64>) -> Result<(), Dropped> {
+        if empty || hash == EMPTY_CONFIG_HASH {
+            Err(Dropped::Empty)
+        } else if self.pending.as_ref().is_some_and(|p| p.hash == hash) {
+            Err(Dropped::AlreadyPending)
+        } else if self.last_written.as_deref() == Some(hash) {
+            Err(Dropped::Unchanged)
+        } else if older(timestamp, self.stored_timestamp) {
+            Err(Dropped::Older)
+        } else {
+            Ok(())
         }
-        self.pending = Some(snapshot);
-        Ok(())
     }
 
     /// What to do at `now_ms`.
@@ -254,6 +262,39 @@ mod tests {
         e.written(&snap("a").hash, Some(100.0), 0);
         // What we wrote ourselves sets the bar too.
         assert_eq!(e.offer(at("c", 50.0)), Err(Dropped::Older));
+    }
+
+    /// Asked before a frame's checks, `would_keep` gives the verdict `offer` then gives,
+    /// in each of its cases, and changes nothing.
+    #[test]
+    fn would_keep_foretells_offer_without_taking_anything() {
+        let mut e = ex(0);
+        e.offer(at("stored", 100.0)).unwrap();
+        e.written(&snap("stored").hash, Some(100.0), 0);
+        e.offer(at("pending", 150.0)).unwrap();
+        let cases = [
+            (at("stored", 100.0), Err(Dropped::Unchanged)),
+            (at("pending", 150.0), Err(Dropped::AlreadyPending)),
+            (at("old", 50.0), Err(Dropped::Older)),
+            (snap(&"0".repeat(32)), Err(Dropped::Empty)),
+            (at("new", 200.0), Ok(())),
+            (snap("unknown-time"), Ok(())),
+        ];
+        for (s, verdict) in cases {
+            let before = (e.pending().cloned(), e.last_written().map(str::to_owned));
+            assert_eq!(
+                e.would_keep(&s.hash, s.timestamp),
+                verdict.is_ok(),
+                "{}",
+                s.hash
+            );
+            assert_eq!(
+                (e.pending().cloned(), e.last_written().map(str::to_owned)),
+                before,
+                "would_keep changed the state"
+            );
+            assert_eq!(e.clone().offer(s.clone()), verdict, "{}", s.hash);
+        }
     }
 
     fn ex(min_interval_ms: u64) -> Exporter {

@@ -302,13 +302,14 @@ impl Stager {
     /// Starts the staged write of `envelope`'s configuration to `key`, when the store
     /// stages writes and fences them, and the envelope is large enough for a part to go
     /// before the checks end. `metadata` gives the fenced write's metadata for a hash and
-    /// timestamp (the guesses the commit confirms).
+    /// timestamp (the guesses the commit confirms), or `None` for a configuration the
+    /// exporter would not write: then nothing is staged.
     pub fn begin(
         &mut self,
         envelope: Bytes,
         permit: Permit,
         key: &str,
-        metadata: impl FnOnce(&str, Option<f64>) -> BTreeMap<String, String>,
+        metadata: impl FnOnce(&str, Option<f64>) -> Option<BTreeMap<String, String>>,
     ) -> Option<Early> {
         let smallest = self.store.staged_part_size()?;
         // NB: cheap checks first: the probe starts only for an envelope worth staging.
@@ -318,16 +319,18 @@ impl Stager {
         // least the store's smallest: what is left for after the checks is tiny.
         let count = room / smallest;
         let hash = peek.hash?;
-        if count == 0
-            || !self.sweep.ended(&(permit.epoch, permit.lease_uid.clone()))
-            || !self.ready(permit)
-        {
+        if count == 0 {
+            return None;
+        }
+        // NB: a control plane sends its whole configuration again on every reconnect: an
+        // unchanged one would be uploaded in full, then aborted.
+        let metadata = metadata(&hash, peek.timestamp.filter(|t| t.is_finite()))?;
+        if !self.sweep.ended(&(permit.epoch, permit.lease_uid.clone())) || !self.ready(permit) {
             return None;
         }
         let part = room / count;
         let covered = part * count;
         info!(key = %key, hash = %hash, parts = count + 1, "staging a large configuration while its frame is checked");
-        let metadata = metadata(&hash, peek.timestamp.filter(|t| t.is_finite()));
         let (tx, parts) = oneshot::channel();
         let (store, key) = (self.store.clone(), key.to_owned());
         let (body, start, meta) = (envelope.clone(), peek.config_start, metadata.clone());

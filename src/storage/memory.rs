@@ -81,6 +81,11 @@ impl MemoryStore {
         self.lock().commits
     }
 
+    /// How many staged writes were begun so far (committed, aborted or open).
+    pub fn stages_begun(&self) -> u64 {
+        self.lock().next_stage
+    }
+
     /// How many staged writes are neither committed nor aborted.
     pub fn open_stages(&self) -> usize {
         self.lock().staged.len()
