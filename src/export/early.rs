@@ -10,7 +10,9 @@
 //! the same metadata (epoch, Lease, writer), and the same buffer (one allocation, so its
 //! address names it). Anything else (a frame that fails its checks, another configuration
 //! written first, a guess that was wrong, a lost lead) aborts the staged write, and the
-//! export falls back to its ordinary PUT.
+//! export falls back to its ordinary PUT. A frame the exporter would not write (the
+//! configuration stored, which a control plane sends again on every reconnect, or an
+//! older one) is not staged at all.
 //!
 //! A store that stages writes is first checked to fence commits too
 //! ([`storage::enforces_staged_preconditions`]); without that, nothing is staged.
