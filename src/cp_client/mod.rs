@@ -31,9 +31,10 @@ pub use frame::{
     Arrival, ConfigSnapshot, EnvelopePeek, FrameError, decode, decode_announcing, peek_envelope,
 };
 
-/// The smallest inflated frame announced as [`Event::Inflated`]: below two S3 parts, a
-/// staged write cannot start before the checks end.
-pub const ANNOUNCE_INFLATED_FROM: usize = 10 << 20;
+/// The smallest inflated frame announced as [`Event::Inflated`]: S3's smallest part. A
+/// staged write can start before the checks end once one part fits before the last, which
+/// is sent after them (the store's own part size decides: `export::early`).
+pub const ANNOUNCE_INFLATED_FROM: usize = 5 << 20;
 
 use crate::api::MtlsMode;
 use crate::kong::KongVersion;

@@ -550,3 +550,73 @@ async fn a_large_configuration_is_staged_and_a_failing_one_leaves_the_stored_one
     }
     assert!(open.is_empty(), "staged uploads left: {open:?}");
 }
+
+/// From one S3 part on (6 MB here, under two), a configuration's write is staged while its
+/// frame is checked. The same configuration sent again, as a control plane does on every
+/// reconnect, uploads nothing: it was staged in full and left open until the next frame
+/// (the real client, CP double and MinIO).
+#[tokio::test]
+async fn a_configuration_over_one_part_is_staged_and_one_sent_again_uploads_nothing() {
+    use kfo_testenv::configs::config_table;
+    let env = minio().await;
+    let bucket = env.bucket("export-staged-again").await.unwrap();
+    let cp = KongCp::start(Mtls::Shared, "3.6.1.4").await.unwrap();
+    cp.set_push_debounce(Duration::ZERO);
+    let hash = |seed: u64| format!("{seed:032x}");
+    cp.push(&config_table(6_000_000, 1), &hash(1));
+    let mut p = Pipeline::start(
+        &cp,
+        "3.6.1.4",
+        minio_store(env, &bucket),
+        &format!("s3://{bucket}/kong"),
+        Duration::ZERO,
+    );
+    p.exported().await;
+    // NB: staging starts once the store was checked to fence multipart commits.
+    let mut staged = None;
+    for seed in 2..8u64 {
+        let want = hash(seed);
+        cp.push(&config_table(6_000_000, seed), &want);
+        let stages = p
+            .until(120, |r| match r {
+                Report::Exported {
+                    hash: ref h,
+                    stages,
+                    ..
+                } if *h == want => Some(stages),
+                _ => None,
+            })
+            .await;
+        if stages.staged {
+            staged = Some(seed);
+            break;
+        }
+    }
+    let seed = staged.expect("no configuration of 6 MB was staged");
+    let stored = minio_store(env, &bucket)
+        .get("kong/3.6.1.4/config.json")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.body == config_table(6_000_000, seed).as_bytes());
+
+    cp.push(&config_table(6_000_000, seed), &hash(seed));
+    p.until(120, |r| {
+        matches!(r, Report::Skipped { hash: ref h, .. } if *h == hash(seed)).then_some(())
+    })
+    .await;
+    // NB: a staging runs in a task of its own: give one the time to start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let uploads = env
+        .root_client()
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        uploads.uploads().is_empty(),
+        "the configuration sent again was uploaded: {:?}",
+        uploads.uploads()
+    );
+}
