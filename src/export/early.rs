@@ -324,8 +324,10 @@ impl Stager {
         if count == 0 {
             return None;
         }
-        // NB: a control plane sends its whole configuration again on every reconnect: an
-        // unchanged one would be uploaded in full, then aborted.
+        // NB: a control plane sends its whole configuration again on every connect (Kong's
+        // `kong/clustering/control_plane.lua`, `handle_cp_websocket` queues its cached
+        // payload for each new socket): an unchanged one would be uploaded in full, then
+        // aborted.
         let metadata = metadata(&hash, peek.timestamp.filter(|t| t.is_finite()))?;
         if !self.sweep.ended(&(permit.epoch, permit.lease_uid.clone())) || !self.ready(permit) {
             return None;
