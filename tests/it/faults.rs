@@ -654,7 +654,8 @@ async fn r1(death: Death, bytes: usize) {
         fleet.cp.push(&table, &hash);
         pushed.push((hash.clone(), table));
         // Inside the write: after the decode, before the upload ends (1 MB: half a
-        // second; 12 MB: about six seconds). NB: a large configuration dies as soon as its
+        // second; 12 MB: about three, its parts going at once, each connection slowed on
+        // its own). NB: a large configuration dies as soon as its
         // leader says it is staging it (a fixed 1.5 s missed that on a slow machine), or at
         // 3 s if it never does (no staging yet: a plain PUT, still under way).
         let staging = || {
