@@ -33,3 +33,16 @@ pub fn minio_store(env: &MinioEnv, bucket: &str) -> Arc<dyn ObjectStore> {
         .unwrap(),
     )
 }
+
+/// The multipart uploads open (staged writes neither committed nor aborted) in `bucket` of
+/// the test MinIO.
+pub async fn open_uploads(env: &MinioEnv, bucket: &str) -> Vec<aws_sdk_s3::types::MultipartUpload> {
+    env.root_client()
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap()
+        .uploads()
+        .to_vec()
+}

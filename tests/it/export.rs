@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kfo_testenv::{KongCp, Mtls, gcs, minio};
-use kong_fallback_operator::export::runner::{META_CONFIG_HASH, META_UPLOADER, Report};
+use kong_fallback_operator::export::runner::{META_CONFIG_HASH, META_UPLOADER, Report, Stages};
 use kong_fallback_operator::kong::config::config_hashes;
 use kong_fallback_operator::storage::gcs::{GcsCredentials, GcsStore};
 use kong_fallback_operator::storage::s3::{PutExtras, S3Settings, S3Store, StaticCredentials};
@@ -14,7 +14,7 @@ use kong_fallback_operator::storage::{ErrorKind, ObjectStore};
 
 use crate::{pipeline, stores};
 use pipeline::Pipeline;
-use stores::minio_store;
+use stores::{minio_store, open_uploads};
 
 fn table(n: usize) -> String {
     format!(
@@ -477,16 +477,7 @@ async fn a_large_configuration_is_staged_and_a_failing_one_leaves_the_stored_one
         let table = config_table(12_000_000, seed);
         let hash = format!("{seed:032x}");
         cp.push(&table, &hash);
-        let stages = p
-            .until(120, |r| match r {
-                Report::Exported {
-                    hash: ref h,
-                    stages,
-                    ..
-                } if *h == hash => Some(stages),
-                _ => None,
-            })
-            .await;
+        let stages = exported_stages(&mut p, &hash).await;
         let stored = store.get(key).await.unwrap().unwrap();
         assert!(
             stored.body == table.as_bytes(),
@@ -533,16 +524,9 @@ async fn a_large_configuration_is_staged_and_a_failing_one_leaves_the_stored_one
     })
     .await;
     assert!(store.get(key).await.unwrap().unwrap().body == last.as_bytes());
-    let client = env.root_client();
     let mut open = Vec::new();
     for _ in 0..50 {
-        let uploads = client
-            .list_multipart_uploads()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap();
-        open = uploads.uploads().to_vec();
+        open = open_uploads(env, &bucket).await;
         if open.is_empty() {
             break;
         }
@@ -577,16 +561,7 @@ async fn a_configuration_over_one_part_is_staged_and_one_sent_again_uploads_noth
     for seed in 2..8u64 {
         let want = hash(seed);
         cp.push(&config_table(6_000_000, seed), &want);
-        let stages = p
-            .until(120, |r| match r {
-                Report::Exported {
-                    hash: ref h,
-                    stages,
-                    ..
-                } if *h == want => Some(stages),
-                _ => None,
-            })
-            .await;
+        let stages = exported_stages(&mut p, &want).await;
         if stages.staged {
             staged = Some(seed);
             break;
@@ -607,16 +582,22 @@ async fn a_configuration_over_one_part_is_staged_and_one_sent_again_uploads_noth
     .await;
     // NB: a staging runs in a task of its own: give one the time to start.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let uploads = env
-        .root_client()
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
+    let open = open_uploads(env, &bucket).await;
     assert!(
-        uploads.uploads().is_empty(),
-        "the configuration sent again was uploaded: {:?}",
-        uploads.uploads()
+        open.is_empty(),
+        "the configuration sent again was uploaded: {open:?}"
     );
+}
+
+/// How the export of `hash` went, once reported.
+async fn exported_stages(p: &mut Pipeline, hash: &str) -> Stages {
+    p.until(120, |r| match r {
+        Report::Exported {
+            hash: ref h,
+            stages,
+            ..
+        } if h == hash => Some(stages),
+        _ => None,
+    })
+    .await
 }

@@ -777,14 +777,8 @@ async fn a_staged_write_is_invisible_until_committed_and_fenced_at_the_commit() 
         .await;
     no_such_upload("the commit", commit.unwrap_err());
     assert_eq!(stored().await.info.version, version);
-    let uploads = env
-        .root_client()
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
-    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+    let open = stores::open_uploads(env, &bucket).await;
+    assert!(open.is_empty(), "{open:?}");
     assert!(now.body == store.get(key).await.unwrap().unwrap().body);
     assert_eq!(
         enforces_staged_preconditions(&store, "kong/.kong-fallback-operator/staging-probe").await,
