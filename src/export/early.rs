@@ -12,7 +12,11 @@
 //! written first, a guess that was wrong, a lost lead) aborts the staged write, and the
 //! export falls back to its ordinary PUT. A frame the exporter would not write (the
 //! configuration stored, which a control plane sends again on every reconnect, or an
-//! older one) is not staged at all.
+//! older one) is not staged at all, and leaves alone the staged write of the configuration
+//! waiting for its turn (`minInterval`), which may be that very frame sent again. Once a
+//! frame is checked, a staged write lives only while its configuration is the one to
+//! write: a frame refused after its checks, a configuration superseded or a lost lead
+//! aborts it at once, rather than at the next frame.
 //!
 //! A store that stages writes is first checked to fence commits too
 //! ([`storage::enforces_staged_preconditions`]); without that, nothing is staged.
@@ -407,6 +411,11 @@ pub enum Outcome {
 }
 
 impl Early {
+    /// The hash of the configuration staged (the frame's, before its checks).
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
     /// Commits the staged write as the write of `body` (a checked snapshot's configuration)
     /// with `metadata`, on `precondition`, if it is that write. Otherwise it is aborted.
     pub async fn commit(

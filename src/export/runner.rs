@@ -213,7 +213,10 @@ pub async fn run(
             Next::Write(snapshot) => {
                 let permit = gate.permit().filter(|p| fenced.is_none_or(|f| p.epoch > f));
                 let Some(permit) = permit else {
-                    // Not leading: keep the newest snapshot until we are.
+                    // Not leading: keep the newest snapshot until we are. Not a staged
+                    // write: it would hold its upload open and its frame in memory while
+                    // this replica follows, and the next lead may be another replica's.
+                    early = None;
                     let open = wait_for_gate(
                         &target,
                         &mut gate,
@@ -381,29 +384,41 @@ pub async fn run(
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { return };
-                match &ev {
-                    Event::Inflated(envelope) => {
-                        early = None;
-                        // NB: only under a lead whose stored version was read (as a write).
-                        let permit = gate
-                            .permit()
-                            .filter(|p| fenced.is_none_or(|f| p.epoch > f))
-                            .filter(|p| seen_epoch == Some(p.epoch) && seen.is_some());
-                        if let Some(permit) = permit {
-                            let (epoch, lease) = (permit.epoch, permit.lease_uid.clone());
-                            early = stager.begin(envelope.clone(), permit, &key, |hash, timestamp| {
-                                exporter.would_keep(hash, timestamp).then(|| {
-                                    fenced_metadata(&target, hash, timestamp, (epoch, lease.as_deref()))
-                                })
-                            });
-                        }
+                if let Event::Inflated(envelope) = &ev {
+                    // NB: only under a lead whose stored version was read (as a write).
+                    let permit = gate
+                        .permit()
+                        .filter(|p| fenced.is_none_or(|f| p.epoch > f))
+                        .filter(|p| seen_epoch == Some(p.epoch) && seen.is_some());
+                    // NB: a frame not staged leaves the staged write alone: the pending
+                    // configuration sent again (a reconnect within minInterval) is not
+                    // staged, and its staging is still the one to commit.
+                    let next = permit.and_then(|permit| {
+                        let (epoch, lease) = (permit.epoch, permit.lease_uid.clone());
+                        stager.begin(envelope.clone(), permit, &key, |hash, timestamp| {
+                            exporter.would_keep(hash, timestamp).then(|| {
+                                fenced_metadata(&target, hash, timestamp, (epoch, lease.as_deref()))
+                            })
+                        })
+                    });
+                    if next.is_some() {
+                        early = next;
                     }
-                    // NB: the frame staged (if any) will not be written: abort at once.
-                    Event::Rejected(_) | Event::Disconnected { .. } => early = None,
-                    _ => {}
                 }
+                let ends_frame = matches!(
+                    ev,
+                    Event::Snapshot(_) | Event::Rejected(_) | Event::Disconnected { .. }
+                );
                 if let Some(report) = handle(&target, &mut exporter, &mut received, ev) {
                     let _ = reports.send(report).await;
+                }
+                // NB: once a frame is offered (or ends unchecked), a staged write lives only
+                // while its configuration is the one to write: a frame refused after its
+                // checks (plugins the data planes lack), superseded or unchanged aborts it
+                // now, not at the next frame, which may be hours away.
+                let pending = exporter.pending().map(|p| p.hash.as_str());
+                if ends_frame && early.as_ref().is_some_and(|e| pending != Some(e.hash())) {
+                    early = None;
                 }
             }
             _ = sleep, if wait.is_some() => {}
@@ -885,16 +900,20 @@ mod tests {
     }
 
     fn harness(history_limit: usize) -> Harness {
-        harness_over(Arc::new(MemoryStore::new("bkt")), history_limit)
+        harness_over(Arc::new(MemoryStore::new("bkt")), target(history_limit))
     }
 
-    /// A runner over `store`, leading always.
-    fn harness_over(store: Arc<MemoryStore>, history_limit: usize) -> Harness {
+    /// A runner of `target` over `store`, leading always.
+    fn harness_over(store: Arc<MemoryStore>, target: ExportTarget) -> Harness {
+        harness_gated(store, target, Gate::always())
+    }
+
+    /// A runner of `target` over `store`, writing under `gate`.
+    fn harness_gated(store: Arc<MemoryStore>, target: ExportTarget, gate: Gate) -> Harness {
         let (events, rx) = mpsc::channel(16);
         let (tx, reports) = mpsc::channel(64);
         let (stop, stop_rx) = watch::channel(false);
-        let target = target(history_limit);
-        tokio::spawn(run(target, store.clone(), rx, tx, Gate::always(), stop_rx));
+        tokio::spawn(run(target, store.clone(), rx, tx, gate, stop_rx));
         Harness {
             store,
             events,
@@ -1434,13 +1453,18 @@ mod tests {
     /// announces once inflated, then its snapshot (a slice of the same buffer) or, when a
     /// row near its end is not an object, its rejection.
     fn large_frame(hash: char, seed: usize, good: bool) -> (Event, Event) {
+        large_frame_with(hash, seed, good, "")
+    }
+
+    /// [`large_frame`], its table holding `entities` (`,"plugins":[...]`) too.
+    fn large_frame_with(hash: char, seed: usize, good: bool, entities: &str) -> (Event, Event) {
         use std::io::Write;
         let rows: Vec<String> = (0..2000)
             .map(|i| format!(r#"{{"id":"s{seed}-{i}","name":"service-{i}","host":"upstream-{i}.example.com"}}"#))
             .collect();
         let last = if good { r#"{"id":"last"}"# } else { "7" };
         let table = format!(
-            r#"{{"_format_version":"3.0","services":[{},{last}]}}"#,
+            r#"{{"_format_version":"3.0"{entities},"services":[{},{last}]}}"#,
             rows.join(",")
         );
         let envelope = format!(
@@ -1466,9 +1490,14 @@ mod tests {
     /// the stored version is known) and after large frames until one was staged: staging
     /// starts only once the store was checked to fence commits.
     async fn staging_harness() -> Harness {
+        staging_harness_for(target(0), Gate::always()).await
+    }
+
+    /// [`staging_harness`] of `target`, writing under `gate`.
+    async fn staging_harness_for(target: ExportTarget, gate: Gate) -> Harness {
         let store = Arc::new(MemoryStore::new("bkt"));
         store.stage_writes(16 << 10);
-        let mut h = harness_over(store, 0);
+        let mut h = harness_gated(store, target, gate);
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         assert!(matches!(h.report().await, Report::Exported { .. }));
         assert!(
@@ -1515,7 +1544,7 @@ mod tests {
     async fn a_large_configuration_not_staged_early_is_written_in_parts() {
         let store = Arc::new(MemoryStore::new("bkt"));
         store.stage_writes(16 << 10);
-        let mut h = harness_over(store.clone(), 0);
+        let mut h = harness_over(store.clone(), target(0));
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         let Report::Exported { stages, .. } = h.report().await else {
             panic!("not exported")
@@ -1553,7 +1582,7 @@ mod tests {
     async fn a_configuration_of_a_few_mb_is_one_part_and_a_smaller_one_a_put() {
         let store = Arc::new(MemoryStore::new("bkt"));
         store.stage_writes(5 << 20);
-        let mut h = harness_over(store.clone(), 0);
+        let mut h = harness_over(store.clone(), target(0));
         let sized = |bytes: usize| {
             let pad = "x".repeat(bytes);
             format!(r#"{{"_format_version":"3.0","services":[{{"id":"s","name":"{pad}"}}]}}"#)
@@ -1604,7 +1633,7 @@ mod tests {
     #[tokio::test]
     async fn taking_the_lead_over_a_few_mb_checks_the_store_before_the_next_write() {
         let store = store_holding(5 << 20, IN_PARTS_FROM + 1).await;
-        let mut h = harness_over(store.clone(), 0);
+        let mut h = harness_over(store.clone(), target(0));
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         assert!(matches!(h.report().await, Report::Exported { .. }));
         // The stored configuration, the check's object and the export.
@@ -1688,7 +1717,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let mut h = harness_over(store.clone(), 0);
+        let mut h = harness_over(store.clone(), target(0));
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         assert!(matches!(h.report().await, Report::Exported { .. }));
         for _ in 0..100 {
@@ -1817,6 +1846,128 @@ mod tests {
         no_staged_write_left(&h.store).await;
     }
 
+    /// A control plane that reconnects while a large configuration waits for its write
+    /// (minInterval) sends it again. That frame is not staged, and the staged write of the
+    /// one waiting is kept and committed: it was aborted, and the configuration written in
+    /// parts after all.
+    #[tokio::test]
+    async fn a_pending_configuration_sent_again_keeps_its_staged_write() {
+        let mut h = staging_harness_for(
+            ExportTarget {
+                min_interval: Duration::from_secs(1),
+                ..target(0)
+            },
+            Gate::always(),
+        )
+        .await;
+        let begun = h.store.stages_begun();
+        let (first, again) = (large_frame('9', 9, true), large_frame('9', 9, true));
+        h.events.send(first.0).await.unwrap();
+        h.events.send(first.1).await.unwrap();
+        let lost = Event::Disconnected {
+            error: crate::cp_client::ClientError::Closed(String::new()),
+            retry_in: Duration::ZERO,
+        };
+        h.events.send(lost).await.unwrap();
+        h.events.send(again.0).await.unwrap();
+        h.events.send(again.1).await.unwrap();
+        let mut skipped = false;
+        let stages = loop {
+            match h.report().await {
+                Report::Skipped { why, .. } => skipped |= why == "already pending",
+                Report::Exported { stages, hash, .. } => {
+                    assert_eq!(hash, "9".repeat(32));
+                    break stages;
+                }
+                _ => {}
+            }
+        };
+        assert!(skipped, "written before the frame came again");
+        assert!(
+            stages.staged && !stages.in_parts,
+            "the staged write was not used: {stages:?}"
+        );
+        assert_eq!(h.store.stages_begun(), begun + 1);
+        no_staged_write_left(&h.store).await;
+    }
+
+    /// A large frame staged while checked and then refused (it configures a plugin the
+    /// data planes lack) aborts its staged write at once: it held the upload open, and the
+    /// frame in memory, until the next frame, which may be hours away.
+    #[tokio::test]
+    async fn a_staged_frame_refused_for_its_plugins_leaves_no_upload_open() {
+        let mut h = staging_harness_for(
+            ExportTarget {
+                plugins: Some(vec![("key-auth".to_owned(), "3.6.1".to_owned())]),
+                ..target(0)
+            },
+            Gate::always(),
+        )
+        .await;
+        let begun = h.store.stages_begun();
+        let (inflated, snapshot) = large_frame_with('9', 9, true, r#","plugins":[{"name":"acl"}]"#);
+        // NB: as the checks take their time: the staged write starts before they end.
+        staged_before_checked(&h, inflated, begun).await;
+        h.events.send(snapshot).await.unwrap();
+        assert!(matches!(h.report().await, Report::Refused { .. }));
+        no_staged_write_left(&h.store).await;
+    }
+
+    /// Sends a large frame's `inflated` event and waits until its staged write has begun
+    /// (the store's count of staged writes past `begun`).
+    async fn staged_before_checked(h: &Harness, inflated: Event, begun: u64) {
+        h.events.send(inflated).await.unwrap();
+        for _ in 0..100 {
+            if h.store.stages_begun() > begun {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            h.store.stages_begun(),
+            begun + 1,
+            "the frame was not staged"
+        );
+    }
+
+    /// A leader that stops leading while a large configuration waits for its write keeps
+    /// no staged write: it held the upload open and the frame in memory while it followed,
+    /// and a new lead writes under other metadata anyway.
+    #[tokio::test]
+    async fn a_replica_that_stops_leading_keeps_no_staged_write() {
+        let (gate, control) = Gate::new();
+        let lead = |until| crate::election::Claim {
+            holder: Some("kfo-0".into()),
+            epoch: 1,
+            since: None,
+            leading_until: until,
+            lease_uid: None,
+        };
+        let hour = Instant::now() + Duration::from_secs(3600);
+        control.claims.send(lead(Some(hour))).unwrap();
+        let target = ExportTarget {
+            min_interval: Duration::from_millis(300),
+            ..target(0)
+        };
+        let h = staging_harness_for(target, gate).await;
+        let (inflated, snapshot) = large_frame('9', 9, true);
+        staged_before_checked(&h, inflated, h.store.stages_begun()).await;
+        h.events.send(snapshot).await.unwrap();
+        control.claims.send(lead(None)).unwrap();
+        no_staged_write_left(&h.store).await;
+        let stored = h
+            .store
+            .head("kong/3.6.1.4/config.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(
+            stored.metadata[META_CONFIG_HASH],
+            "9".repeat(32),
+            "written before the lead was lost"
+        );
+    }
+
     /// A staged write is only ever the write of the snapshot it was staged for: another
     /// configuration written next goes with a PUT, and the staged one is aborted.
     #[tokio::test]
@@ -1848,7 +1999,7 @@ mod tests {
     #[tokio::test]
     async fn taking_the_lead_over_a_large_configuration_readies_staging_for_the_next_frame() {
         let store = store_holding(16 << 10, crate::cp_client::ANNOUNCE_INFLATED_FROM + 1).await;
-        let mut h = harness_over(store, 0);
+        let mut h = harness_over(store, target(0));
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         assert!(matches!(h.report().await, Report::Exported { .. }));
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1872,7 +2023,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new("bkt"));
         store.stage_writes(16 << 10);
         store.ignore_preconditions(true);
-        let mut h = harness_over(store, 0);
+        let mut h = harness_over(store, target(0));
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         assert!(matches!(h.report().await, Report::Exported { .. }));
         for (i, c) in ['b', 'c', 'd', 'e'].into_iter().enumerate() {
