@@ -344,26 +344,30 @@ impl Stager {
         let (body, start, meta) = (envelope.clone(), peek.config_start, metadata.clone());
         tokio::spawn(async move {
             let mut tx = tx;
-            let upload = async {
-                let staged = store.stage(&key, "application/json", meta).await?;
-                let guard = Abort::new(store.clone(), staged.clone());
-                let parts = futures::stream::iter((0..count).map(|i| {
-                    let chunk = body.slice(start + i * part..start + (i + 1) * part);
-                    store.stage_part(&staged, i as i32 + 1, chunk)
-                }))
-                .buffered(PARTS_AT_ONCE)
-                .try_collect::<Vec<_>>()
-                .await?;
-                Ok((guard, parts))
+            // NB: not given up midway, even when the export gives up on it: the store may
+            // open the upload before its answer arrives, and only the guard aborts it.
+            let staged = match store.stage(&key, "application/json", meta).await {
+                Ok(staged) => staged,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
             };
-            // NB: the export gave up on it (dropped its `Early`): stop, and abort.
+            let guard = Abort::new(store.clone(), staged.clone());
+            let upload = futures::stream::iter((0..count).map(|i| {
+                let chunk = body.slice(start + i * part..start + (i + 1) * part);
+                store.stage_part(&staged, i as i32 + 1, chunk)
+            }))
+            .buffered(PARTS_AT_ONCE)
+            .try_collect::<Vec<_>>();
+            // NB: the export gave up on it (dropped its `Early`): stop; the guard aborts.
             let done = tokio::select! {
                 r = upload => Some(r),
                 _ = tx.closed() => None,
             };
             if let Some(r) = done {
                 // NB: refused when the receiver is gone: the guard drops and aborts.
-                let _ = tx.send(r);
+                let _ = tx.send(r.map(|parts| (guard, parts)));
             }
         });
         Some(Early {
