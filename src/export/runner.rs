@@ -816,8 +816,8 @@ mod tests {
     use crate::cp_client::frame::ConfigSnapshot;
     use crate::export::early::IN_PARTS_FROM;
     use crate::kong::config::validate_config;
+    use crate::storage::ErrorKind;
     use crate::storage::memory::MemoryStore;
-    use crate::storage::{ErrorKind, Staged, StagedPart};
 
     fn snapshot(hash: char, body: &str) -> Event {
         let value: serde_json::Value = serde_json::from_str(body).unwrap();
@@ -910,20 +910,10 @@ mod tests {
 
     /// A runner of `target` over `store`, writing under `gate`.
     fn harness_gated(store: Arc<MemoryStore>, target: ExportTarget, gate: Gate) -> Harness {
-        harness_through(store.clone(), store, target, gate)
-    }
-
-    /// A runner of `target` writing through `writes` (a store over `store`), under `gate`.
-    fn harness_through(
-        store: Arc<MemoryStore>,
-        writes: Arc<dyn ObjectStore>,
-        target: ExportTarget,
-        gate: Gate,
-    ) -> Harness {
         let (events, rx) = mpsc::channel(16);
         let (tx, reports) = mpsc::channel(64);
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(run(target, writes, rx, tx, gate, stop_rx));
+        tokio::spawn(run(target, store.clone(), rx, tx, gate, stop_rx));
         Harness {
             store,
             events,
@@ -1506,13 +1496,8 @@ mod tests {
     /// [`staging_harness`] of `target`, writing under `gate`.
     async fn staging_harness_for(target: ExportTarget, gate: Gate) -> Harness {
         let store = Arc::new(MemoryStore::new("bkt"));
-        ready_to_stage(harness_gated(store, target, gate)).await
-    }
-
-    /// `h`, its store staging writes in 16 KiB parts, after a first export and large frames
-    /// until one was staged.
-    async fn ready_to_stage(mut h: Harness) -> Harness {
-        h.store.stage_writes(16 << 10);
+        store.stage_writes(16 << 10);
+        let mut h = harness_gated(store, target, gate);
         h.events.send(snapshot('a', GOOD)).await.unwrap();
         assert!(matches!(h.report().await, Report::Exported { .. }));
         assert!(
@@ -1983,85 +1968,13 @@ mod tests {
         );
     }
 
-    /// A store whose answer to the start of a staged write comes late, once `late` is set:
-    /// the upload is open before the writer hears of it.
-    struct LateStageAnswer {
-        inner: Arc<MemoryStore>,
-        late: std::sync::atomic::AtomicBool,
-    }
-
-    #[async_trait::async_trait]
-    impl ObjectStore for LateStageAnswer {
-        fn bucket(&self) -> &str {
-            self.inner.bucket()
-        }
-        async fn put(&self, object: PutObject) -> Result<String, StoreError> {
-            self.inner.put(object).await
-        }
-        async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
-            self.inner.get_at_most(key, max).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<crate::storage::ObjectInfo>, StoreError> {
-            self.inner.list(prefix).await
-        }
-        async fn touch(&self, key: &str) -> Result<bool, StoreError> {
-            self.inner.touch(key).await
-        }
-        async fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.inner.delete(key).await
-        }
-        fn staged_part_size(&self) -> Option<usize> {
-            self.inner.staged_part_size()
-        }
-        async fn stage(
-            &self,
-            key: &str,
-            content_type: &str,
-            metadata: BTreeMap<String, String>,
-        ) -> Result<Staged, StoreError> {
-            let staged = self.inner.stage(key, content_type, metadata).await;
-            if self.late.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            staged
-        }
-        async fn stage_part(
-            &self,
-            staged: &Staged,
-            number: i32,
-            body: bytes::Bytes,
-        ) -> Result<StagedPart, StoreError> {
-            self.inner.stage_part(staged, number, body).await
-        }
-        async fn commit_staged(
-            &self,
-            staged: &Staged,
-            parts: Vec<StagedPart>,
-            precondition: Precondition,
-        ) -> Result<String, StoreError> {
-            self.inner.commit_staged(staged, parts, precondition).await
-        }
-        async fn abort_staged(&self, staged: &Staged) -> Result<(), StoreError> {
-            self.inner.abort_staged(staged).await
-        }
-        async fn staged_writes(&self, key: &str) -> Result<Vec<Staged>, StoreError> {
-            self.inner.staged_writes(key).await
-        }
-    }
-
     /// A frame given up (it failed its checks) while the store opens its upload: the
     /// upload, opened before the store's answer came, was left open, with no guard to
     /// abort it.
     #[tokio::test]
     async fn a_frame_given_up_while_its_upload_opens_leaves_no_upload_open() {
-        let memory = Arc::new(MemoryStore::new("bkt"));
-        let store = Arc::new(LateStageAnswer {
-            inner: memory.clone(),
-            late: false.into(),
-        });
-        let h = harness_through(memory, store.clone(), target(0), Gate::always());
-        let h = ready_to_stage(h).await;
-        store.late.store(true, std::sync::atomic::Ordering::SeqCst);
+        let h = staging_harness().await;
+        h.store.answer_stage_after(Some(Duration::from_millis(300)));
         let (inflated, rejected) = large_frame('9', 9, false);
         assert!(matches!(rejected, Event::Rejected(_)));
         staged_before_checked(&h, inflated, h.store.stages_begun()).await;

@@ -28,6 +28,8 @@ struct State {
     next_stage: u64,
     /// Staged writes committed so far.
     commits: u64,
+    /// How long the answer to the start of a staged write takes, the write already begun.
+    stage_answer_delay: Option<std::time::Duration>,
 }
 
 struct StagedWrite {
@@ -74,6 +76,13 @@ impl MemoryStore {
     /// uploads).
     pub fn stage_writes(&self, part_size: usize) {
         self.lock().part_size = Some(part_size);
+    }
+
+    /// Makes the answer to the start of a staged write come `delay` after the write has
+    /// begun (`None`: at once), as a slow store's answer does: the writer hears of an
+    /// upload that is already open.
+    pub fn answer_stage_after(&self, delay: Option<std::time::Duration>) {
+        self.lock().stage_answer_delay = delay;
     }
 
     /// How many staged writes were committed so far.
@@ -217,19 +226,25 @@ impl ObjectStore for MemoryStore {
         content_type: &str,
         metadata: BTreeMap<String, String>,
     ) -> Result<Staged, StoreError> {
-        let mut state = self.lock();
-        self.check(&state, "stage", key)?;
-        state.next_stage += 1;
-        let id = state.next_stage.to_string();
-        state.staged.insert(
-            id.clone(),
-            StagedWrite {
-                key: key.to_owned(),
-                content_type: content_type.to_owned(),
-                metadata,
-                parts: BTreeMap::new(),
-            },
-        );
+        let (id, delay) = {
+            let mut state = self.lock();
+            self.check(&state, "stage", key)?;
+            state.next_stage += 1;
+            let id = state.next_stage.to_string();
+            state.staged.insert(
+                id.clone(),
+                StagedWrite {
+                    key: key.to_owned(),
+                    content_type: content_type.to_owned(),
+                    metadata,
+                    parts: BTreeMap::new(),
+                },
+            );
+            (id, state.stage_answer_delay)
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         Ok(Staged {
             key: key.to_owned(),
             id,
