@@ -344,9 +344,19 @@ impl Stager {
         let (body, start, meta) = (envelope.clone(), peek.config_start, metadata.clone());
         tokio::spawn(async move {
             let mut tx = tx;
-            // NB: not given up midway, even when the export gives up on it: the store may
-            // open the upload before its answer arrives, and only the guard aborts it.
-            let staged = match store.stage(&key, "application/json", meta).await {
+            // NB: the start is seen through even when the export gives up on it (the store
+            // may open the upload before its answer arrives, and only the guard aborts it),
+            // but the frame is let go at once: a hanging store holds no frame.
+            let stage = store.stage(&key, "application/json", meta);
+            tokio::pin!(stage);
+            let (staged, body) = tokio::select! {
+                r = &mut stage => (r, Some(body)),
+                _ = tx.closed() => {
+                    drop(body);
+                    ((&mut stage).await, None)
+                }
+            };
+            let staged = match staged {
                 Ok(staged) => staged,
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -354,6 +364,9 @@ impl Stager {
                 }
             };
             let guard = Abort::new(store.clone(), staged.clone());
+            let Some(body) = body else {
+                return;
+            };
             let upload = futures::stream::iter((0..count).map(|i| {
                 let chunk = body.slice(start + i * part..start + (i + 1) * part);
                 store.stage_part(&staged, i as i32 + 1, chunk)

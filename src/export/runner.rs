@@ -1970,16 +1970,32 @@ mod tests {
 
     /// A frame given up (it failed its checks) while the store opens its upload: the
     /// upload, opened before the store's answer came, was left open, with no guard to
-    /// abort it.
+    /// abort it. And the frame is let go at once, not when the store answers: a hanging
+    /// store would hold every frame given up meanwhile.
     #[tokio::test]
     async fn a_frame_given_up_while_its_upload_opens_leaves_no_upload_open() {
         let h = staging_harness().await;
-        h.store.answer_stage_after(Some(Duration::from_millis(300)));
+        let answer = Duration::from_secs(1);
+        h.store.answer_stage_after(Some(answer));
         let (inflated, rejected) = large_frame('9', 9, false);
         assert!(matches!(rejected, Event::Rejected(_)));
+        let Event::Inflated(frame) = &inflated else {
+            unreachable!()
+        };
+        let frame = frame.clone();
         staged_before_checked(&h, inflated, h.store.stages_begun()).await;
         // NB: the store's answer is still on its way.
         h.events.send(rejected).await.unwrap();
+        let mut let_go = false;
+        for _ in 0..50 {
+            if frame.is_unique() {
+                let_go = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(let_go, "the frame is held until the store answers");
+        tokio::time::sleep(answer).await;
         no_staged_write_left(&h.store).await;
     }
 
