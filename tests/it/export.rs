@@ -26,6 +26,17 @@ fn hash(t: &str) -> String {
     config_hashes(&serde_json::from_str(t).unwrap()).config
 }
 
+/// A pipeline exporting version `version` of `cp`'s configuration to `s3://bucket/kong` on
+/// MinIO, with no minimum interval.
+fn to_minio(cp: &KongCp, version: &str, env: &kfo_testenv::MinioEnv, bucket: &str) -> Pipeline {
+    Pipeline::start(
+        cp,
+        version,
+        minio_store(env, bucket),
+        &format!("s3://{bucket}/kong"),
+        Duration::ZERO,
+    )
+}
 #[tokio::test]
 async fn a_push_lands_at_the_exact_key_with_the_exact_bytes_and_only_once() {
     let env = minio().await;
@@ -100,13 +111,7 @@ async fn an_empty_config_never_replaces_a_good_one() {
     let cp = KongCp::start(Mtls::Shared, "3.10.0.0").await.unwrap();
     let good = table(1);
     cp.push(&good, &hash(&good));
-    let mut p = Pipeline::start(
-        &cp,
-        "3.6.1.4",
-        minio_store(env, &bucket),
-        &format!("s3://{bucket}/kong"),
-        Duration::ZERO,
-    );
+    let mut p = to_minio(&cp, "3.6.1.4", env, &bucket);
     p.exported().await;
     let empty = r#"{"_format_version":"3.0","_transform":false,"workspaces":[{"id":"w","name":"default"}]}"#;
     cp.push(empty, "00000000000000000000000000000000");
@@ -141,21 +146,8 @@ async fn two_versions_get_two_keys() {
         r#""plugins":[{"id":"4a6d2c9e-1f3b-4c5d-8e7f-0a1b2c3d4e5f","name":"key-auth","config":{"key_names":["apikey"],"realm":"kong"}}],"routes":"#,
     );
     cp.push(&t, &hash(&t));
-    let url = format!("s3://{bucket}/kong");
-    let mut a = Pipeline::start(
-        &cp,
-        "3.6.1.4",
-        minio_store(env, &bucket),
-        &url,
-        Duration::ZERO,
-    );
-    let mut b = Pipeline::start(
-        &cp,
-        "3.9.0.1",
-        minio_store(env, &bucket),
-        &url,
-        Duration::ZERO,
-    );
+    let mut a = to_minio(&cp, "3.6.1.4", env, &bucket);
+    let mut b = to_minio(&cp, "3.9.0.1", env, &bucket);
     assert_eq!(a.exported().await.0, "kong/3.6.1.4/config.json");
     assert_eq!(b.exported().await.0, "kong/3.9.0.1/config.json");
     for (version, realm) in [("3.6.1.4", None), ("3.9.0.1", Some("kong"))] {
@@ -462,13 +454,7 @@ async fn a_large_configuration_is_staged_and_a_failing_one_leaves_the_stored_one
         .send()
         .await
         .unwrap();
-    let mut p = Pipeline::start(
-        &cp,
-        "3.6.1.4",
-        minio_store(env, &bucket),
-        &format!("s3://{bucket}/kong"),
-        Duration::ZERO,
-    );
+    let mut p = to_minio(&cp, "3.6.1.4", env, &bucket);
     p.exported().await;
     let store = minio_store(env, &bucket);
     // NB: staging starts once the store was checked to fence multipart commits.
@@ -548,13 +534,7 @@ async fn a_configuration_over_one_part_is_staged_and_one_sent_again_uploads_noth
     cp.set_push_debounce(Duration::ZERO);
     let hash = |seed: u64| format!("{seed:032x}");
     cp.push(&config_table(6_000_000, 1), &hash(1));
-    let mut p = Pipeline::start(
-        &cp,
-        "3.6.1.4",
-        minio_store(env, &bucket),
-        &format!("s3://{bucket}/kong"),
-        Duration::ZERO,
-    );
+    let mut p = to_minio(&cp, "3.6.1.4", env, &bucket);
     p.exported().await;
     // NB: staging starts once the store was checked to fence multipart commits.
     let mut staged = None;
